@@ -1,0 +1,167 @@
+"""Fold an upstream reply, whole or streamed, into one normalised assistant turn.
+
+Host quirks end here: `arguments` sent as an object, missing tool-call ids,
+streamed tool-call deltas without `index`, a call sent whole in one chunk,
+`content: null` versus `""`. Nothing past this module sees them.
+
+    asm = StreamAssembler()
+    for chunk in chunks:            # parsed `chat.completion.chunk` objects
+        delta = asm.feed(chunk)     # Delta to forward, or None
+    turn = asm.finish()
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from gateway.errors import UpstreamError
+from gateway.events import Delta
+
+
+@dataclass(slots=True)
+class Turn:
+    message: dict[str, Any]  # role, content, and tool_calls / refusal / reasoning_content if any
+    finish_reason: str
+    usage: dict[str, Any] | None
+
+
+def _arguments(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    return orjson.dumps(value).decode()
+
+
+def _call_id() -> str:
+    return f"call_{uuid.uuid4().hex[:24]}"
+
+
+def _tool_call(raw: dict[str, Any]) -> dict[str, Any]:
+    function = raw.get("function") or {}
+    return {
+        "id": raw.get("id") or _call_id(),
+        "type": "function",
+        "function": {"name": function.get("name") or "", "arguments": _arguments(function.get("arguments"))},
+    }
+
+
+def _message(content: str | None, tool_calls: list, refusal: str | None, reasoning: str | None) -> dict:
+    message: dict[str, Any] = {"role": "assistant", "content": content or None if tool_calls else content or ""}
+    if tool_calls:
+        message["tool_calls"] = tool_calls
+    if refusal:
+        message["refusal"] = refusal
+    if reasoning:
+        message["reasoning_content"] = reasoning
+    return message
+
+
+def _first_choice(body: Any) -> dict[str, Any]:
+    if not isinstance(body, dict):
+        raise UpstreamError("The upstream answered with something that is not a chat completion.")
+    choices = body.get("choices")
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+        raise UpstreamError("The upstream answer has no choices.")
+    return choices[0]
+
+
+def turn_from_completion(body: Any) -> Turn:
+    """A whole `chat.completion` body as a Turn."""
+    choice = _first_choice(body)
+    raw = choice.get("message")
+    if not isinstance(raw, dict):
+        raise UpstreamError("The upstream answer has no message.")
+    calls = [_tool_call(c) for c in raw.get("tool_calls") or () if isinstance(c, dict)]
+    reasoning = raw.get("reasoning_content") or raw.get("reasoning")
+    message = _message(raw.get("content"), calls, raw.get("refusal"), reasoning)
+    return Turn(message, choice.get("finish_reason") or "stop", body.get("usage"))
+
+
+class StreamAssembler:
+    """Gathers streamed deltas; content is handed back at once, tool calls kept."""
+
+    __slots__ = ("_content", "_reasoning", "_refusal", "_calls", "_last", "finish_reason", "usage", "chunks")
+
+    def __init__(self) -> None:
+        self._content: list[str] = []
+        self._reasoning: list[str] = []
+        self._refusal: list[str] = []
+        self._calls: dict[Any, dict[str, Any]] = {}
+        self._last: Any = None  # key of the call the last fragment belonged to
+        self.finish_reason: str | None = None
+        self.usage: dict[str, Any] | None = None
+        self.chunks = 0
+
+    def feed(self, chunk: Any) -> Delta | None:
+        if not isinstance(chunk, dict):
+            raise UpstreamError("The upstream stream carried something that is not a chunk.")
+        if "error" in chunk and not chunk.get("choices"):
+            error = chunk["error"]
+            message = error.get("message") if isinstance(error, dict) else str(error)
+            raise UpstreamError(f"The upstream failed mid-stream: {message}")
+        self.chunks += 1
+        if chunk.get("usage"):
+            self.usage = chunk["usage"]
+        choices = chunk.get("choices")
+        if not choices:
+            return None
+        choice = choices[0]
+        if choice.get("finish_reason"):
+            self.finish_reason = choice["finish_reason"]
+        delta = choice.get("delta") or choice.get("message") or {}
+        for call in delta.get("tool_calls") or ():
+            self._fold_call(call)
+        if delta.get("refusal"):
+            self._refusal.append(delta["refusal"])
+        content = delta.get("content")
+        reasoning = delta.get("reasoning_content") or delta.get("reasoning")
+        if content:
+            self._content.append(content)
+        if reasoning:
+            self._reasoning.append(reasoning)
+        if content or reasoning:
+            return Delta(content or None, reasoning or None)
+        return None
+
+    def _fold_call(self, raw: dict[str, Any]) -> None:
+        # Key by index when present; else a new id opens a call and a bare
+        # fragment continues the last one (hosts that omit `index`).
+        function = raw.get("function") or {}
+        if raw.get("index") is not None:
+            key = raw["index"]
+        elif raw.get("id"):
+            key = raw["id"]
+        else:
+            key = self._last if self._last is not None else 0
+        call = self._calls.get(key)
+        if call is None:
+            call = self._calls[key] = {"id": raw.get("id"), "name": "", "arguments": []}
+        elif raw.get("id") and not call["id"]:
+            call["id"] = raw["id"]
+        if function.get("name"):
+            call["name"] += function["name"] if call["name"] != function["name"] else ""
+        if "arguments" in function:
+            call["arguments"].append(_arguments(function["arguments"]))
+        self._last = key
+
+    def finish(self) -> Turn:
+        calls = [
+            {
+                "id": call["id"] or _call_id(),
+                "type": "function",
+                "function": {"name": call["name"], "arguments": "".join(call["arguments"])},
+            }
+            for call in self._calls.values()
+        ]
+        message = _message(
+            "".join(self._content) or None,
+            calls,
+            "".join(self._refusal) or None,
+            "".join(self._reasoning) or None,
+        )
+        return Turn(message, self.finish_reason or "stop", self.usage)

@@ -1,0 +1,139 @@
+"""`toolgate serve` and `toolgate check`.
+
+    toolgate serve                      # config/toolgate.toml; demo upstream if it names no URL
+    toolgate serve --demo               # always the scripted demo upstream
+    toolgate serve --workers 4 --host 0.0.0.0 --port 8080
+    toolgate check                      # validate, print the resolved config and the tools
+
+A config with problems prints one line per problem and exits 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import json
+import logging
+import os
+import sys
+import tempfile
+
+from gateway import logs
+from gateway.config import Settings, load_config
+from gateway.errors import ConfigError
+
+log = logging.getLogger("toolgate")
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="toolgate", description="An OpenAI-compatible gateway that runs the tool loop.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the gateway")
+    check = sub.add_parser("check", help="validate the config and list the tools")
+    for p in (serve, check):
+        p.add_argument("--config", help="TOML file (default: $TOOLGATE_CONFIG or config/toolgate.toml)")
+    serve.add_argument("--host", help="bind address (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (default 8080)")
+    serve.add_argument("--workers", type=int, default=1, help="worker processes")
+    serve.add_argument("--demo", action="store_true", help="serve a scripted fake model instead of a real upstream")
+    serve.add_argument("--log-level", default="info")
+    return parser
+
+
+def _load(path: str | None) -> Settings:
+    try:
+        return load_config(path, os.environ)
+    except ConfigError as exc:
+        for line in exc.problems:
+            print(line, file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = _parser().parse_args(argv)
+    logs.setup(args.log_level.upper() if args.command == "serve" else "WARNING")
+    if args.command == "check":
+        raise SystemExit(asyncio.run(_check(_load(args.config))))
+    _serve(args)
+
+
+async def _check(settings: Settings) -> int:
+    from gateway.app import create_app
+
+    print(json.dumps(settings.describe(), indent=2))
+    app = create_app(settings)
+    failed = 0
+    async with app.router.lifespan_context(app):
+        runtime = app.state.runtime
+        owners = runtime.toolbox.owners()
+        print("\ntools:")
+        for source in settings.sources:
+            status = source.status()
+            names = sorted(name for name, owner in owners.items() if owner == source.name)
+            print(f"  {source.name}: {', '.join(names) or '(none)'}")
+            if not status.ready:
+                failed += 1
+                print(f"  problem: {source.name}: {status.detail}")
+        for alias in settings.models.values():
+            offered = runtime.toolbox.select(alias.tools).tools
+            print(f"model {alias.name} -> {alias.upstream}/{alias.upstream_model}: {', '.join(offered) or '(no tools)'}")
+    return 1 if failed else 0
+
+
+def _serve(args: argparse.Namespace) -> None:
+    import uvicorn
+
+    settings = _load(args.config)
+    server = settings.server
+    host = args.host or server.host
+    port = args.port or server.port
+    default = settings.upstreams[server.default_upstream]
+    demo = args.demo or not default.url
+    if not settings.api_keys:
+        where = "anyone on this machine" if host in LOOPBACK else f"anyone who can reach {host}"
+        log.warning("no API keys (TOOLGATE_API_KEYS): %s can use this gateway and its upstream keys", where)
+    options = dict(
+        host=host, port=port, log_config=None, access_log=False,
+        timeout_graceful_shutdown=int(server.grace_s), server_header=False,
+    )  # fmt: skip
+    if demo:
+        asyncio.run(_serve_demo(settings, options))
+    elif args.workers > 1:
+        # Each worker loads the config itself; metrics are summed over them.
+        os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="toolgate-metrics-"))
+        if args.config:
+            os.environ["TOOLGATE_CONFIG"] = args.config
+        uvicorn.run("gateway.cli:worker_app", factory=True, workers=args.workers, **options)
+    else:
+        from gateway.app import create_app
+
+        uvicorn.run(create_app(settings), **options)
+
+
+def worker_app():
+    from gateway.app import create_app
+
+    logs.setup()
+    return create_app(_load(None))
+
+
+async def _serve_demo(settings: Settings, options: dict) -> None:
+    import uvicorn
+
+    from gateway.app import create_app
+    from gateway.fakellm import FakeLLM
+
+    async with FakeLLM(host_type="openai") as fake:
+        name = settings.server.default_upstream
+        upstream = dataclasses.replace(settings.upstreams[name], url=fake.url, type="openai")
+        settings = dataclasses.replace(settings, upstreams={**settings.upstreams, name: upstream})
+        log.warning(
+            "DEMO MODE: no upstream URL is set, so upstream %r is a scripted fake model at %s. "
+            "Set TOOLGATE_UPSTREAM_URL to use a real host.",
+            name,
+            fake.url,
+        )
+        server = uvicorn.Server(uvicorn.Config(create_app(settings), **options))
+        await server.serve()

@@ -1,0 +1,48 @@
+"""What the loop yields. The writer turns these into one JSON body or SSE chunks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class Delta:
+    """Text from the model, to forward at once when streaming."""
+
+    content: str | None = None
+    reasoning: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ToolStarted:
+    round: int
+    call_id: str
+    name: str
+    arguments: str
+
+
+@dataclass(frozen=True, slots=True)
+class ToolFinished:
+    round: int
+    call_id: str
+    name: str
+    outcome: str  # "ok" | "error" | "timeout" | "unknown_tool" | "bad_arguments"
+    duration_s: float
+
+
+@dataclass(slots=True)
+class Final:
+    """The loop's answer: the last assistant message and the loop's facts."""
+
+    message: dict[str, Any]
+    finish_reason: str
+    usage: dict[str, Any] | None
+    rounds: int
+    tool_calls: int
+    trace: list[dict[str, Any]] = field(default_factory=list)
+    # Tool-call deltas the client must see (client tools handed back).
+    client_tool_calls: list[dict[str, Any]] | None = None
+
+
+Event = Delta | ToolStarted | ToolFinished | Final

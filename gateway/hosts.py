@@ -1,0 +1,83 @@
+"""Upstream host types: one row each, no if-chains on provider names.
+
+A row says where chat completions and models live, how the gateway
+authenticates, which non-standard parameters the host accepts, and whether its
+tool messages may carry image parts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from urllib.parse import quote
+
+
+@dataclass(frozen=True)
+class HostType:
+    name: str
+    chat_path: Callable[[str, str], str]  # (base url, upstream model) -> URL
+    models_path: Callable[[str], str] | None
+    auth: Callable[[str], dict[str, str]]
+    strip_suffixes: tuple[str, ...] = ()  # parts of a pasted URL the row adds itself
+    extra_params: frozenset[str] = frozenset()  # non-standard keys it accepts
+    tool_images: bool = False  # image parts allowed in `tool` messages
+    query: tuple[tuple[str, str], ...] = ()  # default query parameters (overridable in config)
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"authorization": f"Bearer {key}"} if key else {}
+
+
+def api_key_header(key: str) -> dict[str, str]:
+    return {"api-key": key} if key else {}
+
+
+def base_url(url: str, host: HostType) -> str:
+    """`url` without trailing slashes, doubled `/v1`, or a suffix the row adds itself."""
+    url = url.rstrip("/")
+    while url.endswith("/v1/v1"):
+        url = url[:-3]
+    for suffix in host.strip_suffixes:
+        if url.endswith(suffix):
+            url = url[: -len(suffix)]
+    return url
+
+
+_LOCAL_EXTRAS = frozenset({"top_k", "min_p", "repetition_penalty", "repeat_penalty", "typical_p", "num_ctx"})
+
+HOST_TYPES: dict[str, HostType] = {
+    host.name: host
+    for host in (
+        HostType(
+            "openai",
+            chat_path=lambda url, model: f"{url}/chat/completions",
+            models_path=lambda url: f"{url}/models",
+            auth=bearer,
+            strip_suffixes=("/chat/completions",),
+        ),
+        HostType(
+            "openwebui",
+            chat_path=lambda url, model: f"{url}/api/chat/completions",
+            models_path=lambda url: f"{url}/api/models",
+            auth=bearer,
+            strip_suffixes=("/api/chat/completions", "/api", "/v1"),
+            extra_params=_LOCAL_EXTRAS,
+        ),
+        HostType(
+            "ollama",
+            chat_path=lambda url, model: f"{url}/v1/chat/completions",
+            models_path=lambda url: f"{url}/v1/models",
+            auth=bearer,  # empty key: no header (Ollama needs none)
+            strip_suffixes=("/v1/chat/completions", "/v1", "/api"),
+            extra_params=_LOCAL_EXTRAS,
+        ),
+        HostType(
+            "azure",
+            chat_path=lambda url, model: f"{url}/openai/deployments/{quote(model, safe='')}/chat/completions",
+            models_path=None,
+            auth=api_key_header,
+            strip_suffixes=("/openai",),
+            query=(("api-version", "2024-10-21"),),
+        ),
+    )
+}

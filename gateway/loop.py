@@ -1,0 +1,176 @@
+"""The tool loop, written once: call the model, run its tool calls, repeat.
+
+    async with aclosing(run_loop(job, upstream_client, toolbox)) as events:
+        async for event in events:   # Delta, ToolStarted, ToolFinished ..., then one Final
+            ...
+
+It knows neither Starlette nor httpx. Each round ends in a next step: a final
+answer, tool results to send back, or client tool calls to hand back. Rounds
+are bounded by `max_rounds`, after which one last call with
+`tool_choice: "none"` makes the model answer from what it has.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import aclosing
+from dataclasses import dataclass
+from typing import Any
+
+from gateway.assemble import StreamAssembler, Turn, turn_from_completion
+from gateway.config import Upstream
+from gateway.errors import LoopLimit
+from gateway.events import Delta, Event, Final, ToolFinished, ToolStarted
+from gateway.tools.toolbox import Offer, Toolbox
+from gateway.upstream import UpstreamClient
+
+
+@dataclass(slots=True)
+class LoopJob:
+    """One request, resolved: everything the loop needs and nothing about HTTP."""
+
+    upstream: Upstream
+    model: str  # the upstream's model name
+    messages: list[dict[str, Any]]  # appended to in place, round by round
+    params: dict[str, Any]
+    offer: Offer
+    client_tools: list[dict[str, Any]] | None = None
+    stream: bool = False
+    max_rounds: int = 8
+    on_max_rounds: str = "answer"
+    repeat_limit: int = 3
+    request_id: str = ""
+    client_auth: str = ""
+    trace: bool = False
+
+
+async def run_loop(job: LoopJob, upstream: UpstreamClient, toolbox: Toolbox) -> AsyncIterator[Event]:
+    client_names = {t["function"]["name"] for t in job.client_tools or ()}
+    tools = [*job.offer.schemas, *(job.client_tools or ())]
+    base = {**job.params, "model": job.model}
+    if tools:
+        base["tools"] = tools
+    if job.stream:
+        base["stream"] = True
+        base["stream_options"] = {"include_usage": True}
+
+    usage: dict[str, Any] | None = None
+    tool_calls = 0
+    trace: list[dict[str, Any]] = []
+    streaks: dict[tuple[str, str], int] = {}
+    spoke = False  # text already streamed in an earlier round
+    last_call = not tools
+
+    for round_no in range(job.max_rounds + 1):
+        if round_no == job.max_rounds and not last_call:
+            last_call = True
+            if job.on_max_rounds == "error":
+                raise LoopLimit(f"The model was still calling tools after {job.max_rounds} rounds.")
+        body = {**base, "messages": job.messages}
+        if last_call and tools:
+            body["tool_choice"] = "none"
+
+        if job.stream:
+            assembler = StreamAssembler()
+            first = True
+            async with aclosing(upstream.stream(job.upstream, body, request_id=job.request_id, client_auth=job.client_auth)) as chunks:
+                async for chunk in chunks:
+                    delta = assembler.feed(chunk)
+                    if delta is not None:
+                        if first and spoke and delta.content:
+                            yield Delta("\n\n")
+                        first = False
+                        yield delta
+            spoke |= not first
+            turn = assembler.finish()
+        else:
+            turn = turn_from_completion(await upstream.complete(job.upstream, body, request_id=job.request_id, client_auth=job.client_auth))
+        usage = add_usage(usage, turn.usage)
+
+        calls = turn.message.get("tool_calls")
+        if not calls or last_call:
+            yield _final(turn, usage, round_no, tool_calls, trace)
+            return
+
+        _unique_ids(calls)
+        server = [c for c in calls if c["function"]["name"] not in client_names]
+        handed_back = [c for c in calls if c["function"]["name"] in client_names]
+        job.messages.append({**turn.message, "tool_calls": calls})
+        tool_calls += len(server)
+        for call in server:
+            yield ToolStarted(round_no + 1, call["id"], call["function"]["name"], call["function"]["arguments"])
+        results = {}
+        async with aclosing(toolbox.run_round(server, job.offer, tool_images=job.upstream.host.tool_images)) as outcomes:
+            async for outcome in outcomes:
+                results[outcome.call_id] = outcome
+                yield ToolFinished(round_no + 1, outcome.call_id, outcome.name, outcome.outcome, outcome.duration_s)
+        for call in server:
+            outcome = results[call["id"]]
+            job.messages.append({"role": "tool", "tool_call_id": call["id"], "content": outcome.content})
+            if job.trace:
+                trace.append(
+                    {
+                        "round": round_no + 1,
+                        "name": outcome.name,
+                        "arguments": outcome.arguments,
+                        "duration_ms": round(outcome.duration_s * 1000, 3),
+                        "outcome": outcome.outcome,
+                        "cut": outcome.cut,
+                    }
+                )
+
+        if handed_back:
+            message = {"role": "assistant", "content": turn.message.get("content"), "tool_calls": handed_back}
+            yield Final(message, "tool_calls", usage, round_no + 1, tool_calls, trace, client_tool_calls=handed_back)
+            return
+        last_call = _repeating(server, streaks, job.repeat_limit)
+    raise AssertionError("unreachable: the last round always answers")
+
+
+def _final(turn: Turn, usage: dict[str, Any] | None, rounds: int, tool_calls: int, trace: list) -> Final:
+    message = turn.message
+    finish_reason = turn.finish_reason
+    if message.get("tool_calls"):
+        # Asked not to call tools, the model did anyway: answer with what it said.
+        message = {k: v for k, v in message.items() if k != "tool_calls"}
+        message["content"] = message.get("content") or ""
+        finish_reason = "stop"
+    elif finish_reason == "tool_calls":
+        finish_reason = "stop"
+    return Final(message, finish_reason, usage, rounds, tool_calls, trace)
+
+
+def _unique_ids(calls: list[dict[str, Any]]) -> None:
+    seen: set[str] = set()
+    for call in calls:
+        if call["id"] in seen:
+            call["id"] = f"call_{uuid.uuid4().hex[:24]}"
+        seen.add(call["id"])
+
+
+def _repeating(calls: list[dict[str, Any]], streaks: dict[tuple[str, str], int], limit: int) -> bool:
+    """True when a call with the same arguments has come `limit` rounds in a row."""
+    current = {(c["function"]["name"], c["function"]["arguments"]) for c in calls}
+    for key in list(streaks):
+        if key not in current:
+            del streaks[key]
+    for key in current:
+        streaks[key] = streaks.get(key, 0) + 1
+    return any(count >= limit for count in streaks.values())
+
+
+def add_usage(total: dict[str, Any] | None, usage: Any) -> dict[str, Any] | None:
+    """Sum token counts, nested details included."""
+    if not isinstance(usage, dict):
+        return total
+    if total is None:
+        return {k: (dict(v) if isinstance(v, dict) else v) for k, v in usage.items()}
+    for key, value in usage.items():
+        if isinstance(value, bool):
+            continue
+        if isinstance(value, (int, float)) and isinstance(total.get(key, 0), (int, float)):
+            total[key] = total.get(key, 0) + value
+        elif isinstance(value, dict):
+            total[key] = add_usage(total.get(key) if isinstance(total.get(key), dict) else None, value)
+    return total

@@ -1,0 +1,62 @@
+"""Prometheus metrics. Label children are cached, so the hot path does a dict
+lookup and an increment, never a label resolution.
+
+With `--workers N`, set PROMETHEUS_MULTIPROC_DIR (the CLI does) and /metrics
+aggregates every process.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+
+REQUESTS = Counter("toolgate_requests_total", "Chat completion requests", ["model", "status"])
+REQUEST_SECONDS = Histogram("toolgate_request_duration_seconds", "Whole request duration", ["model"], buckets=_BUCKETS)
+UPSTREAM_CALLS = Counter("toolgate_upstream_calls_total", "Calls to upstream hosts", ["upstream", "status"])
+UPSTREAM_SECONDS = Histogram("toolgate_upstream_latency_seconds", "Time to upstream response headers", ["upstream"], buckets=_BUCKETS)
+TOOL_CALLS = Counter("toolgate_tool_calls_total", "Tool calls", ["tool", "outcome"])
+TOOL_SECONDS = Histogram("toolgate_tool_duration_seconds", "Tool call duration", ["tool"], buckets=_BUCKETS)
+ROUNDS = Histogram("toolgate_rounds", "Tool rounds per request", buckets=(0, 1, 2, 3, 4, 6, 8, 12, 16))
+TOKENS = Counter("toolgate_tokens_total", "Tokens reported by upstreams", ["model", "kind"])
+IN_FLIGHT = Gauge("toolgate_requests_in_flight", "Requests being served", multiprocess_mode="livesum")
+STREAMS = Gauge("toolgate_streams_open", "SSE streams open", multiprocess_mode="livesum")
+
+
+@lru_cache(maxsize=4096)
+def _child(metric, *labels: str):
+    return metric.labels(*labels)
+
+
+def upstream_call(upstream: str, status: str, seconds: float) -> None:
+    _child(UPSTREAM_CALLS, upstream, status).inc()
+    _child(UPSTREAM_SECONDS, upstream).observe(seconds)
+
+
+def tool_call(tool: str, outcome: str, seconds: float) -> None:
+    _child(TOOL_CALLS, tool, outcome).inc()
+    _child(TOOL_SECONDS, tool).observe(seconds)
+
+
+def request_done(model: str, status: int, seconds: float, rounds: int, usage: dict | None) -> None:
+    _child(REQUESTS, model, str(status)).inc()
+    _child(REQUEST_SECONDS, model).observe(seconds)
+    ROUNDS.observe(rounds)
+    if usage:
+        for kind in ("prompt_tokens", "completion_tokens"):
+            value = usage.get(kind)
+            if isinstance(value, int):
+                _child(TOKENS, model, kind).inc(value)
+
+
+def render() -> tuple[bytes, str]:
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    return generate_latest(), CONTENT_TYPE_LATEST

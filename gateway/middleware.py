@@ -1,0 +1,88 @@
+"""Pure-ASGI middleware: request id, API-key auth and the concurrency cap.
+
+One class, three steps, no per-request objects beyond a wrapped `send`.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import re
+import uuid
+from typing import Any
+
+import orjson
+
+from gateway import metrics
+from gateway.errors import GatewayError, Overloaded, Unauthorized
+
+log = logging.getLogger("toolgate")
+
+_SAFE_ID = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+
+
+class GatewayMiddleware:
+    def __init__(self, app: Any, *, api_keys: tuple[str, ...] = (), max_concurrency: int = 1024) -> None:
+        self.app = app
+        self.api_keys = tuple(k.encode() for k in api_keys)
+        self.max_concurrency = max_concurrency
+        self.in_flight = 0
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        request_id = b""
+        auth = b""
+        for name, value in scope["headers"]:
+            if name == b"x-request-id" and _SAFE_ID.fullmatch(value):
+                request_id = value
+            elif name in (b"authorization", b"api-key"):
+                auth = value
+        request_id = request_id or uuid.uuid4().hex.encode()
+        scope["request_id"] = request_id.decode()
+
+        async def send_with_id(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", ()), (b"x-request-id", request_id)]
+            await send(message)
+
+        if scope["path"] in OPEN_PATHS:
+            return await self.app(scope, receive, send_with_id)
+        if self.api_keys and not self._authorized(auth):
+            return await _reject(send_with_id, Unauthorized("Invalid or missing API key for this gateway."))
+        if self.in_flight >= self.max_concurrency:
+            return await _reject(send_with_id, Overloaded("The gateway is at its concurrency limit; retry shortly.", headers={"retry-after": "1"}))
+        self.in_flight += 1
+        metrics.IN_FLIGHT.inc()
+        started = False
+
+        async def send_tracked(message: dict) -> None:
+            nonlocal started
+            started = True
+            await send_with_id(message)
+
+        try:
+            await self.app(scope, receive, send_tracked)
+        except Exception:
+            # The one place an unexpected failure becomes a response: OpenAI shape, no traceback.
+            log.exception("unhandled error serving %s", scope["path"])
+            if not started:
+                await _reject(send_with_id, GatewayError("The gateway failed to handle this request.", code="internal_error"))
+        finally:
+            self.in_flight -= 1
+            metrics.IN_FLIGHT.dec()
+
+    def _authorized(self, header: bytes) -> bool:
+        token = header[7:].strip() if header[:7].lower() == b"bearer " else header.strip()
+        # Compare against every key, always, so timing tells nothing about which matched.
+        found = False
+        for key in self.api_keys:
+            found |= hmac.compare_digest(token, key)
+        return found
+
+
+async def _reject(send: Any, error: GatewayError) -> None:
+    headers = [(b"content-type", b"application/json"), *((k.encode(), v.encode()) for k, v in error.headers.items())]
+    await send({"type": "http.response.start", "status": error.status, "headers": headers})
+    await send({"type": "http.response.body", "body": orjson.dumps(error.body())})

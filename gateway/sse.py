@@ -1,0 +1,60 @@
+"""Server-sent events: a pure incremental decoder and the few encoders the writer needs.
+
+    decoder = SSEDecoder()
+    for data in decoder.feed(chunk):   # bytes in, complete `data` payloads out
+        ...
+    decoder.close()                    # raises if the stream ended mid-event
+
+Bytes may arrive split anywhere (mid-line, mid-UTF-8 character); lines may end
+in LF, CRLF or CR; comment lines and fields other than `data` are skipped.
+"""
+
+from __future__ import annotations
+
+import re
+
+_LINE_END = re.compile(rb"\r\n|\r|\n")
+
+
+class SSEDecoder:
+    __slots__ = ("_buffer", "_data")
+
+    def __init__(self) -> None:
+        self._buffer = b""
+        self._data: list[bytes] = []
+
+    def feed(self, chunk: bytes) -> list[bytes]:
+        """Complete event payloads (the joined `data:` lines) found so far."""
+        buffer = self._buffer + chunk if self._buffer else chunk
+        lines = _LINE_END.split(buffer)
+        rest = lines.pop()
+        if buffer.endswith(b"\r"):
+            # A CR may be the first half of CRLF: decide when the next byte comes.
+            rest = lines.pop() + b"\r"
+        self._buffer = rest
+        events: list[bytes] = []
+        for line in lines:
+            if not line:
+                if self._data:
+                    events.append(b"\n".join(self._data))
+                    self._data = []
+            elif line.startswith(b"data:"):
+                value = line[5:]
+                self._data.append(value[1:] if value.startswith(b" ") else value)
+            # comments (":...") and other fields (event:, id:, retry:) are ignored
+        return events
+
+    def close(self) -> list[bytes]:
+        """Flush at end of stream: a final event without its blank line still counts."""
+        rest = self._buffer.rstrip(b"\r")
+        self._buffer = b""
+        events = self.feed(rest + b"\n\n") if rest or self._data else []
+        return events
+
+
+def data(payload: bytes) -> bytes:
+    return b"data: " + payload + b"\n\n"
+
+
+DONE = b"data: [DONE]\n\n"
+KEEPALIVE = b": keepalive\n\n"

@@ -1,0 +1,112 @@
+"""The one interface every tool source implements.
+
+A *tool* is a name, a description, a JSON schema for its parameters and an async
+``call(arguments) -> ToolOutput``. A *source* owns a set of tools and their
+lifetime (an MCP session, an HTTP base URL, nothing at all for built-ins)::
+
+    class Echo(Tool):
+        def __init__(self) -> None:
+            super().__init__("echo", "Say it back.", {"type": "object",
+                             "properties": {"text": {"type": "string"}}})
+
+        async def call(self, arguments):
+            return arguments["text"]
+
+A tool signals a failure the model should read by raising ``ToolError``; any
+other exception is treated the same way by the toolbox, but logged as a bug.
+Timeouts are the toolbox's job: a tool just awaits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+# What a tool returns: text, or OpenAI content parts
+# ({"type": "text", "text": ...}, {"type": "image_url", "image_url": {...}}).
+ToolOutput = str | list[dict[str, Any]]
+
+
+class ToolError(Exception):
+    """A failure the model should read (bad input, remote error, not found ...)."""
+
+
+class Tool:
+    """Base class for tools; subclasses implement ``call``."""
+
+    def __init__(
+        self,
+        name: str,
+        description: str,
+        parameters: Mapping[str, Any] | None = None,
+        *,
+        timeout_s: float | None = None,
+    ) -> None:
+        self.name = name
+        self.description = description
+        self.parameters: Mapping[str, Any] = parameters or {"type": "object", "properties": {}}
+        self.timeout_s = timeout_s  # None: the toolbox default
+
+    async def call(self, arguments: dict[str, Any]) -> ToolOutput:
+        raise NotImplementedError
+
+    def renamed(self, name: str) -> "Tool":
+        """The same tool under another name (prefixing on clashes)."""
+        clone = object.__new__(type(self))
+        clone.__dict__.update(self.__dict__)
+        clone.name = name
+        return clone
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name}>"
+
+
+@dataclass(frozen=True)
+class SourceStatus:
+    ready: bool
+    detail: str = ""
+
+
+@dataclass
+class SourceContext:
+    """What the app hands a source when it starts it."""
+
+    http: Any = None  # the process's httpx.AsyncClient for tool traffic
+    environ: Mapping[str, str] = field(default_factory=dict)
+
+
+class ToolSource(Protocol):
+    """A named set of tools with a lifetime, started and stopped by the app."""
+
+    name: str
+    prefix: bool  # offer tools as "<source>_<tool>"
+
+    async def start(self, ctx: SourceContext) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    def tools(self) -> Sequence[Tool]: ...
+
+    def status(self) -> SourceStatus: ...
+
+
+class StaticSource:
+    """A source whose tools need no lifetime (built-ins, Python functions)."""
+
+    def __init__(self, name: str, tools: Sequence[Tool], *, prefix: bool = False) -> None:
+        self.name = name
+        self.prefix = prefix
+        self._tools = list(tools)
+
+    async def start(self, ctx: SourceContext) -> None:
+        return None
+
+    async def stop(self) -> None:
+        return None
+
+    def tools(self) -> Sequence[Tool]:
+        return self._tools
+
+    def status(self) -> SourceStatus:
+        return SourceStatus(True)

@@ -1,0 +1,264 @@
+"""Loop events to the client: one `chat.completion` body, or SSE chunks.
+
+Both renderings run the loop in a task and watch the client: when it goes
+away, the loop task is cancelled, and with it the upstream request and the
+running tools. For SSE, the loop feeds a bounded queue; waiting on the queue
+(never on the loop generator) is what times out to send `: keepalive`. The 200
+and SSE headers go out only with the first event, or the first keepalive, so an
+early upstream error keeps its own status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import aclosing
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from gateway import sse
+from gateway.errors import UpstreamTimeout, error_json
+from gateway.events import Delta, Event, Final, ToolFinished, ToolStarted
+
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+
+_END = object()
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What happened, for the request log and metrics."""
+
+    status: int = 200
+    final: Final | None = None
+    error: BaseException | None = None
+    disconnected: bool = False
+
+
+@dataclass(slots=True)
+class Rendering:
+    alias: str
+    deadline_s: float
+    trace: bool = False
+    include_usage: bool = False
+    progress: bool = False
+    keepalive_s: float = 15.0
+    extra_headers: tuple[tuple[bytes, bytes], ...] = ()
+
+
+def _completion_id() -> str:
+    return f"chatcmpl-{uuid.uuid4().hex}"
+
+
+def loop_facts(final: Final) -> dict[str, Any]:
+    return {"rounds": final.rounds, "tool_calls": final.tool_calls, "tools": final.trace}
+
+
+async def _watch(receive: Receive) -> None:
+    """Returns when the client disconnects."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _deadline(events: AsyncIterator[Event], seconds: float) -> AsyncIterator[Event]:
+    try:
+        async with asyncio.timeout(seconds):
+            async with aclosing(events) as inner:
+                async for event in inner:
+                    yield event
+    except TimeoutError:
+        raise UpstreamTimeout(f"The request did not finish within its {seconds:g} s deadline.", code="request_timeout") from None
+
+
+async def _race(work: Awaitable[Any], receive: Receive) -> tuple[bool, asyncio.Task]:
+    """Run `work` until done or the client disconnects; True if the client left."""
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_watch(receive))
+    try:
+        await asyncio.wait((task, watcher), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for t in (task, watcher):
+            if not t.done():
+                t.cancel()
+        if not task.done():
+            await asyncio.gather(task, return_exceptions=True)
+    return task.cancelled() or not task.done(), task
+
+
+async def _error_response(send: Send, exc: BaseException, extra: tuple) -> int:
+    status, body, headers = error_json(exc)
+    raw = [(b"content-type", b"application/json"), *extra, *((k.encode(), v.encode()) for k, v in headers.items())]
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": body})
+    return status
+
+
+# -- one JSON body -----------------------------------------------------------------
+
+
+async def write_json(send: Send, receive: Receive, events: AsyncIterator[Event], r: Rendering) -> Outcome:
+    async def collect() -> Final:
+        async with aclosing(_deadline(events, r.deadline_s)) as stream:
+            async for event in stream:
+                if isinstance(event, Final):
+                    return event
+        raise AssertionError("the loop ended without a final answer")
+
+    left, task = await _race(collect(), receive)
+    if left:
+        return Outcome(499, disconnected=True)
+    if task.exception() is not None:
+        exc = task.exception()
+        return Outcome(await _error_response(send, exc, r.extra_headers), error=exc)
+    final = task.result()
+    body: dict[str, Any] = {
+        "id": _completion_id(),
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": r.alias,
+        "choices": [{"index": 0, "message": final.message, "finish_reason": final.finish_reason, "logprobs": None}],
+        "usage": final.usage,
+    }
+    if r.trace:
+        body["toolgate"] = loop_facts(final)
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"x-toolgate-rounds", str(final.rounds).encode()),
+        (b"x-toolgate-tool-calls", str(final.tool_calls).encode()),
+        *r.extra_headers,
+    ]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": orjson.dumps(body)})
+    return Outcome(200, final=final)
+
+
+# -- server-sent events ------------------------------------------------------------
+
+
+class _Chunks:
+    """Encodes `chat.completion.chunk` lines from a template made once per response."""
+
+    def __init__(self, alias: str) -> None:
+        head = orjson.dumps({"id": _completion_id(), "object": "chat.completion.chunk", "created": int(time.time()), "model": alias})
+        self._head = b"data: " + head[:-1] + b',"choices":[{"index":0,"delta":'
+        self._usage_head = b"data: " + head[:-1] + b',"choices":[],"usage":'
+
+    def delta(self, delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
+        finish = orjson.dumps(finish_reason)
+        return self._head + orjson.dumps(delta) + b',"logprobs":null,"finish_reason":' + finish + b"}]}\n\n"
+
+    def usage(self, usage: dict[str, Any] | None, extra: dict[str, Any] | None = None) -> bytes:
+        tail = b"" if extra is None else b',"toolgate":' + orjson.dumps(extra)
+        return self._usage_head + orjson.dumps(usage) + tail + b"}\n\n"
+
+
+def _progress_text(event: ToolStarted | ToolFinished) -> str:
+    if isinstance(event, ToolStarted):
+        args = event.arguments if len(event.arguments) <= 120 else event.arguments[:117] + "..."
+        return f"Calling {event.name}({args})\n"
+    return f"{event.name}: {event.outcome} in {event.duration_s * 1000:.0f} ms\n"
+
+
+async def write_sse(send: Send, receive: Receive, events: AsyncIterator[Event], r: Rendering) -> Outcome:
+    queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=64)
+
+    async def produce() -> None:
+        try:
+            async with aclosing(_deadline(events, r.deadline_s)) as stream:
+                async for event in stream:
+                    await queue.put(event)
+            await queue.put(_END)
+        except Exception as exc:
+            await queue.put(exc)
+
+    outcome = Outcome()
+    left, _ = await _race(_consume(send, queue, produce(), r, outcome), receive)
+    if left:
+        outcome.disconnected = True
+        outcome.status = 499
+    return outcome
+
+
+async def _consume(send: Send, queue: asyncio.Queue, producer: Awaitable[None], r: Rendering, outcome: Outcome) -> None:
+    chunks = _Chunks(r.alias)
+    started = False
+
+    async def start() -> None:
+        nonlocal started
+        started = True
+        headers = [
+            (b"content-type", b"text/event-stream; charset=utf-8"),
+            (b"cache-control", b"no-cache"),
+            (b"x-accel-buffering", b"no"),
+            *r.extra_headers,
+        ]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": chunks.delta({"role": "assistant", "content": ""}), "more_body": True})
+
+    task = asyncio.ensure_future(producer)
+    try:
+        while True:  # ends at _END or an error; the loop behind the queue is bounded
+            try:
+                async with asyncio.timeout(r.keepalive_s):
+                    item = await queue.get()
+            except TimeoutError:
+                if not started:
+                    await start()
+                await send({"type": "http.response.body", "body": sse.KEEPALIVE, "more_body": True})
+                continue
+            batch = [item]
+            while not queue.empty() and not isinstance(batch[-1], BaseException) and batch[-1] is not _END:
+                batch.append(queue.get_nowait())
+            last = batch[-1]
+            if isinstance(last, BaseException) and not started:
+                outcome.error = last
+                outcome.status = await _error_response(send, last, r.extra_headers)
+                return
+            if not started:
+                await start()
+            out = bytearray()
+            for event in batch:
+                if isinstance(event, Delta):
+                    out += chunks.delta({k: v for k, v in (("content", event.content), ("reasoning_content", event.reasoning)) if v})
+                elif isinstance(event, (ToolStarted, ToolFinished)):
+                    if r.progress:
+                        out += chunks.delta({"reasoning_content": _progress_text(event)})
+                elif isinstance(event, Final):
+                    outcome.final = event
+                    out += _closing(chunks, event, r)
+                elif isinstance(event, BaseException):
+                    outcome.error = event
+                    outcome.status = error_json(event)[0]
+                    out += sse.data(error_json(event)[1]) + sse.DONE
+                elif event is _END:
+                    if outcome.final is None and outcome.error is None:
+                        out += sse.DONE
+            more = not (isinstance(last, BaseException) or last is _END)
+            await send({"type": "http.response.body", "body": bytes(out), "more_body": more})
+            if not more:
+                return
+    finally:
+        if not task.done():
+            task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+def _closing(chunks: _Chunks, final: Final, r: Rendering) -> bytes:
+    out = b""
+    message = final.message
+    if message.get("refusal"):
+        out += chunks.delta({"refusal": message["refusal"]})
+    if final.client_tool_calls:
+        calls = [{"index": i, **call} for i, call in enumerate(final.client_tool_calls)]
+        out += chunks.delta({"tool_calls": calls})
+    out += chunks.delta({}, final.finish_reason)
+    if r.include_usage:
+        out += chunks.usage(final.usage or {}, loop_facts(final) if r.trace else None)
+    elif r.trace:
+        out += chunks.usage(None, loop_facts(final))
+    return out + sse.DONE
