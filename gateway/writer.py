@@ -188,7 +188,8 @@ async def _consume(send: Send, queue: asyncio.Queue, producer: Awaitable[None], 
     chunks = _Chunks(r.alias)
     started = False
 
-    async def start() -> None:
+    async def start() -> bytes:
+        """Send the headers; return the first chunk (the role), to go out with what follows."""
         nonlocal started
         started = True
         headers = [
@@ -198,7 +199,7 @@ async def _consume(send: Send, queue: asyncio.Queue, producer: Awaitable[None], 
             *r.extra_headers,
         ]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
-        await send({"type": "http.response.body", "body": chunks.delta({"role": "assistant", "content": ""}), "more_body": True})
+        return chunks.delta({"role": "assistant", "content": ""})
 
     task = asyncio.ensure_future(producer)
     try:
@@ -207,20 +208,13 @@ async def _consume(send: Send, queue: asyncio.Queue, producer: Awaitable[None], 
                 async with asyncio.timeout(r.keepalive_s):
                     item = await queue.get()
             except TimeoutError:
-                if not started:
-                    await start()
-                await send({"type": "http.response.body", "body": sse.KEEPALIVE, "more_body": True})
+                head = b"" if started else await start()
+                await send({"type": "http.response.body", "body": head + sse.KEEPALIVE, "more_body": True})
                 continue
             batch = [item]
             while not queue.empty() and not isinstance(batch[-1], BaseException) and batch[-1] is not _END:
                 batch.append(queue.get_nowait())
             last = batch[-1]
-            if isinstance(last, BaseException) and not started:
-                outcome.error = last
-                outcome.status = await _error_response(send, last, r.extra_headers)
-                return
-            if not started:
-                await start()
             out = bytearray()
             for event in batch:
                 if isinstance(event, Delta):
@@ -233,11 +227,14 @@ async def _consume(send: Send, queue: asyncio.Queue, producer: Awaitable[None], 
                     out += _closing(chunks, event, r)
                 elif isinstance(event, BaseException):
                     outcome.error = event
+                    if not started and not out:
+                        # Nothing shown yet: the error keeps its own status.
+                        outcome.status = await _error_response(send, event, r.extra_headers)
+                        return
                     outcome.status = error_json(event)[0]
                     out += sse.data(error_json(event)[1]) + sse.DONE
-                elif event is _END:
-                    if outcome.final is None and outcome.error is None:
-                        out += sse.DONE
+            if not started:
+                out[:0] = await start()
             more = not (isinstance(last, BaseException) or last is _END)
             await send({"type": "http.response.body", "body": bytes(out), "more_body": more})
             if not more:
