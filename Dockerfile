@@ -1,0 +1,22 @@
+# A slim image running toolgate as a non-root user.
+#   docker build -t toolgate .
+#   docker run -p 8080:8080 -e TOOLGATE_UPSTREAM_URL=https://api.openai.com/v1 \
+#     -e TOOLGATE_UPSTREAM_API_KEY=sk-... -e TOOLGATE_API_KEYS=my-client-key toolgate
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 \
+    TOOLGATE_HOST=0.0.0.0 TOOLGATE_PORT=8080 TOOLGATE_CONFIG=/app/config/toolgate.toml
+
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY gateway ./gateway
+RUN pip install . && useradd --system --uid 10001 --home-dir /app toolgate
+# Mount your own config over this directory.
+COPY config ./config
+
+USER toolgate
+EXPOSE 8080
+HEALTHCHECK --interval=15s --timeout=3s --start-period=10s \
+    CMD python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8080/healthz', timeout=2)"
+ENTRYPOINT ["toolgate"]
+CMD ["serve"]
