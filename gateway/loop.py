@@ -59,7 +59,7 @@ async def run_loop(job: LoopJob, upstream: UpstreamClient, toolbox: Toolbox) -> 
     tool_calls = 0
     trace: list[dict[str, Any]] = []
     streaks: dict[tuple[str, str], int] = {}
-    spoke = False  # text already streamed in an earlier round
+    spoke = False  # content already streamed in an earlier round
     last_call = not tools
 
     for round_no in range(job.max_rounds + 1):
@@ -73,16 +73,18 @@ async def run_loop(job: LoopJob, upstream: UpstreamClient, toolbox: Toolbox) -> 
 
         if job.stream:
             assembler = StreamAssembler()
-            first = True
+            fresh = True  # no content yet in this round
             async with aclosing(upstream.stream(job.upstream, body, request_id=job.request_id, client_auth=job.client_auth)) as chunks:
                 async for chunk in chunks:
                     delta = assembler.feed(chunk)
-                    if delta is not None:
-                        if first and spoke and delta.content:
+                    if delta is None:
+                        continue
+                    if delta.content and fresh:
+                        fresh = False
+                        if spoke:
                             yield Delta("\n\n")
-                        first = False
-                        yield delta
-            spoke |= not first
+                    yield delta
+            spoke |= not fresh
             turn = assembler.finish()
         else:
             turn = turn_from_completion(await upstream.complete(job.upstream, body, request_id=job.request_id, client_auth=job.client_auth))

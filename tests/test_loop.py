@@ -1,0 +1,176 @@
+"""The loop alone: a scripted upstream object, no HTTP, no Starlette."""
+
+from __future__ import annotations
+
+import asyncio
+from contextlib import aclosing
+from typing import Any
+
+import pytest
+
+from gateway.config import Upstream
+from gateway.events import Delta, Final, ToolFinished, ToolStarted
+from gateway.loop import LoopJob, add_usage, run_loop
+from gateway.tools.base import StaticSource, Tool, ToolError
+from gateway.tools.toolbox import Toolbox
+from tests.support import call, chunk, completion
+
+
+class FakeUpstream:
+    """Stands in for UpstreamClient: pops scripted replies, records payloads."""
+
+    def __init__(self, *replies: Any) -> None:
+        self.replies = list(replies)
+        self.payloads: list[dict[str, Any]] = []
+
+    def _next(self, payload: dict[str, Any]) -> Any:
+        # The loop appends to one message list; snapshot what was sent this round.
+        self.payloads.append({**payload, "messages": list(payload["messages"])})
+        assert self.replies, "the loop made one upstream call too many"
+        return self.replies.pop(0)
+
+    async def complete(self, upstream, payload, **_):
+        return self._next(payload)
+
+    async def stream(self, upstream, payload, **_):
+        for item in self._next(payload):
+            yield item
+
+
+class Echo(Tool):
+    def __init__(self, name: str = "echo", delay: float = 0.0) -> None:
+        super().__init__(name, "Echo text.", {"type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"]})
+        self.delay = delay
+        self.running = 0
+        self.peak = 0
+
+    async def call(self, arguments):
+        self.running += 1
+        self.peak = max(self.peak, self.running)
+        try:
+            await asyncio.sleep(self.delay)
+            if arguments["text"] == "boom":
+                raise ToolError("it went boom")
+            return arguments["text"].upper()
+        finally:
+            self.running -= 1
+
+
+def job(offer, **kw) -> LoopJob:
+    upstream = Upstream(name="up", url="http://up.test/v1")
+    return LoopJob(upstream=upstream, model="up-model", messages=[{"role": "user", "content": "hi"}], params={}, offer=offer, **kw)
+
+
+async def run(j: LoopJob, upstream: FakeUpstream, toolbox: Toolbox) -> list:
+    async with aclosing(run_loop(j, upstream, toolbox)) as events:
+        return [e async for e in events]
+
+
+def box(*tools: Tool, **kw) -> Toolbox:
+    return Toolbox([StaticSource("test", tools)], **kw)
+
+
+async def test_events_of_a_tool_round_then_the_answer():
+    toolbox = box(Echo())
+    up = FakeUpstream(completion(None, tool_calls=[call("echo", {"text": "a"}, "x")]), completion("done"))
+    events = await run(job(toolbox.select(["*"])), up, toolbox)
+    assert [type(e) for e in events] == [ToolStarted, ToolFinished, Final]
+    final = events[-1]
+    assert final.message == {"role": "assistant", "content": "done"}
+    assert (final.rounds, final.tool_calls, final.finish_reason) == (1, 1, "stop")
+    assert up.payloads[1]["messages"][-1] == {"role": "tool", "tool_call_id": "x", "content": "A"}
+
+
+async def test_round_runs_calls_concurrently_within_the_bound():
+    echo = Echo(delay=0.01)
+    toolbox = box(echo, max_parallel=3)
+    calls = [call("echo", {"text": str(i)}, f"c{i}") for i in range(7)]
+    up = FakeUpstream(completion(None, tool_calls=calls), completion("ok"))
+    await run(job(toolbox.select(["*"])), up, toolbox)
+    assert echo.peak == 3
+    tool_ids = [m["tool_call_id"] for m in up.payloads[1]["messages"] if m["role"] == "tool"]
+    assert tool_ids == [f"c{i}" for i in range(7)]
+
+
+async def test_tool_errors_are_messages_for_the_model():
+    toolbox = box(Echo())
+    up = FakeUpstream(completion(None, tool_calls=[call("echo", {"text": "boom"})]), completion("sorry"))
+    events = await run(job(toolbox.select(["*"])), up, toolbox)
+    assert events[1].outcome == "error"
+    assert up.payloads[1]["messages"][-1]["content"] == "Error: it went boom"
+
+
+async def test_duplicate_call_ids_are_made_unique():
+    toolbox = box(Echo())
+    calls = [call("echo", {"text": "a"}, "same"), call("echo", {"text": "b"}, "same")]
+    up = FakeUpstream(completion(None, tool_calls=calls), completion("ok"))
+    await run(job(toolbox.select(["*"])), up, toolbox)
+    sent = up.payloads[1]["messages"]
+    ids = [c["id"] for c in sent[-3]["tool_calls"]]
+    assert len(set(ids)) == 2
+    assert [m["tool_call_id"] for m in sent[-2:]] == ids
+
+
+async def test_streamed_rounds_forward_text_and_separate_rounds():
+    toolbox = box(Echo())
+    round1 = [
+        chunk({"content": "Let me look."}),
+        chunk({"tool_calls": [{"index": 0, "id": "t", "function": {"name": "echo", "arguments": '{"text": "q"}'}}]}),
+        chunk({}, "tool_calls"),
+    ]
+    round2 = [chunk({"reasoning_content": "hmm"}), chunk({"content": "Found it."}), chunk({}, "stop")]
+    up = FakeUpstream(round1, round2)
+    events = await run(job(toolbox.select(["*"]), stream=True), up, toolbox)
+    deltas = [e for e in events if isinstance(e, Delta)]
+    assert deltas == [Delta("Let me look."), Delta(None, "hmm"), Delta("\n\n"), Delta("Found it.")]
+    assert up.payloads[0]["stream"] is True and up.payloads[0]["stream_options"] == {"include_usage": True}
+    assert events[-1].message["content"] == "Found it."
+
+
+async def test_no_tools_offered_means_one_plain_call():
+    up = FakeUpstream(completion("plain"))
+    events = await run(job(Toolbox().select(["*"])), up, Toolbox())
+    assert [type(e) for e in events] == [Final]
+    assert "tools" not in up.payloads[0] and "tool_choice" not in up.payloads[0]
+
+
+async def test_model_calling_tools_after_tool_choice_none_gets_its_text_returned():
+    toolbox = box(Echo())
+    again = lambda: completion("partial", tool_calls=[call("echo", {"text": "x"})])  # noqa: E731
+    up = FakeUpstream(again(), again())
+    events = await run(job(toolbox.select(["*"]), max_rounds=1), up, toolbox)
+    final = events[-1]
+    assert up.payloads[-1]["tool_choice"] == "none"
+    assert final.message == {"role": "assistant", "content": "partial"}
+    assert final.finish_reason == "stop"
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "total"),
+    [
+        (None, {"prompt_tokens": 1}, {"prompt_tokens": 1}),
+        ({"prompt_tokens": 1, "total_tokens": 2}, {"prompt_tokens": 3, "total_tokens": 4}, {"prompt_tokens": 4, "total_tokens": 6}),
+        ({"completion_tokens_details": {"reasoning_tokens": 2}}, {"completion_tokens_details": {"reasoning_tokens": 5}}, {"completion_tokens_details": {"reasoning_tokens": 7}}),
+        ({"prompt_tokens": 1}, None, {"prompt_tokens": 1}),
+    ],
+)
+def test_usage_is_summed_with_nested_details(a, b, total):
+    assert add_usage(add_usage(None, a), b) == total
+
+
+async def test_closing_the_loop_cancels_running_tools():
+    slow = Echo("slow", delay=30)
+    toolbox = box(slow)
+    calls = [call("slow", {"text": "a"}, "1"), call("slow", {"text": "b"}, "2")]
+    up = FakeUpstream(completion(None, tool_calls=calls))
+    events = run_loop(job(toolbox.select(["*"])), up, toolbox)
+    async with aclosing(events):
+        assert isinstance(await events.__anext__(), ToolStarted)
+        assert isinstance(await events.__anext__(), ToolStarted)
+        task = asyncio.ensure_future(events.__anext__())
+        while slow.running < 2:
+            await asyncio.sleep(0)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    assert slow.running == 0
