@@ -85,14 +85,18 @@ def turn_from_completion(body: Any) -> Turn:
 class StreamAssembler:
     """Gathers streamed deltas; content is handed back at once, tool calls kept."""
 
-    __slots__ = ("_content", "_reasoning", "_refusal", "_calls", "_last", "finish_reason", "usage", "chunks")
+    __slots__ = (
+        "_content", "_reasoning", "_refusal", "_calls", "_ids", "_indexes", "_last", "finish_reason", "usage", "chunks",
+    )  # fmt: skip
 
     def __init__(self) -> None:
         self._content: list[str] = []
         self._reasoning: list[str] = []
         self._refusal: list[str] = []
-        self._calls: dict[Any, dict[str, Any]] = {}
-        self._last: Any = None  # key of the call the last fragment belonged to
+        self._calls: dict[int, dict[str, Any]] = {}  # in order of first fragment
+        self._ids: dict[str, int] = {}  # tool-call id -> its call
+        self._indexes: dict[Any, int] = {}  # streamed `index` -> the call it last named
+        self._last: int | None = None  # the call the last fragment belonged to
         self.finish_reason: str | None = None
         self.usage: dict[str, Any] | None = None
         self.chunks = 0
@@ -110,12 +114,15 @@ class StreamAssembler:
         choices = chunk.get("choices")
         if not choices:
             return None
-        choice = choices[0]
+        choice = choices[0] if isinstance(choices, list) else None
+        delta = (choice.get("delta") or choice.get("message") or {}) if isinstance(choice, dict) else None
+        if not isinstance(delta, dict):
+            raise UpstreamError("The upstream stream carried a malformed chunk.")
         if choice.get("finish_reason"):
             self.finish_reason = choice["finish_reason"]
-        delta = choice.get("delta") or choice.get("message") or {}
         for call in delta.get("tool_calls") or ():
-            self._fold_call(call)
+            if isinstance(call, dict):
+                self._fold_call(call)
         if delta.get("refusal"):
             self._refusal.append(delta["refusal"])
         content = delta.get("content")
@@ -129,20 +136,28 @@ class StreamAssembler:
         return None
 
     def _fold_call(self, raw: dict[str, Any]) -> None:
-        # Key by index when present; else a new id opens a call and a bare
-        # fragment continues the last one (hosts that omit `index`).
+        # A known id names its call (vLLM repeats it in every fragment); else the
+        # index does, unless it already holds a call with another id (Ollama and
+        # some Qwen/DeepSeek hosts send every call of a turn as index 0). Without
+        # either, a fragment continues the last call (hosts that omit `index`).
         function = raw.get("function") or {}
-        if raw.get("index") is not None:
-            key = raw["index"]
-        elif raw.get("id"):
-            key = raw["id"]
-        else:
-            key = self._last if self._last is not None else 0
-        call = self._calls.get(key)
-        if call is None:
-            call = self._calls[key] = {"id": raw.get("id"), "name": "", "arguments": []}
-        elif raw.get("id") and not call["id"]:
-            call["id"] = raw["id"]
+        call_id, index = raw.get("id") or None, raw.get("index")
+        key = self._ids.get(call_id) if call_id else None
+        if key is None and index is not None:
+            key = self._indexes.get(index)
+            if key is not None and call_id and self._calls[key]["id"] not in (None, call_id):
+                key = None
+        if key is None and call_id is None and index is None:
+            key = self._last
+        if key is None:
+            key = len(self._calls)
+            self._calls[key] = {"id": None, "name": "", "arguments": []}
+        call = self._calls[key]
+        if index is not None:
+            self._indexes[index] = key
+        if call_id:
+            self._ids[call_id] = key
+            call["id"] = call["id"] or call_id
         if function.get("name"):
             call["name"] += function["name"] if call["name"] != function["name"] else ""
         if "arguments" in function:

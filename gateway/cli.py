@@ -92,6 +92,9 @@ def _serve(args: argparse.Namespace) -> None:
     default = settings.upstreams[server.default_upstream]
     demo = args.demo or not default.url
     if not settings.api_keys:
+        if host not in LOOPBACK and not args.host and "TOOLGATE_HOST" not in os.environ:
+            log.warning("no API keys: binding 127.0.0.1, not %s from the config; say --host to insist", host)
+            host = "127.0.0.1"
         where = "anyone on this machine" if host in LOOPBACK else f"anyone who can reach {host}"
         log.warning("no API keys (TOOLGATE_API_KEYS): %s can use this gateway and its upstream keys", where)
     options = dict(

@@ -3,7 +3,7 @@
     decoder = SSEDecoder()
     for data in decoder.feed(chunk):   # bytes in, complete `data` payloads out
         ...
-    decoder.close()                    # raises if the stream ended mid-event
+    decoder.close()                    # a last event that lacked its blank line
 
 Bytes may arrive split anywhere (mid-line, mid-UTF-8 character); lines may end
 in LF, CRLF or CR; comment lines and fields other than `data` are skipped.
@@ -17,21 +17,27 @@ _LINE_END = re.compile(rb"\r\n|\r|\n")
 
 
 class SSEDecoder:
-    __slots__ = ("_buffer", "_data")
+    __slots__ = ("_buffer", "_data", "_skip_lf")
 
     def __init__(self) -> None:
         self._buffer = b""
         self._data: list[bytes] = []
+        self._skip_lf = False
 
     def feed(self, chunk: bytes) -> list[bytes]:
         """Complete event payloads (the joined `data:` lines) found so far."""
+        if self._skip_lf and chunk:
+            # The previous chunk ended in CR: an LF now is the rest of that CRLF,
+            # not a blank line. The line itself was handled at once, so a
+            # CR-only stream is not held back until more bytes come.
+            self._skip_lf = False
+            if chunk.startswith(b"\n"):
+                chunk = chunk[1:]
         buffer = self._buffer + chunk if self._buffer else chunk
         lines = _LINE_END.split(buffer)
-        rest = lines.pop()
+        self._buffer = lines.pop()
         if buffer.endswith(b"\r"):
-            # A CR may be the first half of CRLF: decide when the next byte comes.
-            rest = lines.pop() + b"\r"
-        self._buffer = rest
+            self._skip_lf = True
         events: list[bytes] = []
         for line in lines:
             if not line:
@@ -46,8 +52,9 @@ class SSEDecoder:
 
     def close(self) -> list[bytes]:
         """Flush at end of stream: a final event without its blank line still counts."""
-        rest = self._buffer.rstrip(b"\r")
+        rest = self._buffer
         self._buffer = b""
+        self._skip_lf = False
         events = self.feed(rest + b"\n\n") if rest or self._data else []
         return events
 
