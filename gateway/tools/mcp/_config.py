@@ -1,0 +1,131 @@
+"""``[tools.mcp.NAME]`` tables: validated into a frozen ``ServerSpec``, every problem reported."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from gateway.errors import Problems
+
+# "${VAR}" anywhere in an env or header value: VAR is read from the gateway's environment
+# when the connection opens, so rotated secrets are picked up on reconnect.
+_REFERENCE = re.compile(r"\$\{([^}]*)\}")
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+@dataclass(frozen=True)
+class ServerSpec:
+    name: str
+    transport: str  # "stdio" or "http"
+    command: str = ""
+    args: tuple[str, ...] = ()
+    env: Mapping[str, str] = field(default_factory=dict)
+    cwd: str | None = None
+    url: str = ""
+    headers: Mapping[str, str] = field(default_factory=dict)
+    prefix: bool = False
+    timeout_s: float = 30.0
+    startup_timeout_s: float = 10.0
+    tools: tuple[str, ...] | None = None  # globs; None offers every tool
+
+
+class UnsetVariable(Exception):
+    """A ``${VAR}`` names a variable the gateway's environment lacks."""
+
+
+def expand(value: str, environ: Mapping[str, str]) -> str:
+    def substitute(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name not in environ:
+            raise UnsetVariable(f"environment variable {name} is not set")
+        return environ[name]
+
+    return _REFERENCE.sub(substitute, value)
+
+
+def _is_str(value: Any) -> bool:
+    return isinstance(value, str) and value != ""
+
+
+def _is_str_list(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(item, str) for item in value)
+
+
+def _is_str_table(value: Any) -> bool:
+    return isinstance(value, dict) and all(isinstance(v, str) for v in value.values())
+
+
+def _is_bool(value: Any) -> bool:
+    return isinstance(value, bool)
+
+
+def _is_seconds(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and 0 < value <= 86_400
+
+
+def _is_url(value: Any) -> bool:
+    return isinstance(value, str) and value.startswith(("http://", "https://"))
+
+
+# key -> (check, what is expected, transports the key applies to)
+_KEYS: dict[str, tuple[Callable[[Any], bool], str, frozenset[str]]] = {
+    "command": (_is_str, "a non-empty string", frozenset({"stdio"})),
+    "args": (_is_str_list, "a list of strings", frozenset({"stdio"})),
+    "env": (_is_str_table, "a table of strings", frozenset({"stdio"})),
+    "cwd": (_is_str, "a non-empty string", frozenset({"stdio"})),
+    "url": (_is_url, "an http:// or https:// URL", frozenset({"http"})),
+    "headers": (_is_str_table, "a table of strings", frozenset({"http"})),
+    "prefix": (_is_bool, "true or false", frozenset({"stdio", "http"})),
+    "timeout_s": (_is_seconds, "a number of seconds above 0", frozenset({"stdio", "http"})),
+    "startup_timeout_s": (_is_seconds, "a number of seconds above 0", frozenset({"stdio", "http"})),
+    "tools": (_is_str_list, "a list of tool name globs", frozenset({"stdio", "http"})),
+    "enabled": (_is_bool, "true or false", frozenset({"stdio", "http"})),
+}
+
+
+def _check_references(table: Mapping[str, str], problems: Problems, key: str) -> None:
+    for name, value in table.items():
+        for match in _REFERENCE.finditer(value):
+            if not _NAME.fullmatch(match.group(1)):
+                problems.add(f"{key}.{name}", "expected ${VAR} with VAR a variable name")
+        if "${" in _REFERENCE.sub("", value):
+            problems.add(f"{key}.{name}", "unclosed ${")
+
+
+def parse(name: str, table: Mapping[str, Any], problems: Problems, key: str) -> ServerSpec | None:
+    """The server's spec, or None (with problems added) when the table is unusable or disabled."""
+    before = len(problems.lines)
+    if ("command" in table) == ("url" in table):
+        problems.add(key, "expected exactly one of command (stdio) or url (streamable HTTP)")
+    transport = "http" if "url" in table else "stdio"
+    for item, value in table.items():
+        if item not in _KEYS:
+            problems.add(f"{key}.{item}", f"unknown key; expected one of {', '.join(_KEYS)}")
+            continue
+        check, expected, transports = _KEYS[item]
+        if not check(value):
+            problems.add(f"{key}.{item}", f"expected {expected}")
+        elif transport not in transports and ("command" in table) != ("url" in table):
+            problems.add(f"{key}.{item}", f"only applies to {' or '.join(sorted(transports))} servers")
+    for item in ("env", "headers"):
+        if _is_str_table(table.get(item)):
+            _check_references(table[item], problems, f"{key}.{item}")
+    if len(problems.lines) > before or not table.get("enabled", True):
+        return None
+    globs = table.get("tools")
+    return ServerSpec(
+        name=name,
+        transport=transport,
+        command=table.get("command", ""),
+        args=tuple(table.get("args", ())),
+        env=dict(table.get("env", {})),
+        cwd=table.get("cwd"),
+        url=table.get("url", ""),
+        headers=dict(table.get("headers", {})),
+        prefix=table.get("prefix", False),
+        timeout_s=float(table.get("timeout_s", 30.0)),
+        startup_timeout_s=float(table.get("startup_timeout_s", 10.0)),
+        tools=tuple(globs) if globs is not None else None,
+    )

@@ -1,0 +1,522 @@
+"""MCP servers as a tool source, against real servers (tests/mcp_server.py) over stdio and HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import mcp_types as types
+import pytest
+import pytest_asyncio
+
+from gateway.errors import Problems
+from gateway.tools.base import SourceContext, ToolError
+from gateway.tools.mcp import McpSource, McpTool, build
+from gateway.tools.mcp import _source as mcp_source
+from gateway.tools.mcp._convert import to_output
+
+SERVER = str(Path(__file__).with_name("mcp_server.py"))
+ROOT = str(Path(__file__).resolve().parents[1])
+SECRET = "sk-secret-0123456789"
+
+
+# Helpers: every wait is bounded.
+
+
+async def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.02)
+
+
+def alive(pid: int) -> bool:
+    """Running, as opposed to gone or a zombie nobody reaped yet."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rpartition(")")[2].split()[0] not in ("Z", "X")
+
+
+def tool(source: McpSource, name: str) -> McpTool:
+    found = {t.name: t for t in source.tools()}
+    assert name in found, f"{name} not in {sorted(found)}"
+    return found[name]  # type: ignore[return-value]
+
+
+async def call(source: McpSource, name: str, /, **arguments: Any) -> Any:
+    return await tool(source, name).call(arguments)
+
+
+class HttpServer:
+    def __init__(self) -> None:
+        self.proc: asyncio.subprocess.Process | None = None
+        self.port = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/mcp"
+
+    async def start(self) -> None:
+        self.proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            SERVER,
+            "--transport",
+            "http",
+            "--port",
+            str(self.port),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+        assert self.proc.stdout is not None
+        line = await asyncio.wait_for(self.proc.stdout.readline(), 20)
+        assert line.startswith(b"READY "), line
+        self.port = int(line.split()[1])
+
+    async def stop(self) -> None:
+        if self.proc is not None and self.proc.returncode is None:
+            self.proc.kill()
+        if self.proc is not None:
+            await asyncio.wait_for(self.proc.wait(), 10)
+
+
+@pytest.fixture
+async def http_server() -> AsyncIterator[HttpServer]:
+    server = HttpServer()
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
+Factory = Callable[..., Awaitable[McpSource]]
+
+
+@pytest.fixture
+async def make_source() -> AsyncIterator[Factory]:
+    """Builds and starts sources; stops them all afterwards."""
+    started: list[McpSource] = []
+
+    async def make(table: dict[str, Any], name: str = "srv", environ: dict[str, str] | None = None) -> McpSource:
+        problems = Problems("test.toml")
+        source = build(name, table, problems, f"tools.mcp.{name}")
+        assert problems.lines == []
+        assert isinstance(source, McpSource)
+        started.append(source)
+        await source.start(SourceContext(environ=dict(os.environ) if environ is None else environ))
+        return source
+
+    yield make
+    for source in started:
+        await asyncio.wait_for(source.stop(), 15)
+
+
+def stdio_table(**extra: Any) -> dict[str, Any]:
+    return {"command": sys.executable, "args": [SERVER, "--transport", "stdio"], **extra}
+
+
+async def open_source(transport: str) -> tuple[McpSource, HttpServer | None]:
+    server = None
+    if transport == "http":
+        server = HttpServer()
+        await server.start()
+    table = stdio_table() if server is None else {"url": server.url}
+    source = build("srv", table, Problems("test.toml"), "tools.mcp.srv")
+    assert isinstance(source, McpSource)
+    await source.start(SourceContext(environ=dict(os.environ)))
+    return source, server
+
+
+async def close_source(source: McpSource, server: HttpServer | None) -> None:
+    await asyncio.wait_for(source.stop(), 15)
+    if server is not None:
+        await server.stop()
+
+
+@pytest_asyncio.fixture(params=["stdio", "http"])
+async def fresh(request: pytest.FixtureRequest) -> AsyncIterator[McpSource]:
+    """A server of its own, for tests that change it."""
+    source, server = await open_source(request.param)
+    yield source
+    await close_source(source, server)
+
+
+@pytest_asyncio.fixture(params=["stdio", "http"], scope="module", loop_scope="module")
+async def source(request: pytest.FixtureRequest) -> AsyncIterator[McpSource]:
+    """One server per transport for the tests that leave it as it was."""
+    source, server = await open_source(request.param)
+    yield source
+    await close_source(source, server)
+
+
+shares_loop = pytest.mark.asyncio(loop_scope="module")
+
+
+# Both transports
+
+
+@shares_loop
+async def test_start_lists_tools(source: McpSource) -> None:
+    assert source.status().ready, source.status()
+    names = {t.name for t in source.tools()}
+    assert {"echo", "add", "sleep", "crash", "fail", "image", "resource", "grow"} <= names
+    echo = tool(source, "echo")
+    assert echo.description == "Say the text back."
+    assert echo.parameters["properties"]["text"]["type"] == "string"
+    assert echo.timeout_s == 30.0
+    assert source.tools() is source.tools()  # prebuilt, no round trip
+
+
+@shares_loop
+async def test_concurrent_calls_share_one_session(source: McpSource) -> None:
+    pid = await call(source, "pid")
+    echoes = [call(source, "echo", text=f"m{i}") for i in range(40)]
+    sums = [call(source, "add", a=i, b=1) for i in range(40)]
+    results = await asyncio.wait_for(asyncio.gather(*echoes, *sums), 20)
+    assert results[:40] == [f"m{i}" for i in range(40)]
+    assert results[40:] == [str(i + 1) for i in range(40)]
+    assert await call(source, "pid") == pid
+    assert await call(source, "session_count") == "1"
+
+
+@shares_loop
+async def test_is_error_raises_tool_error(source: McpSource) -> None:
+    with pytest.raises(ToolError, match="it broke"):
+        await call(source, "fail")
+
+
+@shares_loop
+async def test_image_becomes_content_part(source: McpSource) -> None:
+    output = await call(source, "image")
+    assert isinstance(output, list) and len(output) == 1
+    assert output[0]["type"] == "image_url"
+    assert output[0]["image_url"]["url"].startswith("data:image/png;base64,iVBORw0KGgo")
+
+
+@shares_loop
+async def test_embedded_resources_become_text(source: McpSource) -> None:
+    output = await call(source, "resource")
+    assert output == "resource text\n[resource file:///pixel.png (image/png), 70 bytes]"
+
+
+@shares_loop
+async def test_cancelled_call_leaves_no_stuck_state(source: McpSource) -> None:
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(call(source, "sleep", seconds=30), 0.3)
+    # The courtesy cancel reached the server, and the session still works.
+    for _ in range(100):
+        if await asyncio.wait_for(call(source, "active"), 5) == "0":
+            break
+        await asyncio.sleep(0.02)
+    assert await call(source, "active") == "0"
+    assert await asyncio.wait_for(call(source, "echo", text="after"), 5) == "after"
+    assert source.status().ready
+
+
+async def test_list_changed_adds_tools(fresh: McpSource) -> None:
+    source = fresh
+    assert "grown" not in {t.name for t in source.tools()}
+    assert await call(source, "grow") == "grown"
+    await wait_until(lambda: "grown" in {t.name for t in source.tools()})
+    assert await call(source, "grown") == "I am new"
+
+
+async def test_changed_definition_disables_tool(fresh: McpSource, caplog: pytest.LogCaptureFixture) -> None:
+    source = fresh
+    caplog.set_level(logging.WARNING, "toolgate.mcp")
+    assert await call(source, "mutate") == "mutated"
+    await wait_until(lambda: "echo" not in {t.name for t in source.tools()})
+    assert "add" in {t.name for t in source.tools()}
+    assert "changed the definition of tool 'echo'" in caplog.text
+    await call(source, "grow")  # later listings keep it out
+    await wait_until(lambda: "grown" in {t.name for t in source.tools()})
+    assert "echo" not in {t.name for t in source.tools()}
+
+
+async def test_prefix_and_renamed_tools_call_the_remote_name(make_source: Factory) -> None:
+    source = await make_source(stdio_table(prefix=True, timeout_s=7), name="files")
+    assert source.prefix is True
+    echo = tool(source, "echo")
+    offered = echo.renamed("files_echo")
+    assert offered.name == "files_echo" and offered.timeout_s == 7
+    assert await offered.call({"text": "through"}) == "through"
+
+
+async def test_tool_globs_filter(make_source: Factory) -> None:
+    source = await make_source(stdio_table(tools=["ec*", "add"]))
+    assert sorted(t.name for t in source.tools()) == ["add", "echo"]
+
+
+# Crashes and restarts
+
+
+async def test_stdio_crash_fails_in_flight_calls_then_restarts(make_source: Factory) -> None:
+    source = await make_source(stdio_table())
+    pid = int(await call(source, "pid"))
+    sleeping = asyncio.ensure_future(call(source, "sleep", seconds=30))
+    await asyncio.sleep(0)  # let the sleep request go out first
+    began = time.monotonic()
+    results = await asyncio.wait_for(
+        asyncio.gather(sleeping, call(source, "crash"), return_exceptions=True), 5
+    )
+    assert all(isinstance(r, ToolError) for r in results), results
+    assert time.monotonic() - began < 3
+    assert not source.status().ready
+    assert source.tools() == []
+    with pytest.raises(ToolError, match="not available"):
+        await McpTool(source, types.Tool(name="echo", input_schema={"type": "object"}), 1).call({"text": "x"})
+    await wait_until(lambda: source.status().ready, 15)
+    assert await call(source, "echo", text="back") == "back"
+    assert int(await call(source, "pid")) != pid
+    await wait_until(lambda: not alive(pid), 5)
+
+
+async def test_http_crash_fails_in_flight_calls_then_reconnects(make_source: Factory, http_server: HttpServer) -> None:
+    source = await make_source({"url": http_server.url})
+    sleeping = asyncio.ensure_future(call(source, "sleep", seconds=30))
+    await asyncio.sleep(0.05)
+    began = time.monotonic()
+    results = await asyncio.wait_for(
+        asyncio.gather(sleeping, call(source, "crash"), return_exceptions=True), 5
+    )
+    assert all(isinstance(r, ToolError) for r in results), results
+    assert time.monotonic() - began < 3
+    assert http_server.proc is not None
+    await asyncio.wait_for(http_server.proc.wait(), 5)
+    await wait_until(lambda: not source.status().ready, 5)
+    await http_server.start()  # same port
+    await wait_until(lambda: source.status().ready, 20)
+    assert await call(source, "echo", text="back") == "back"
+
+
+async def test_http_idle_server_death_is_noticed(
+    make_source: Factory, http_server: HttpServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(mcp_source, "KEEPALIVE_S", 0.2)
+    source = await make_source({"url": http_server.url})
+    assert source.status().ready
+    await http_server.stop()  # no call in flight: only the keepalive ping can tell
+    await wait_until(lambda: not source.status().ready, 5)
+    assert source.tools() == []
+
+
+# stdio specifics
+
+
+async def test_child_gets_no_gateway_secrets(
+    make_source: Factory, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    monkeypatch.setenv("TOOLGATE_UPSTREAM_API_KEY", SECRET)
+    plain = await make_source(stdio_table(), name="plain")
+    assert await call(plain, "env", name="TOOLGATE_UPSTREAM_API_KEY") == "<unset>"
+    assert await call(plain, "env", name="PATH") == os.environ["PATH"]
+    named = await make_source(stdio_table(env={"API_KEY": "${TOOLGATE_UPSTREAM_API_KEY}", "MODE": "x-${HOME}"}))
+    assert await call(named, "env", name="API_KEY") == SECRET
+    assert await call(named, "env", name="MODE") == "x-" + os.environ["HOME"]
+    assert await call(named, "env", name="TOOLGATE_UPSTREAM_API_KEY") == "<unset>"
+    assert SECRET not in caplog.text
+
+
+async def test_unset_variable_is_a_startup_failure(make_source: Factory) -> None:
+    source = await make_source(stdio_table(env={"K": "${TOOLGATE_NOT_SET_ANYWHERE}"}), environ={"PATH": "/usr/bin"})
+    assert not source.status().ready
+    assert "TOOLGATE_NOT_SET_ANYWHERE is not set" in source.status().detail
+
+
+async def test_stop_leaves_no_child(make_source: Factory) -> None:
+    source = await make_source(stdio_table())
+    pid = int(await call(source, "pid"))
+    assert alive(pid)
+    began = time.monotonic()
+    await source.stop()
+    assert time.monotonic() - began < 5
+    assert not alive(pid)
+    assert not source.status().ready and source.tools() == []
+    await source.stop()  # idempotent
+
+
+async def test_missing_command_is_not_ready_and_start_returns(make_source: Factory) -> None:
+    began = time.monotonic()
+    source = await make_source({"command": "toolgate-no-such-server-xyz", "startup_timeout_s": 2})
+    assert time.monotonic() - began < 3
+    status = source.status()
+    assert not status.ready
+    assert "command not found: toolgate-no-such-server-xyz" in status.detail
+    assert "\n" not in status.detail
+    assert source.tools() == []
+
+
+async def test_silent_server_times_out_at_startup(make_source: Factory) -> None:
+    table = {"command": sys.executable, "args": ["-c", "import time; time.sleep(60)"], "startup_timeout_s": 0.3}
+    began = time.monotonic()
+    source = await make_source(table)
+    assert time.monotonic() - began < 2
+    assert not source.status().ready
+    assert "no answer within 0.3 s" in source.status().detail
+
+
+async def test_stderr_flood_never_blocks(make_source: Factory, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, "toolgate.mcp")
+    source = await make_source(stdio_table())
+    # 1 MiB is far past a pipe's buffer: an undrained stderr would block the server.
+    assert await asyncio.wait_for(call(source, "shout", kib=1024), 10) == "done"
+    assert "[srv] xxxx" in caplog.text
+
+
+def test_children_die_with_the_gateway() -> None:
+    """SIGKILL the gateway: its MCP server must not outlive it."""
+    script = f"""
+import asyncio, os, sys
+sys.path.insert(0, {ROOT!r})
+from gateway.errors import Problems
+from gateway.tools.base import SourceContext
+from gateway.tools.mcp import build
+
+async def main():
+    source = build("t", {{"command": sys.executable, "args": [{SERVER!r}]}}, Problems("x"), "k")
+    await source.start(SourceContext(environ=dict(os.environ)))
+    pid = await asyncio.wait_for({{t.name: t for t in source.tools()}}["pid"].call({{}}), 10)
+    print(pid, flush=True)
+    await asyncio.sleep(60)
+
+asyncio.run(main())
+"""
+    import subprocess
+
+    gateway = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE)
+    try:
+        assert gateway.stdout is not None
+        child = int(gateway.stdout.readline())  # bounded by the source's startup timeout
+        assert alive(child)
+    finally:
+        gateway.send_signal(signal.SIGKILL)
+        gateway.wait(10)
+        gateway.stdout.close()  # type: ignore[union-attr]
+    deadline = time.monotonic() + 5
+    while alive(child) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not alive(child)
+
+
+# HTTP specifics
+
+
+async def test_http_headers_are_sent_with_variables(
+    make_source: Factory, http_server: HttpServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TOOLGATE_MCP_TOKEN", SECRET)
+    source = await make_source({"url": http_server.url, "headers": {"Authorization": "Bearer ${TOOLGATE_MCP_TOKEN}"}})
+    assert await call(source, "header", name="authorization") == f"Bearer {SECRET}"
+
+
+async def test_http_unreachable_is_not_ready(make_source: Factory, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, "toolgate.mcp")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # closed once the block ends: nothing listens there
+    source = await make_source({"url": f"http://127.0.0.1:{port}/mcp?token={SECRET}", "startup_timeout_s": 2})
+    assert not source.status().ready
+    assert "cannot reach the server" in source.status().detail
+    assert SECRET not in source.status().detail
+    assert SECRET not in caplog.text
+
+
+# Configuration
+
+
+@pytest.mark.parametrize(
+    ("table", "expected"),
+    [
+        ({}, ["tools.mcp.s: expected exactly one of command (stdio) or url (streamable HTTP)"]),
+        (
+            {"command": "x", "url": "http://h/mcp"},
+            ["tools.mcp.s: expected exactly one of command (stdio) or url (streamable HTTP)"],
+        ),
+        ({"command": ""}, ["tools.mcp.s.command: expected a non-empty string"]),
+        ({"command": ["x"]}, ["tools.mcp.s.command: expected a non-empty string"]),
+        ({"url": "ftp://h"}, ["tools.mcp.s.url: expected an http:// or https:// URL"]),
+        (
+            {"command": "x", "args": "a b", "env": {"A": 1}, "cwd": 3},
+            [
+                "tools.mcp.s.args: expected a list of strings",
+                "tools.mcp.s.env: expected a table of strings",
+                "tools.mcp.s.cwd: expected a non-empty string",
+            ],
+        ),
+        (
+            {"command": "x", "prefix": "yes", "timeout_s": 0, "startup_timeout_s": True, "tools": "e*"},
+            [
+                "tools.mcp.s.prefix: expected true or false",
+                "tools.mcp.s.timeout_s: expected a number of seconds above 0",
+                "tools.mcp.s.startup_timeout_s: expected a number of seconds above 0",
+                "tools.mcp.s.tools: expected a list of tool name globs",
+            ],
+        ),
+        ({"command": "x", "headers": {"A": "b"}}, ["tools.mcp.s.headers: only applies to http servers"]),
+        ({"url": "http://h/mcp", "args": ["a"]}, ["tools.mcp.s.args: only applies to stdio servers"]),
+        ({"command": "x", "colour": "red"}, ["tools.mcp.s.colour: unknown key"]),
+        ({"command": "x", "enabled": "no"}, ["tools.mcp.s.enabled: expected true or false"]),
+        ({"command": "x", "env": {"A": "${1BAD}"}}, ["tools.mcp.s.env.A: expected ${VAR}"]),
+        ({"url": "http://h/mcp", "headers": {"A": "${OPEN"}}, ["tools.mcp.s.headers.A: unclosed ${"]),
+    ],
+)
+def test_config_problems(table: dict[str, Any], expected: list[str]) -> None:
+    problems = Problems("gw.toml")
+    assert build("s", table, problems, "tools.mcp.s") is None
+    assert len(problems.lines) == len(expected), problems.lines
+    for line, want in zip(problems.lines, expected):
+        assert line.startswith(f"gw.toml: {want}"), line
+
+
+def test_config_valid_and_disabled() -> None:
+    problems = Problems("gw.toml")
+    source = build(
+        "s",
+        {"url": "https://h/mcp", "headers": {"A": "Bearer ${T}"}, "prefix": True, "timeout_s": 5, "tools": ["a*"]},
+        problems,
+        "k",
+    )
+    assert problems.lines == []
+    assert isinstance(source, McpSource)
+    assert source.name == "s" and source.prefix is True
+    assert source.spec.transport == "http" and source.spec.timeout_s == 5.0 and source.spec.tools == ("a*",)
+    assert not source.status().ready and source.tools() == []
+    assert build("s", {"command": "x", "enabled": False}, problems, "k") is None
+    assert problems.lines == []
+
+
+# Result mapping
+
+
+def result(*content: Any, **fields: Any) -> types.CallToolResult:
+    return types.CallToolResult(content=list(content), **fields)
+
+
+def test_results_map_to_outputs() -> None:
+    text = types.TextContent(type="text", text="hi")
+    image = types.ImageContent(type="image", data="AAAA", mime_type="image/gif")
+    assert to_output(result(text, text)) == "hi\nhi"
+    assert to_output(result()) == ""
+    assert to_output(result(structured_content={"n": 1})) == '{"n": 1}'
+    assert to_output(result(text, structured_content={"n": 1})) == "hi"
+    assert to_output(result(text, image)) == [
+        {"type": "text", "text": "hi"},
+        {"type": "image_url", "image_url": {"url": "data:image/gif;base64,AAAA"}},
+    ]
+    audio = types.AudioContent(type="audio", data="AAAAAA==", mime_type="audio/wav")
+    assert to_output(result(audio)) == "[audio (audio/wav), 4 bytes]"
+    link = types.ResourceLink(type="resource_link", uri="file:///a.txt", name="a")
+    assert to_output(result(link)) == "[resource link file:///a.txt (a)]"
+    with pytest.raises(ToolError, match="^the tool reported an error$"):
+        to_output(result(image, is_error=True))
