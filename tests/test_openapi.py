@@ -1,0 +1,394 @@
+"""OpenAPI tool servers against a real Starlette server on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import httpx
+import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+
+from gateway.errors import Problems
+from gateway.tools import openapi
+from gateway.tools.base import SourceContext, ToolError
+from tests.tool_servers import serve
+
+NEW_PET = {
+    "type": "object",
+    "required": ["name"],
+    "properties": {
+        "name": {"type": "string"},
+        "tag": {"type": "string", "nullable": True},
+        "owner": {"$ref": "#/components/schemas/Owner"},
+    },
+}
+SPEC = {
+    "openapi": "3.0.3",
+    "info": {"title": "Pets", "version": "1"},
+    "paths": {
+        "/pets/{pet_id}": {
+            "parameters": [
+                {"name": "pet_id", "in": "path", "required": True, "schema": {"type": "string"},
+                 "description": "The pet's id."}
+            ],
+            "get": {
+                "operationId": "getPet",
+                "summary": "Get one pet.",
+                "parameters": [
+                    {"$ref": "#/components/parameters/Verbose"},
+                    {"name": "X-Trace", "in": "header", "schema": {"type": "string"}},
+                ],
+            },
+            "delete": {"operationId": "delete pet!", "description": "Remove a pet."},
+        },
+        "/pets": {
+            "get": {
+                "operationId": "listPets",
+                "parameters": [
+                    {"name": "limit", "in": "query", "schema": {"type": "integer"}},
+                    {"name": "tags", "in": "query", "schema": {"type": "array", "items": {"type": "string"}}},
+                ],
+            },
+            "post": {
+                "operationId": "createPet",
+                "summary": "Create a pet.",
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/NewPet"}}},
+                },
+            },
+        },
+        "/batch": {
+            "put": {
+                "operationId": "putBatch",
+                "requestBody": {
+                    "content": {
+                        "application/json": {
+                            "schema": {"type": "array", "items": {"$ref": "#/components/schemas/NewPet"}}
+                        }
+                    }
+                },
+            }
+        },
+        "/text": {"get": {"operationId": "getText"}},
+        "/fail": {"get": {"operationId": "fail"}},
+    },
+    "components": {
+        "parameters": {"Verbose": {"name": "verbose", "in": "query", "schema": {"type": "boolean"}}},
+        "schemas": {
+            "NewPet": NEW_PET,
+            "Owner": {
+                "type": "object",
+                "properties": {
+                    "name": {"type": "string"},
+                    "pets": {"type": "array", "items": {"$ref": "#/components/schemas/NewPet"}},
+                },
+            },
+        },
+    },
+}
+
+
+def spec_with(**changes):
+    return {**json.loads(json.dumps(SPEC)), **changes}
+
+
+class PetServer:
+    """The API and its specs; records what reached it."""
+
+    def __init__(self):
+        self.seen: list[Request] = []
+        self.specs = {
+            "openapi.json": SPEC,
+            "swagger.json": {"swagger": "2.0", "paths": {}},
+            "external.json": spec_with(components={"schemas": {"NewPet": {"$ref": "https://evil.test/pet.json"}}}),
+            "metadata.json": spec_with(servers=[{"url": "http://169.254.169.254/latest"}]),
+            "relative.json": spec_with(servers=[{"url": "/v{version}", "variables": {"version": {"default": "2"}}}]),
+        }
+        self.flaky_failures = 0
+        self.app = Starlette(
+            routes=[
+                Route("/specs/{name}", self.spec),
+                Route("/bad.json", lambda r: PlainTextResponse("{not json")),
+                Route("/flaky.json", self.flaky),
+                Route("/{prefix:path}pets/{pet_id:path}", self.pet, methods=["GET", "DELETE"]),
+                Route("/{prefix:path}pets", self.pets, methods=["GET", "POST"]),
+                Route("/batch", self.batch, methods=["PUT"]),
+                Route("/text", lambda r: PlainTextResponse("just text")),
+                Route("/fail", lambda r: PlainTextResponse("internal kaboom " * 50, status_code=500)),
+            ]
+        )
+
+    async def spec(self, request):
+        found = self.specs.get(request.path_params["name"])
+        return JSONResponse(found) if found is not None else PlainTextResponse("no", status_code=404)
+
+    async def flaky(self, request):
+        if self.flaky_failures > 0:
+            self.flaky_failures -= 1
+            return PlainTextResponse("warming up", status_code=503)
+        return JSONResponse(SPEC)
+
+    def authorised(self, request):
+        self.seen.append(request)
+        return request.headers.get("authorization") == "Bearer s3cret"
+
+    async def pet(self, request):
+        if not self.authorised(request):
+            return PlainTextResponse("who are you?", status_code=401)
+        if request.method == "DELETE":
+            return Response(status_code=204)
+        return JSONResponse(
+            {"id": request.path_params["pet_id"], "verbose": request.query_params.get("verbose"),
+             "trace": request.headers.get("x-trace"), "prefix": request.path_params["prefix"]}
+        )
+
+    async def pets(self, request):
+        if not self.authorised(request):
+            return PlainTextResponse("who are you?", status_code=401)
+        if request.method == "POST":
+            return JSONResponse({"created": await request.json()}, status_code=201)
+        return JSONResponse(
+            {"limit": request.query_params.get("limit"), "tags": request.query_params.getlist("tags")}
+        )
+
+    async def batch(self, request):
+        self.seen.append(request)
+        return JSONResponse({"count": len(await request.json())})
+
+
+@pytest.fixture
+async def server():
+    pets = PetServer()
+    async with serve(pets.app) as base:
+        pets.base = base
+        yield pets
+
+
+def build(table, name="pets"):
+    problems = Problems("toolgate.toml")
+    source = openapi.build(name, table, problems, f"tools.openapi.{name}")
+    return source, problems.lines
+
+
+async def started(table, environ=None, client=None):
+    source, problems = build(table)
+    assert problems == []
+    await source.start(SourceContext(http=client, environ=environ or {"PETS_TOKEN": "s3cret"}))
+    return source
+
+
+AUTH = {"Authorization": "Bearer ${PETS_TOKEN}"}
+
+
+async def test_tool_definitions(server):
+    source = await started({"url": f"{server.base}/specs/openapi.json", "headers": AUTH})
+    assert source.status() == openapi.SourceStatus(True, "7 tools")
+    tools = {t.name: t for t in source.tools()}
+    await source.stop()
+    assert sorted(tools) == ["createPet", "delete_pet", "fail", "getPet", "getText", "listPets", "putBatch"]
+    assert tools["getPet"].description == "Get one pet."
+    assert tools["delete_pet"].description == "Remove a pet."
+    assert tools["getText"].description == "GET /text"
+    assert tools["getPet"].parameters == {
+        "type": "object",
+        "properties": {
+            "pet_id": {"type": "string", "description": "The pet's id."},
+            "verbose": {"type": "boolean"},
+            "X-Trace": {"type": "string"},
+        },
+        "required": ["pet_id"],
+    }
+    owner = {
+        "type": "object",
+        "properties": {"name": {"type": "string"}, "pets": {"type": "array", "items": {}}},  # the cycle, cut
+    }
+    assert tools["createPet"].parameters == {
+        "type": "object",
+        "properties": {"name": {"type": "string"}, "tag": {"type": ["string", "null"]}, "owner": owner},
+        "required": ["name"],
+    }
+    assert tools["putBatch"].parameters["properties"]["body"]["type"] == "array"
+    assert tools["getPet"].timeout_s == 30.0
+
+
+async def test_calls_carry_headers_params_and_bodies(server):
+    source = await started({"url": f"{server.base}/specs/openapi.json", "headers": AUTH, "timeout_s": 5})
+    try:
+        tools = {t.name: t for t in source.tools()}
+        result = await tools["getPet"].call({"pet_id": "a b/c", "verbose": True, "X-Trace": "t-1"})
+        assert json.loads(result) == {"id": "a b/c", "verbose": "true", "trace": "t-1", "prefix": ""}
+        assert server.seen[-1].url.path == "/pets/a b/c"
+        assert server.seen[-1].scope["raw_path"] == b"/pets/a%20b%2Fc"
+        assert json.loads(await tools["listPets"].call({"limit": 3, "tags": ["x", "y"]})) == {
+            "limit": "3", "tags": ["x", "y"],
+        }
+        created = await tools["createPet"].call({"name": "Rex", "tag": None, "owner": {"name": "Ann"}})
+        assert created == '{"created":{"name":"Rex","tag":null,"owner":{"name":"Ann"}}}'
+        assert await tools["putBatch"].call({"body": [{"name": "a"}, {"name": "b"}]}) == '{"count":2}'
+        assert await tools["delete_pet"].call({"pet_id": "1"}) == "HTTP 204 (no content)"
+        assert await tools["getText"].call({}) == "just text"
+        assert all(r.headers.get("authorization") == "Bearer s3cret" for r in server.seen if "pets" in r.url.path)
+    finally:
+        await source.stop()
+
+
+async def test_error_statuses_are_tool_errors_with_an_excerpt(server):
+    source = await started({"url": f"{server.base}/specs/openapi.json"}, environ={"PETS_TOKEN": "wrong"})
+    try:
+        tools = {t.name: t for t in source.tools()}
+        with pytest.raises(ToolError, match=r"^HTTP 500 from GET /fail: internal kaboom") as info:
+            await tools["fail"].call({})
+        assert len(str(info.value)) < 350
+        with pytest.raises(ToolError, match=r"^HTTP 401 from GET /pets/\{pet_id\}: who are you\?$"):
+            await tools["getPet"].call({"pet_id": "1"})
+        with pytest.raises(ToolError, match="unknown argument 'colour'"):
+            await tools["getText"].call({"colour": "red"})
+        with pytest.raises(ToolError, match="missing path parameter"):
+            await tools["getPet"].call({})
+    finally:
+        await source.stop()
+
+
+async def test_operation_globs_and_prefix(server):
+    source = await started(
+        {"url": f"{server.base}/specs/openapi.json", "operations": ["get*", "list*"], "prefix": True}
+    )
+    try:
+        assert sorted(t.name for t in source.tools()) == ["getPet", "getText", "listPets"]
+        assert source.prefix is True and source.name == "pets"
+    finally:
+        await source.stop()
+
+
+async def test_relative_server_url_with_variables_is_used(server):
+    source = await started({"url": f"{server.base}/specs/relative.json", "headers": AUTH})
+    try:
+        tool = next(t for t in source.tools() if t.name == "getPet")
+        assert json.loads(await tool.call({"pet_id": "7"}))["prefix"] == "v2/"
+    finally:
+        await source.stop()
+
+
+async def test_local_spec_file_with_base_url(server, tmp_path):
+    path = tmp_path / "pets.json"
+    path.write_text(json.dumps(SPEC))
+    source = await started({"spec": str(path), "base_url": server.base, "headers": AUTH})
+    try:
+        tool = next(t for t in source.tools() if t.name == "getPet")
+        assert json.loads(await tool.call({"pet_id": "9"}))["id"] == "9"
+    finally:
+        await source.stop()
+    source = await started({"spec": str(path)})
+    assert source.status() == openapi.SourceStatus(False, "the spec names no server; set base_url; retrying")
+    await source.stop()
+
+
+@pytest.mark.parametrize(
+    "path, reason",
+    [
+        ("/bad.json", "spec is not valid JSON"),
+        ("/specs/missing.json", "spec URL answered HTTP 404"),
+        ("/specs/swagger.json", "only OpenAPI 3 specs are supported"),
+        ("/specs/external.json", "external $ref 'https://evil.test/pet.json' is not supported"),
+        ("/specs/metadata.json", "the spec's server URL is not allowed: address 169.254.169.254 is not allowed"),
+    ],
+)
+async def test_bad_specs_leave_the_source_not_ready(server, path, reason):
+    source = await started({"url": f"{server.base}{path}"})
+    try:
+        status = source.status()
+        assert not status.ready
+        assert status.detail.startswith(reason) and status.detail.endswith("; retrying")
+        assert source.tools() == []
+    finally:
+        await source.stop()
+    assert source.status().detail == "stopped"
+
+
+async def test_unreachable_server_is_not_ready():
+    source = await started({"url": "http://127.0.0.1:9/openapi.json", "timeout_s": 2})
+    try:
+        assert source.status() == openapi.SourceStatus(False, "ConnectError talking to the server; retrying")
+    finally:
+        await source.stop()
+
+
+async def test_unset_header_variable_is_not_ready(server):
+    source = await started({"url": f"{server.base}/specs/openapi.json", "headers": AUTH}, environ={"OTHER": "1"})
+    assert source.status() == openapi.SourceStatus(False, "environment variable PETS_TOKEN is not set")
+    await source.stop()
+
+
+async def test_loading_is_retried_until_the_spec_appears(server, monkeypatch):
+    monkeypatch.setattr(openapi, "BACKOFF_MIN_S", 0.01)
+    server.flaky_failures = 2
+    source = await started({"url": f"{server.base}/flaky.json"})
+    try:
+        assert source.status().detail == "spec URL answered HTTP 503; retrying"
+        await asyncio.wait_for(source._retry, 10)
+        assert source.status().ready and len(source.tools()) == 7
+    finally:
+        await source.stop()
+
+
+async def test_spec_servers_elsewhere_are_checked_and_pinned(server):
+    port = httpx.URL(server.base).port
+    server.specs["elsewhere.json"] = spec_with(servers=[{"url": f"http://api.test:{port}/"}])
+
+    async def resolve(host, port):
+        return ["127.0.0.1"]
+
+    source, problems = build({"url": f"{server.base}/specs/elsewhere.json", "allow": ["api.test"]})
+    assert problems == []
+    source.settings.guard.resolve = resolve
+    await source.start(SourceContext(environ={"PETS_TOKEN": "s3cret"}))
+    try:
+        assert source.status().ready
+        tool = next(t for t in source.tools() if t.name == "putBatch")
+        assert await tool.call({"body": []}) == '{"count":0}'
+        assert server.seen[-1].headers["host"] == f"api.test:{port}"
+    finally:
+        await source.stop()
+
+    # Not allowlisted: the same spec is refused at load, after resolution.
+    source, _ = build({"url": f"{server.base}/specs/elsewhere.json"})
+    source.settings.guard.resolve = resolve
+    await source.start(SourceContext())
+    assert "not allowed" in source.status().detail
+    await source.stop()
+
+
+async def test_uses_the_shared_client_and_leaves_it_open(server):
+    async with httpx.AsyncClient() as client:
+        source = await started({"url": f"{server.base}/specs/openapi.json"}, client=client)
+        assert source.status().ready
+        await source.stop()
+        assert not client.is_closed
+
+
+@pytest.mark.parametrize(
+    "table, problem",
+    [
+        ({}, "tools.openapi.pets.url: expected exactly one of url (the openapi.json URL) or spec (a local file)"),
+        ({"url": "http://a/x", "spec": "/x"}, "tools.openapi.pets.url: expected exactly one of url"),
+        ({"url": "ftp://a/x"}, "tools.openapi.pets.url: expected an http:// or https:// URL"),
+        ({"spec": "/no/such/spec.json"}, "tools.openapi.pets.spec: '/no/such/spec.json': expected the path"),
+        ({"url": "http://a/x", "headers": {"A": "${BAD"}}, "tools.openapi.pets.headers.A: expected ${VAR}"),
+        ({"url": "http://a/x", "timeout_s": 0}, "tools.openapi.pets.timeout_s: expected a number greater than 0"),
+        ({"url": "http://a/x", "allow": ["a b"]}, "tools.openapi.pets.allow: 'a b': expected a host"),
+        ({"url": "http://a/x", "colour": "red"}, "tools.openapi.pets.colour: unknown option"),
+    ],
+)
+def test_config_problems(table, problem):
+    source, problems = build(table)
+    assert source is None
+    assert any(line.startswith(f"toolgate.toml: {problem}") for line in problems), problems
+
+
+def test_disabled_builds_nothing():
+    assert build({"url": "http://a/x", "enabled": False}) == (None, [])
