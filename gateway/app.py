@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from contextlib import AsyncExitStack, asynccontextmanager
 
 import httpx
@@ -53,7 +52,7 @@ def create_app(
                 httpx.AsyncClient(transport=tool_transport, timeout=httpx.Timeout(30.0), follow_redirects=False)
             )
             runtime.upstream = UpstreamClient(http)
-            context = SourceContext(http=tool_http, environ=dict(os.environ))
+            context = SourceContext(http=tool_http, environ=settings.environ)
             await asyncio.gather(*(source.start(context) for source in settings.sources))
             for source in reversed(settings.sources):
                 stack.push_async_callback(source.stop)

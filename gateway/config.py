@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
 from gateway.errors import ConfigError, Problems
 from gateway.hosts import HOST_TYPES, HostType, base_url
@@ -50,7 +51,7 @@ class Upstream:
     type: str = "openai"
     api_key: Secret = field(default_factory=lambda: Secret(""))
     api_key_env: str = ""
-    headers: Mapping[str, str] = field(default_factory=dict)
+    headers: Mapping[str, str] = field(default_factory=dict, repr=False)  # may carry keys, as describe() assumes
     connect_timeout_s: float = 10.0
     read_timeout_s: float = 300.0
     retries: int = 2
@@ -119,6 +120,8 @@ class Settings:
     sources: tuple[ToolSource, ...] = ()
     api_keys: tuple[Secret, ...] = ()
     path: str = ""
+    # The environment the config was resolved against; `${VAR}` in tool sources reads it.
+    environ: Mapping[str, str] = field(default_factory=dict, repr=False)
 
     def describe(self) -> dict[str, Any]:
         """The resolved config as plain data, secrets redacted (for `toolgate check`)."""
@@ -210,6 +213,7 @@ def _upstream(name: str, table: Mapping[str, Any], environ: Mapping[str, str], p
         {
             "url", "type", "api_key_env", "headers", "connect_timeout_s", "read_timeout_s",
             "retries", "forward_client_auth", "extra_params", "query",
+            "api_key",  # known, and refused below with its own line
         }
     )  # fmt: skip
     type_ = r.get("type", str, "openai", "a string")
@@ -241,7 +245,8 @@ def _upstream(name: str, table: Mapping[str, Any], environ: Mapping[str, str], p
         retries=max(0, retries),
         forward_client_auth=r.get("forward_client_auth", bool, False, "true or false"),
         extra_params=frozenset(str(e) for e in extras),
-        query={**dict(host.query), **_str_table(r, "query")},
+        # A query pasted with the URL (Azure's "Target URI") is kept; `query` in config wins.
+        query={**dict(host.query), **dict(parse_qsl(urlsplit(url).query)), **_str_table(r, "query")},
         **timeouts,
     )
 
@@ -277,27 +282,32 @@ def _model(index: int, table: Any, upstreams: Mapping[str, Upstream], problems: 
     )
 
 
-def _apply_env(raw: dict[str, Any], environ: Mapping[str, str]) -> None:
+def _apply_env(raw: dict[str, Any], environ: Mapping[str, str], problems: Problems) -> None:
     """Container overrides: TOOLGATE_UPSTREAM_* set the default upstream, and so on."""
     server = raw.setdefault("server", {})
-    default = server.get("default_upstream", "default") if isinstance(server, dict) else "default"
-    upstreams = raw.setdefault("upstreams", {})
-    if not isinstance(upstreams, dict):
-        return
-    target = upstreams.setdefault(default, {})
-    if not isinstance(target, dict):
-        return
-    if environ.get("TOOLGATE_UPSTREAM_URL"):
-        target["url"] = environ["TOOLGATE_UPSTREAM_URL"]
-    if environ.get("TOOLGATE_UPSTREAM_TYPE"):
-        target["type"] = environ["TOOLGATE_UPSTREAM_TYPE"]
-    if environ.get("TOOLGATE_UPSTREAM_API_KEY"):
-        target["api_key_env"] = "TOOLGATE_UPSTREAM_API_KEY"
     if isinstance(server, dict):
         if environ.get("TOOLGATE_HOST"):
             server["host"] = environ["TOOLGATE_HOST"]
-        if environ.get("TOOLGATE_PORT", "").isdigit():
-            server["port"] = int(environ["TOOLGATE_PORT"])
+        port = environ.get("TOOLGATE_PORT", "")
+        if port.isdigit():
+            server["port"] = int(port)
+        elif port:
+            problems.add("TOOLGATE_PORT", f"expected a port number, got {port!r}")
+    default = server.get("default_upstream", "default") if isinstance(server, dict) else "default"
+    upstreams = raw.setdefault("upstreams", {})
+    overrides = {
+        "url": environ.get("TOOLGATE_UPSTREAM_URL"),
+        "type": environ.get("TOOLGATE_UPSTREAM_TYPE"),
+        "api_key_env": "TOOLGATE_UPSTREAM_API_KEY" if environ.get("TOOLGATE_UPSTREAM_API_KEY") else None,
+    }
+    overrides = {k: v for k, v in overrides.items() if v}
+    # Create the default upstream only for the env or an upstream-less file (then
+    # `serve` runs the demo); a default_upstream naming nothing stays a problem.
+    if not isinstance(upstreams, dict) or not (overrides or not upstreams or default in upstreams):
+        return
+    target = upstreams.setdefault(default, {})
+    if isinstance(target, dict):
+        target.update(overrides)
 
 
 def load_config(path: str | Path | None = None, environ: Mapping[str, str] | None = None) -> Settings:
@@ -317,7 +327,7 @@ def load_config(path: str | Path | None = None, environ: Mapping[str, str] | Non
 
 def settings_from_dict(raw: dict[str, Any], environ: Mapping[str, str], path: str = "<config>") -> Settings:
     problems = Problems(path)
-    _apply_env(raw, environ)
+    _apply_env(raw, environ, problems)
     for name in raw:
         if name not in {"server", "loop", "auth", "upstreams", "models", "tools"}:
             problems.add(name, "unknown section; expected server, loop, auth, upstreams, models or tools")
@@ -373,4 +383,5 @@ def settings_from_dict(raw: dict[str, Any], environ: Mapping[str, str], path: st
         sources=tuple(sources),
         api_keys=api_keys,
         path=path,
+        environ=dict(environ),
     )
