@@ -7,6 +7,7 @@ tool messages may carry image parts.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import quote
@@ -18,7 +19,7 @@ class HostType:
     chat_path: Callable[[str, str], str]  # (base url, upstream model) -> URL
     models_path: Callable[[str], str] | None
     auth: Callable[[str], dict[str, str]]
-    strip_suffixes: tuple[str, ...] = ()  # parts of a pasted URL the row adds itself
+    strip_suffixes: tuple[str, ...] = ()  # parts of a pasted URL the row adds itself; {model}: one segment
     extra_params: frozenset[str] = frozenset()  # non-standard keys it accepts
     tool_images: bool = False  # image parts allowed in `tool` messages
     query: tuple[tuple[str, str], ...] = ()  # default query parameters (overridable in config)
@@ -32,14 +33,18 @@ def api_key_header(key: str) -> dict[str, str]:
     return {"api-key": key} if key else {}
 
 
+_DOUBLED_V1 = re.compile(r"(?:/v1){2,}(?=/|$)")
+
+
 def base_url(url: str, host: HostType) -> str:
-    """`url` without trailing slashes, doubled `/v1`, or a suffix the row adds itself."""
-    url = url.rstrip("/")
-    while url.endswith("/v1/v1"):
-        url = url[:-3]
+    """`url` without query, trailing slashes, doubled `/v1`, or a suffix the row adds itself.
+
+    A query pasted with the URL is the caller's to keep (config reads it into `query`).
+    """
+    url = _DOUBLED_V1.sub("/v1", url.partition("#")[0].partition("?")[0].rstrip("/"))
     for suffix in host.strip_suffixes:
-        if url.endswith(suffix):
-            url = url[: -len(suffix)]
+        pattern = re.escape(suffix).replace(re.escape("{model}"), "[^/]+")
+        url = re.sub(f"{pattern}$", "", url, count=1)
     return url
 
 
@@ -76,7 +81,7 @@ HOST_TYPES: dict[str, HostType] = {
             chat_path=lambda url, model: f"{url}/openai/deployments/{quote(model, safe='')}/chat/completions",
             models_path=None,
             auth=api_key_header,
-            strip_suffixes=("/openai",),
+            strip_suffixes=("/openai/deployments/{model}/chat/completions", "/openai/deployments/{model}", "/openai"),
             query=(("api-version", "2024-10-21"),),
         ),
     )

@@ -173,8 +173,9 @@ def lead_messages(messages: list[dict[str, Any]], system_prompt: str, instructio
 
 def upstream_params(request: ChatRequest, defaults: dict, overrides: dict, accepted_extras: frozenset[str]) -> dict[str, Any]:
     """Top-level parameters for every upstream call of this request (no model/messages/tools)."""
-    params = {**defaults, **(request.params or {})}
+    # A client's null means "not set": it must not erase the alias's default.
+    params = {**defaults, **{k: v for k, v in (request.params or {}).items() if v is not None}}
     if request.extras:
-        params.update({k: v for k, v in request.extras.items() if k in accepted_extras})
+        params.update({k: v for k, v in request.extras.items() if k in accepted_extras and v is not None})
     params.update(overrides)
     return params

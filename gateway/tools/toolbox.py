@@ -1,6 +1,6 @@
 """The toolbox: which tools a model alias offers, and one round of calls.
 
-    toolbox = Toolbox(sources, settings.loop)
+    toolbox = Toolbox(sources, max_parallel=8, timeout_s=30.0)
     offer = toolbox.select(("current_time", "mcp_files_*"))   # cached until a source changes
     async for outcome in toolbox.run_round(tool_calls, offer, tool_images=False):
         ...                                                     # in completion order
@@ -13,6 +13,7 @@ come back as an outcome whose `content` says what went wrong.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fnmatch
 import logging
 import re
@@ -71,36 +72,43 @@ class Toolbox:
         self.timeout_s = timeout_s
         self.max_result_chars = max_result_chars
         self.max_description_chars = max_description_chars
-        self._version: tuple[int, ...] = ()
+        self._seen: list[Sequence[Tool]] = []  # each source's tools list, as last built from
         self._all: dict[str, Tool] = {}
         self._owners: dict[str, str] = {}
         self._schemas: dict[str, dict[str, Any]] = {}
         self._offers: dict[tuple[str, ...], Offer] = {}
-        self._validators: dict[int, Any] = {}
+        self._validators: dict[int, tuple[Tool, Any]] = {}  # id(tool) -> (tool, validator)
 
     # -- naming and selection -------------------------------------------------
 
     def all_tools(self) -> dict[str, Tool]:
         """Every tool under the name it is offered as; rebuilt only when a source changed."""
-        version = tuple(id(source.tools()) for source in self.sources)
-        if version != self._version:
+        # Compared by identity while holding the lists, so a new list cannot
+        # take a freed one's id and hide a change.
+        lists = [source.tools() for source in self.sources]
+        if len(lists) != len(self._seen) or any(a is not b for a, b in zip(lists, self._seen)):
             self._rebuild()
-            self._version = version
+            self._seen = lists
         return self._all
 
     def _rebuild(self) -> None:
+        def wanted(source: ToolSource, tool: Tool) -> str:
+            return _clean_name(f"{source.name}_{tool.name}" if source.prefix else tool.name)
+
+        # A clash is two sources wanting one offered name (a prefixed source's
+        # names clash with nobody's bare names).
         owners: dict[str, list[ToolSource]] = {}
         for source in self.sources:
             for tool in source.tools():
-                owners.setdefault(tool.name, []).append(source)
+                owners.setdefault(wanted(source, tool), []).append(source)
         named: dict[str, Tool] = {}
         self._owners = {}
         for source in self.sources:
             for tool in source.tools():
-                clash = len(owners[tool.name]) > 1
-                if clash and not source.prefix:
+                name = wanted(source, tool)
+                if len(owners[name]) > 1 and not source.prefix:
                     log.warning("tool %r is offered by several sources; prefixing with the source name", tool.name)
-                name = _clean_name(f"{source.name}_{tool.name}" if source.prefix or clash else tool.name)
+                    name = _clean_name(f"{source.name}_{tool.name}")
                 if name in named:
                     log.error("tool name %r is taken; %s's tool %r is left out", name, source.name, tool.name)
                     continue
@@ -109,6 +117,7 @@ class Toolbox:
         self._all = named
         self._schemas = {name: self._schema(tool) for name, tool in named.items()}
         self._offers = {}
+        self._validators = {}
 
     def owners(self) -> dict[str, str]:
         """Offered tool name -> the name of its source."""
@@ -175,12 +184,14 @@ class Toolbox:
         if problem:
             return "bad_arguments", f"Error: the arguments do not fit the parameters of {tool.name}: {problem}"
         timeout = tool.timeout_s or self.timeout_s
+        # Each call's timeout starts when it gets a slot, not while it queues.
+        async with gate or contextlib.nullcontext():
+            return await self._timed(tool, arguments, timeout)
+
+    async def _timed(self, tool: Tool, arguments: dict[str, Any], timeout: float) -> tuple[str, ToolOutput]:
         try:
             async with asyncio.timeout(timeout):
-                if gate is None:
-                    return "ok", await tool.call(arguments)
-                async with gate:
-                    return "ok", await tool.call(arguments)
+                return "ok", await tool.call(arguments)
         except TimeoutError:
             return "timeout", f"Error: {tool.name} did not finish within {timeout:g} s."
         except ToolError as exc:
@@ -190,15 +201,17 @@ class Toolbox:
             return "error", f"Error: {tool.name} failed ({type(exc).__name__})."
 
     def _check(self, tool: Tool, arguments: dict[str, Any]) -> str:
-        validator = self._validators.get(id(tool))
-        if validator is None:
+        cached = self._validators.get(id(tool))
+        if cached is not None and cached[0] is tool:  # holding the tool keeps its id unique
+            validator = cached[1]
+        else:
             try:
                 cls = validators.validator_for(tool.parameters)
                 cls.check_schema(tool.parameters)
                 validator = cls(tool.parameters)
             except SchemaError:
                 validator = False  # a source's broken schema: don't block its calls
-            self._validators[id(tool)] = validator
+            self._validators[id(tool)] = (tool, validator)
         if validator is False:
             return ""
         error = next(iter(validator.iter_errors(arguments)), None)
@@ -216,6 +229,8 @@ class Toolbox:
         parts: list[dict[str, Any]] = []
         cut_any = False
         for part in content:
+            if not isinstance(part, dict):  # a tool breaking the contract must not fail the request
+                part = {"type": "text", "text": str(part)}
             if part.get("type") == "text":
                 text, cut = self._cut(part.get("text", ""))
                 cut_any |= cut
