@@ -104,7 +104,7 @@ class StreamAssembler:
     def feed(self, chunk: Any) -> Delta | None:
         if not isinstance(chunk, dict):
             raise UpstreamError("The upstream stream carried something that is not a chunk.")
-        if "error" in chunk and not chunk.get("choices"):
+        if chunk.get("error") and not chunk.get("choices"):
             error = chunk["error"]
             message = error.get("message") if isinstance(error, dict) else str(error)
             raise UpstreamError(f"The upstream failed mid-stream: {message}")

@@ -57,7 +57,7 @@ def _invalid(message: str, param: str | None) -> InvalidRequest:
     return InvalidRequest(message, param=param)
 
 
-def _tool_calls(value: Any, param: str) -> list[dict[str, Any]]:
+def _tool_calls(value: Any, param: str, index: int) -> list[dict[str, Any]]:
     if not isinstance(value, list):
         raise _invalid("tool_calls must be an array.", param)
     calls = []
@@ -68,7 +68,7 @@ def _tool_calls(value: Any, param: str) -> list[dict[str, Any]]:
         arguments = function.get("arguments", "")
         if not isinstance(arguments, str):
             arguments = orjson.dumps(arguments).decode()
-        calls.append({"id": call.get("id") or f"call_{i}", "type": "function", "function": {"name": function["name"], "arguments": arguments}})
+        calls.append({"id": call.get("id") or f"call_{index}_{i}", "type": "function", "function": {"name": function["name"], "arguments": arguments}})
     return calls
 
 
@@ -90,7 +90,7 @@ def _message(raw: Any, i: int) -> dict[str, Any]:
     if isinstance(content, list) and not all(isinstance(p, dict) and isinstance(p.get("type"), str) for p in content):
         raise _invalid("Each content part must be an object with a type.", f"{param}.content")
     if "tool_calls" in message:
-        message["tool_calls"] = _tool_calls(message["tool_calls"], f"{param}.tool_calls")
+        message["tool_calls"] = _tool_calls(message["tool_calls"], f"{param}.tool_calls", i)
     if role == "assistant":
         message.setdefault("content", None)
     elif content is None:
