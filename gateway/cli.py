@@ -101,6 +101,7 @@ def _serve(args: argparse.Namespace) -> None:
         host=host, port=port, log_config=None, access_log=False,
         timeout_graceful_shutdown=int(server.grace_s), server_header=False,
     )  # fmt: skip
+    log.info("serving on http://%s:%d/v1 (%d worker%s)", host, port, args.workers, "s" * (args.workers > 1))
     if demo:
         asyncio.run(_serve_demo(settings, options))
     elif args.workers > 1:

@@ -76,7 +76,7 @@ Script = Turn | Callable[[dict[str, Any]], Turn]
 # ---------------------------------------------------------------------------
 # The demo brain: plausible behaviour for `toolgate serve --demo` and the benchmark.
 
-_OPERATOR = re.compile(r"[\d)]\s*[-+*/%^]\s*[\d(.]")
+_OPERATOR = re.compile(r"[\d)]\s*(?:\*\*|//|[-+*/%^])\s*[\d(.]")
 _EXPRESSION = re.compile(r"[\d(.][\d\s.+\-*/%^()]*[\d)]")
 _TIME_WORDS = re.compile(r"\b(?:time|date|clock|today)\b", re.IGNORECASE)
 _TIMEZONE = re.compile(r"\b(UTC|GMT|[A-Z][A-Za-z_]+/[A-Z][A-Za-z_]+(?:/[A-Z][A-Za-z_]+)?)\b")

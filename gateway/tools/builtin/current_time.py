@@ -51,7 +51,8 @@ class CurrentTime(Tool):
         if not isinstance(name, str):
             raise ToolError("timezone must be a string")
         local = self._now().astimezone(zone(name))
-        return f"{local.isoformat(timespec='seconds')} {local:%A} ({name}, {local.tzname()})"
+        label = name if local.tzname() == name else f"{name}, {local.tzname()}"
+        return f"{local.isoformat(timespec='seconds')} {local:%A} ({label})"
 
 
 def build(options: dict[str, Any], problems: Problems, key: str) -> CurrentTime | None:
