@@ -92,7 +92,7 @@ async def test_current_time_in_the_asked_zone():
 
 
 async def test_current_time_defaults_to_utc_or_the_configured_zone():
-    assert await CurrentTime(now=lambda: NOON_UTC).call({}) == "2024-07-01T12:00:00+00:00 Monday (UTC, UTC)"
+    assert await CurrentTime(now=lambda: NOON_UTC).call({}) == "2024-07-01T12:00:00+00:00 Monday (UTC)"
     berlin = CurrentTime("Europe/Berlin", now=lambda: NOON_UTC)
     assert await berlin.call({}) == "2024-07-01T14:00:00+02:00 Monday (Europe/Berlin, CEST)"
     assert "Europe/Berlin" in berlin.description
