@@ -101,15 +101,19 @@ def _serve(args: argparse.Namespace) -> None:
         host=host, port=port, log_config=None, access_log=False,
         timeout_graceful_shutdown=int(server.grace_s), server_header=False,
     )  # fmt: skip
+    if demo and args.workers > 1:
+        log.warning("the demo upstream runs in one process: ignoring --workers %d", args.workers)
+        args.workers = 1
     log.info("serving on http://%s:%d/v1 (%d worker%s)", host, port, args.workers, "s" * (args.workers > 1))
     if demo:
         asyncio.run(_serve_demo(settings, options))
     elif args.workers > 1:
         # Each worker loads the config itself; metrics are summed over them.
-        os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="toolgate-metrics-"))
         if args.config:
             os.environ["TOOLGATE_CONFIG"] = args.config
-        uvicorn.run("gateway.cli:worker_app", factory=True, workers=args.workers, **options)
+        with tempfile.TemporaryDirectory(prefix="toolgate-metrics-") as metrics_dir:
+            os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", metrics_dir)
+            uvicorn.run("gateway.cli:worker_app", factory=True, workers=args.workers, **options)
     else:
         from gateway.app import create_app
 
