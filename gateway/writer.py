@@ -14,9 +14,9 @@ import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import aclosing
+from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 
@@ -28,6 +28,7 @@ Send = Callable[[dict[str, Any]], Awaitable[None]]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 
 _END = object()
+T = TypeVar("T")
 
 
 @dataclass(slots=True)
@@ -65,29 +66,39 @@ async def _watch(receive: Receive) -> None:
         pass
 
 
-async def _deadline(events: AsyncIterator[Event], seconds: float) -> AsyncIterator[Event]:
+@asynccontextmanager
+async def _deadline(seconds: float):
     try:
         async with asyncio.timeout(seconds):
-            async with aclosing(events) as inner:
-                async for event in inner:
-                    yield event
+            yield
     except TimeoutError:
         raise UpstreamTimeout(f"The request did not finish within its {seconds:g} s deadline.", code="request_timeout") from None
 
 
-async def _race(work: Awaitable[Any], receive: Receive) -> tuple[bool, asyncio.Task]:
-    """Run `work` until done or the client disconnects; True if the client left."""
-    task = asyncio.ensure_future(work)
-    watcher = asyncio.ensure_future(_watch(receive))
+async def _unless_client_leaves(work: Awaitable[T], receive: Receive) -> tuple[bool, T | None]:
+    """Await `work` in this task, cancelling it if the client disconnects first.
+
+    Returns (True, None) when the client left; `work`'s exceptions propagate.
+    """
+    this = asyncio.current_task()
+    left = False
+
+    async def watch() -> None:
+        nonlocal left
+        await _watch(receive)
+        left = True
+        this.cancel()
+
+    watcher = asyncio.ensure_future(watch())
     try:
-        await asyncio.wait((task, watcher), return_when=asyncio.FIRST_COMPLETED)
+        return False, await work
+    except asyncio.CancelledError:
+        if left and this.uncancel() == 0:
+            return True, None
+        raise
     finally:
-        for t in (task, watcher):
-            if not t.done():
-                t.cancel()
-        if not task.done():
-            await asyncio.gather(task, return_exceptions=True)
-    return task.cancelled() or not task.done(), task
+        # Without an await since `work` ended, the watcher cannot have cancelled us late.
+        watcher.cancel()
 
 
 async def _error_response(send: Send, exc: BaseException, extra: tuple) -> int:
@@ -103,19 +114,18 @@ async def _error_response(send: Send, exc: BaseException, extra: tuple) -> int:
 
 async def write_json(send: Send, receive: Receive, events: AsyncIterator[Event], r: Rendering) -> Outcome:
     async def collect() -> Final:
-        async with aclosing(_deadline(events, r.deadline_s)) as stream:
+        async with _deadline(r.deadline_s), aclosing(events) as stream:
             async for event in stream:
                 if isinstance(event, Final):
                     return event
         raise AssertionError("the loop ended without a final answer")
 
-    left, task = await _race(collect(), receive)
+    try:
+        left, final = await _unless_client_leaves(collect(), receive)
+    except Exception as exc:
+        return Outcome(await _error_response(send, exc, r.extra_headers), error=exc)
     if left:
         return Outcome(499, disconnected=True)
-    if task.exception() is not None:
-        exc = task.exception()
-        return Outcome(await _error_response(send, exc, r.extra_headers), error=exc)
-    final = task.result()
     body: dict[str, Any] = {
         "id": _completion_id(),
         "object": "chat.completion",
@@ -169,7 +179,7 @@ async def write_sse(send: Send, receive: Receive, events: AsyncIterator[Event], 
 
     async def produce() -> None:
         try:
-            async with aclosing(_deadline(events, r.deadline_s)) as stream:
+            async with _deadline(r.deadline_s), aclosing(events) as stream:
                 async for event in stream:
                     await queue.put(event)
             await queue.put(_END)
@@ -177,7 +187,7 @@ async def write_sse(send: Send, receive: Receive, events: AsyncIterator[Event], 
             await queue.put(exc)
 
     outcome = Outcome()
-    left, _ = await _race(_consume(send, queue, produce(), r, outcome), receive)
+    left, _ = await _unless_client_leaves(_consume(send, queue, produce(), r, outcome), receive)
     if left:
         outcome.disconnected = True
         outcome.status = 499

@@ -249,3 +249,36 @@ async def test_toolgate_serve_without_upstream_runs_the_labelled_demo():
         proc.terminate()
         _, err = proc.communicate(timeout=10)
     assert b"DEMO MODE" in err
+
+
+async def test_non_streamed_request_abandoned_mid_tool_cancels_the_tool():
+    sleeper = Sleeper(30)
+    async with FakeLLM() as fake:
+        fake.push(Calls([("sleeper", {})]), Reply("never sent"))
+        async with serve(settings_for(fake, extra_tools=(sleeper,))) as (base, app):
+            before = set(asyncio.all_tasks())
+            async with httpx.AsyncClient(timeout=10) as client:
+                body = {"model": "m", "messages": [{"role": "user", "content": "sleep"}]}
+                request = asyncio.create_task(client.post(f"{base}/chat/completions", json=body))
+                async with asyncio.timeout(5):
+                    await sleeper.started.wait()
+                request.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await request
+            async with asyncio.timeout(5):
+                await sleeper.cancelled.wait()
+            left, _ = await _left_tasks(app, before)
+            assert left == set()
+
+
+async def test_request_deadline_is_a_504_naming_it():
+    sleeper = Sleeper(30)
+    async with FakeLLM() as fake:
+        fake.push(Calls([("sleeper", {})]))
+        config = settings_for(fake, extra_tools=(sleeper,), request_timeout_s=0.3)
+        async with serve(config) as (base, _):
+            async with httpx.AsyncClient(timeout=10) as client:
+                r = await client.post(f"{base}/chat/completions", json={"model": "m", "messages": [{"role": "user", "content": "x"}]})
+        assert r.status_code == 504
+        assert r.json()["error"]["code"] == "request_timeout"
+        assert sleeper.cancelled.is_set()
