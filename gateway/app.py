@@ -3,9 +3,9 @@
     app = create_app(load_config("config/toolgate.toml", os.environ))
     app = create_app(settings, transport=httpx.MockTransport(handler))   # in tests
 
-The lifespan opens the one upstream HTTP client and one tool HTTP client of
-the process, starts every tool source concurrently, and closes all of it on
-shutdown, in reverse.
+The lifespan opens the process's one upstream transport (aiohttp, or the
+injected httpx transport) and its one httpx client for tools, starts every
+tool source concurrently, and closes all of it on shutdown, in reverse.
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ from gateway.config import Settings
 from gateway.middleware import GatewayMiddleware
 from gateway.tools.base import SourceContext
 from gateway.tools.toolbox import Toolbox
-from gateway.upstream import UpstreamClient, create_http_client
+from gateway.transports import create_transport
+from gateway.upstream import UpstreamClient
 
 log = logging.getLogger("toolgate")
 
@@ -47,11 +48,12 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: Starlette):
         async with AsyncExitStack() as stack:
-            http = await stack.enter_async_context(create_http_client(transport))
+            upstream = create_transport(transport)
+            stack.push_async_callback(upstream.aclose)
             tool_http = await stack.enter_async_context(
                 httpx.AsyncClient(transport=tool_transport, timeout=httpx.Timeout(30.0), follow_redirects=False)
             )
-            runtime.upstream = UpstreamClient(http)
+            runtime.upstream = UpstreamClient(upstream)
             context = SourceContext(http=tool_http, environ=settings.environ)
             await asyncio.gather(*(source.start(context) for source in settings.sources))
             for source in reversed(settings.sources):

@@ -1,14 +1,14 @@
-"""The only module that speaks HTTP to the LLM host.
+"""The only module that speaks to the LLM host: complete() and stream().
 
-    client = UpstreamClient(http)                       # one httpx.AsyncClient per process
+    client = UpstreamClient(create_transport())         # one per process
     body = await client.complete(upstream, payload, request_id=rid)
     async with aclosing(client.stream(upstream, payload, request_id=rid)) as chunks:
         async for chunk in chunks: ...                  # parsed `chat.completion.chunk` dicts
 
 Retries (connect errors, 429, 502/503/504) happen before a response is handed
-back, so never after a byte of it reached the client. httpx errors are
-translated to the gateway's error tree in one place, ``_translate``; upstream
-keys and URLs never appear in what the client sees.
+back, so never after a byte of it reached the client. The wire below is a
+`transports.Transport` (aiohttp; httpx in tests), which raises only the
+gateway's errors; upstream keys and URLs never appear in what the client sees.
 """
 
 from __future__ import annotations
@@ -17,41 +17,30 @@ import asyncio
 import random
 import time
 from collections.abc import AsyncIterator
-from contextlib import contextmanager
 from typing import Any
 from urllib.parse import urlencode
 
-import httpx
 import orjson
 
 from gateway import metrics
 from gateway.config import Upstream
 from gateway.errors import GatewayError, InvalidRequest, RequestTooLarge, UpstreamError, UpstreamRateLimited, UpstreamStatus, UpstreamTimeout
 from gateway.sse import SSEDecoder
+from gateway.transports import Reply, Transport
 
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
 MAX_RETRY_AFTER_S = 30.0
 MAX_ERROR_BODY = 64 * 1024
 
 
-def create_http_client(transport: httpx.AsyncBaseTransport | None = None) -> httpx.AsyncClient:
-    """The process's client for LLM traffic; aiohttp underneath unless a transport is injected."""
-    if transport is None:
-        from httpx_aiohttp import AiohttpTransport
-
-        transport = AiohttpTransport(limits=httpx.Limits(max_connections=1000, max_keepalive_connections=1000))
-    return httpx.AsyncClient(transport=transport, timeout=httpx.Timeout(300.0, connect=10.0), follow_redirects=False)
-
-
 class _Target:
     """What every call to one upstream shares, built once."""
 
-    __slots__ = ("upstream", "headers", "timeout", "query", "_urls")
+    __slots__ = ("upstream", "headers", "query", "_urls")
 
     def __init__(self, upstream: Upstream) -> None:
         self.upstream = upstream
         self.headers = {"content-type": "application/json", **upstream.headers, **upstream.host.auth(upstream.api_key.value)}
-        self.timeout = httpx.Timeout(upstream.read_timeout_s, connect=upstream.connect_timeout_s, pool=upstream.connect_timeout_s)
         self.query = f"?{urlencode(upstream.query)}" if upstream.query else ""
         self._urls: dict[str, str] = {}
 
@@ -63,8 +52,8 @@ class _Target:
 
 
 class UpstreamClient:
-    def __init__(self, http: httpx.AsyncClient) -> None:
-        self.http = http
+    def __init__(self, transport: Transport) -> None:
+        self.transport = transport
         self._targets: dict[str, _Target] = {}
 
     def _target(self, upstream: Upstream) -> _Target:
@@ -74,90 +63,83 @@ class UpstreamClient:
         return target
 
     async def complete(self, upstream: Upstream, payload: dict[str, Any], *, request_id: str = "", client_auth: str = "") -> Any:
-        response = await self._send(upstream, payload, request_id, client_auth)
+        reply = await self._send(upstream, payload, request_id, client_auth)
         try:
-            with _translate(upstream):
-                raw = await response.aread()
+            raw = await reply.read()
         finally:
-            await response.aclose()
-        if "json" not in response.headers.get("content-type", "json"):
-            raise UpstreamError(f"The upstream answered with {_kind(response)} instead of JSON.")
+            await reply.close()
+        if "json" not in reply.headers.get("content-type", "json"):
+            raise UpstreamError(f"The upstream answered with {_kind(reply)} instead of JSON.")
         try:
             return orjson.loads(raw)
         except orjson.JSONDecodeError:
             raise UpstreamError("The upstream answered with malformed or truncated JSON.") from None
 
     async def stream(self, upstream: Upstream, payload: dict[str, Any], *, request_id: str = "", client_auth: str = "") -> AsyncIterator[Any]:
-        response = await self._send(upstream, payload, request_id, client_auth)
+        reply = await self._send(upstream, payload, request_id, client_auth)
         try:
-            content_type = response.headers.get("content-type", "")
+            content_type = reply.headers.get("content-type", "")
             if "json" in content_type:
                 # A host that ignored `stream: true`: its whole answer is one chunk.
-                with _translate(upstream):
-                    raw = await response.aread()
-                try:
-                    yield orjson.loads(raw)
-                except orjson.JSONDecodeError:
-                    raise UpstreamError("The upstream answered with malformed or truncated JSON.") from None
+                yield _parse(await reply.read(), "The upstream answered with malformed or truncated JSON.")
                 return
             if "text/event-stream" not in content_type:
-                raise UpstreamError(f"The upstream answered with {_kind(response)} instead of an event stream.")
+                raise UpstreamError(f"The upstream answered with {_kind(reply)} instead of an event stream.")
             decoder = SSEDecoder()
-            with _translate(upstream):
-                async for chunk in response.aiter_bytes():
-                    for data in decoder.feed(chunk):
-                        if data == b"[DONE]":
-                            return
-                        yield _chunk(data)
-                for data in decoder.close():
+            async for piece in reply.chunks():
+                for data in decoder.feed(piece):
                     if data == b"[DONE]":
                         return
-                    yield _chunk(data)
+                    yield _parse(data, "The upstream stream carried malformed JSON.")
+            for data in decoder.close():
+                if data == b"[DONE]":
+                    return
+                yield _parse(data, "The upstream stream carried malformed JSON.")
             raise UpstreamError("The upstream stream ended before [DONE]: the answer is truncated.")
         finally:
-            await response.aclose()
+            await reply.close()
 
-    async def _send(self, upstream: Upstream, payload: dict[str, Any], request_id: str, client_auth: str) -> httpx.Response:
+    async def _send(self, upstream: Upstream, payload: dict[str, Any], request_id: str, client_auth: str) -> Reply:
         target = self._target(upstream)
         headers = target.headers
-        if request_id or (client_auth and upstream.forward_client_auth):
+        if request_id or client_auth:
             headers = {**headers, "x-request-id": request_id}
-            if client_auth and upstream.forward_client_auth:
+            if client_auth:
                 headers.update(upstream.host.auth(client_auth))
-        request = self.http.build_request(
-            "POST", target.url(payload.get("model", "")), content=orjson.dumps(payload), headers=headers, timeout=target.timeout
-        )
+        url = target.url(payload.get("model", ""))
+        body = orjson.dumps(payload)
         for attempt in range(upstream.retries + 1):
             last = attempt == upstream.retries
             started = time.perf_counter()
             try:
-                with _translate(upstream):
-                    response = await self.http.send(request, stream=True)
+                reply = await self.transport.post(
+                    url, headers, body, connect_s=upstream.connect_timeout_s, read_s=upstream.read_timeout_s, name=upstream.name
+                )
             except UpstreamError as exc:
                 metrics.upstream_call(upstream.name, "error", time.perf_counter() - started)
                 if last or exc.code == "upstream_timeout":  # a read timeout is not retried
                     raise
                 await asyncio.sleep(_backoff(attempt))
                 continue
-            metrics.upstream_call(upstream.name, str(response.status_code), time.perf_counter() - started)
-            if response.status_code < 300:
-                return response
-            wait = _retry_after(response) if response.status_code == 429 else _backoff(attempt)
-            if last or response.status_code not in RETRY_STATUSES or wait is None:
-                raise await _status_error(response, upstream)
-            await response.aclose()
+            metrics.upstream_call(upstream.name, str(reply.status), time.perf_counter() - started)
+            if reply.status < 300:
+                return reply
+            wait = _retry_after(reply) if reply.status == 429 else _backoff(attempt)
+            if last or reply.status not in RETRY_STATUSES or wait is None:
+                raise await _status_error(reply, upstream)
+            await reply.close()
             await asyncio.sleep(wait)
         raise AssertionError("unreachable")  # the last attempt returns or raises
 
 
-def _chunk(data: bytes) -> Any:
+def _parse(data: bytes, complaint: str) -> Any:
     try:
         return orjson.loads(data)
     except orjson.JSONDecodeError:
-        raise UpstreamError("The upstream stream carried malformed JSON.") from None
+        raise UpstreamError(complaint) from None
 
 
-def _kind(response: httpx.Response) -> str:
+def _kind(response: Reply) -> str:
     content_type = response.headers.get("content-type", "").split(";")[0].strip()
     return "an HTML page" if content_type == "text/html" else f"content of type {content_type or 'unknown'!r}"
 
@@ -166,7 +148,7 @@ def _backoff(attempt: int) -> float:
     return min(8.0, 0.25 * 2**attempt) * (0.5 + random.random())
 
 
-def _retry_after(response: httpx.Response) -> float | None:
+def _retry_after(response: Reply) -> float | None:
     """Seconds to wait before retrying a 429; None when too long to wait here."""
     value = response.headers.get("retry-after")
     if value is None:
@@ -190,19 +172,18 @@ _STATUS_MAP: dict[int, type[GatewayError]] = {
 }
 
 
-async def _status_error(response: httpx.Response, upstream: Upstream) -> GatewayError:
+async def _status_error(response: Reply, upstream: Upstream) -> GatewayError:
+    raw = b""
     try:
-        with _translate(upstream):
-            raw = b""
-            async for part in response.aiter_bytes():
-                raw += part
-                if len(raw) > MAX_ERROR_BODY:
-                    break
+        async for part in response.chunks():
+            raw += part
+            if len(raw) > MAX_ERROR_BODY:
+                break
     except UpstreamError:
-        raw = b""
+        pass
     finally:
-        await response.aclose()
-    status = response.status_code
+        await response.close()
+    status = response.status
     detail = _error_message(raw, response)
     cls = _STATUS_MAP.get(status, UpstreamStatus)
     message = f"The upstream answered {status}: {detail}" if detail else f"The upstream answered {status}."
@@ -215,7 +196,7 @@ async def _status_error(response: httpx.Response, upstream: Upstream) -> Gateway
     return error
 
 
-def _error_message(raw: bytes, response: httpx.Response) -> str:
+def _error_message(raw: bytes, response: Reply) -> str:
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError:
@@ -234,16 +215,3 @@ def _error_message(raw: bytes, response: httpx.Response) -> str:
 def _redact(text: str, upstream: Upstream) -> str:
     key = upstream.api_key.value
     return text.replace(key, "***") if key else text
-
-
-@contextmanager
-def _translate(upstream: Upstream):
-    """httpx's exceptions as the gateway's; the one place they are mapped."""
-    try:
-        yield
-    except httpx.ConnectTimeout:
-        raise UpstreamTimeout(f"Could not connect to upstream {upstream.name!r} in time.", code="upstream_connect_timeout") from None
-    except httpx.TimeoutException:
-        raise UpstreamTimeout(f"Upstream {upstream.name!r} did not answer in time.") from None
-    except httpx.TransportError:
-        raise UpstreamError(f"Could not reach upstream {upstream.name!r}, or it broke the connection.") from None
