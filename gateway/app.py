@@ -79,5 +79,6 @@ def create_app(
     )
     app.state.runtime = runtime
     keys = tuple(k.value for k in settings.api_keys)
-    app.add_middleware(GatewayMiddleware, api_keys=keys, max_concurrency=settings.server.max_concurrency)
+    direct = {"/v1/chat/completions": chat, "/chat/completions": chat}
+    app.add_middleware(GatewayMiddleware, api_keys=keys, max_concurrency=settings.server.max_concurrency, direct=direct)
     return app

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import hmac
 import logging
+import os
 import re
-import uuid
 from typing import Any
 
 import orjson
@@ -23,10 +23,20 @@ OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 
 
 class GatewayMiddleware:
-    def __init__(self, app: Any, *, api_keys: tuple[str, ...] = (), max_concurrency: int = 1024) -> None:
+    """Wraps the Starlette app; `direct` routes (the chat endpoints) skip its routing."""
+
+    def __init__(
+        self,
+        app: Any,
+        *,
+        api_keys: tuple[str, ...] = (),
+        max_concurrency: int = 1024,
+        direct: dict[str, Any] | None = None,
+    ) -> None:
         self.app = app
         self.api_keys = tuple(k.encode() for k in api_keys)
         self.max_concurrency = max_concurrency
+        self.direct = direct or {}
         self.in_flight = 0
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
@@ -39,34 +49,32 @@ class GatewayMiddleware:
                 request_id = value
             elif name in (b"authorization", b"api-key"):
                 auth = value
-        request_id = request_id or uuid.uuid4().hex.encode()
+        request_id = request_id or os.urandom(16).hex().encode()
         scope["request_id"] = request_id.decode()
+        started = False
 
         async def send_with_id(message: dict) -> None:
+            nonlocal started
             if message["type"] == "http.response.start":
+                started = True
                 message["headers"] = [*message.get("headers", ()), (b"x-request-id", request_id)]
             await send(message)
 
-        if scope["path"] in OPEN_PATHS:
+        path = scope["path"]
+        if path in OPEN_PATHS:
             return await self.app(scope, receive, send_with_id)
         if self.api_keys and not self._authorized(auth):
             return await _reject(send_with_id, Unauthorized("Invalid or missing API key for this gateway."))
         if self.in_flight >= self.max_concurrency:
             return await _reject(send_with_id, Overloaded("The gateway is at its concurrency limit; retry shortly.", headers={"retry-after": "1"}))
+        app = self.direct.get(path) if scope["method"] == "POST" else None
         self.in_flight += 1
         metrics.IN_FLIGHT.inc()
-        started = False
-
-        async def send_tracked(message: dict) -> None:
-            nonlocal started
-            started = True
-            await send_with_id(message)
-
         try:
-            await self.app(scope, receive, send_tracked)
+            await (app or self.app)(scope, receive, send_with_id)
         except Exception:
             # The one place an unexpected failure becomes a response: OpenAI shape, no traceback.
-            log.exception("unhandled error serving %s", scope["path"])
+            log.exception("unhandled error serving %s", path)
             if not started:
                 await _reject(send_with_id, GatewayError("The gateway failed to handle this request.", code="internal_error"))
         finally:

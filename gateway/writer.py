@@ -11,8 +11,8 @@ early upstream error keeps its own status.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass
@@ -53,7 +53,7 @@ class Rendering:
 
 
 def _completion_id() -> str:
-    return f"chatcmpl-{uuid.uuid4().hex}"
+    return f"chatcmpl-{os.urandom(12).hex()}"
 
 
 def loop_facts(final: Final) -> dict[str, Any]:
@@ -150,6 +150,9 @@ async def write_json(send: Send, receive: Receive, events: AsyncIterator[Event],
 # -- server-sent events ------------------------------------------------------------
 
 
+_OPEN_TAIL = b',"logprobs":null,"finish_reason":null}]}\n\n'
+
+
 class _Chunks:
     """Encodes `chat.completion.chunk` lines from a template made once per response."""
 
@@ -159,8 +162,14 @@ class _Chunks:
         self._usage_head = b"data: " + head[:-1] + b',"choices":[],"usage":'
 
     def delta(self, delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
-        finish = orjson.dumps(finish_reason)
-        return self._head + orjson.dumps(delta) + b',"logprobs":null,"finish_reason":' + finish + b"}]}\n\n"
+        if finish_reason is None:
+            return self._head + orjson.dumps(delta) + _OPEN_TAIL
+        return self._head + orjson.dumps(delta) + b',"logprobs":null,"finish_reason":' + orjson.dumps(finish_reason) + b"}]}\n\n"
+
+    def text(self, event: Delta) -> bytes:
+        if event.reasoning is None:
+            return self._head + b'{"content":' + orjson.dumps(event.content) + b"}" + _OPEN_TAIL
+        return self.delta({k: v for k, v in (("content", event.content), ("reasoning_content", event.reasoning)) if v})
 
     def usage(self, usage: dict[str, Any] | None, extra: dict[str, Any] | None = None) -> bytes:
         tail = b"" if extra is None else b',"toolgate":' + orjson.dumps(extra)
@@ -228,7 +237,7 @@ async def _consume(send: Send, queue: asyncio.Queue, producer: Awaitable[None], 
             out = bytearray()
             for event in batch:
                 if isinstance(event, Delta):
-                    out += chunks.delta({k: v for k, v in (("content", event.content), ("reasoning_content", event.reasoning)) if v})
+                    out += chunks.text(event)
                 elif isinstance(event, (ToolStarted, ToolFinished)):
                     if r.progress:
                         out += chunks.delta({"reasoning_content": _progress_text(event)})
