@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import hmac
 import logging
-import os
+import random
 import re
 from typing import Any
 
@@ -49,7 +49,7 @@ class GatewayMiddleware:
                 request_id = value
             elif name in (b"authorization", b"api-key"):
                 auth = value
-        request_id = request_id or os.urandom(16).hex().encode()
+        request_id = request_id or b"%032x" % random.getrandbits(128)
         scope["request_id"] = request_id.decode()
         started = False
 

@@ -108,9 +108,10 @@ class AiohttpTransport:
     @classmethod
     def create(cls) -> AiohttpTransport:
         """A session for LLM traffic: no cookie jar (requests are not users), no pool limit
-        (the gateway's concurrency cap bounds it)."""
+        (the gateway's concurrency cap bounds it), and no `trust_env`: aiohttp would
+        read ~/.netrc and the proxy variables in a thread on every request."""
         connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=60, keepalive_timeout=30)
-        session = aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar(), trust_env=True)
+        session = aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar())
         return cls(session)
 
     async def post(self, url: str, headers: Mapping[str, str], body: bytes, *, connect_s: float, read_s: float, name: str) -> AiohttpReply:

@@ -11,7 +11,7 @@ early upstream error keeps its own status.
 from __future__ import annotations
 
 import asyncio
-import os
+import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import aclosing, asynccontextmanager
@@ -53,7 +53,7 @@ class Rendering:
 
 
 def _completion_id() -> str:
-    return f"chatcmpl-{os.urandom(12).hex()}"
+    return f"chatcmpl-{random.getrandbits(96):024x}"
 
 
 def loop_facts(final: Final) -> dict[str, Any]:
