@@ -6,7 +6,7 @@ streamed tool-call deltas without `index`, a call sent whole in one chunk,
 
     asm = StreamAssembler()
     for chunk in chunks:            # parsed `chat.completion.chunk` objects
-        delta = asm.feed(chunk)     # Delta to forward, or None
+        delta = asm.feed(chunk)     # Delta to forward, or None (feed_many: a list of them)
     turn = asm.finish()
 """
 
@@ -133,6 +133,23 @@ class StreamAssembler:
             self._reasoning.append(reasoning)
         if content or reasoning:
             return Delta(content or None, reasoning or None)
+        return None
+
+    def feed_many(self, chunks: list[Any]) -> Delta | None:
+        """Chunks that arrived together, as one Delta: one event per network read, not per chunk."""
+        if len(chunks) == 1:
+            return self.feed(chunks[0])
+        content: list[str] = []
+        reasoning: list[str] = []
+        for chunk in chunks:
+            delta = self.feed(chunk)
+            if delta is not None:
+                if delta.content:
+                    content.append(delta.content)
+                if delta.reasoning:
+                    reasoning.append(delta.reasoning)
+        if content or reasoning:
+            return Delta("".join(content) or None, "".join(reasoning) or None)
         return None
 
     def _fold_call(self, raw: dict[str, Any]) -> None:

@@ -74,9 +74,9 @@ async def run_loop(job: LoopJob, upstream: UpstreamClient, toolbox: Toolbox) -> 
         if job.stream:
             assembler = StreamAssembler()
             fresh = True  # no content yet in this round
-            async with aclosing(upstream.stream(job.upstream, body, request_id=job.request_id, client_auth=job.client_auth)) as chunks:
-                async for chunk in chunks:
-                    delta = assembler.feed(chunk)
+            async with aclosing(upstream.stream(job.upstream, body, request_id=job.request_id, client_auth=job.client_auth)) as batches:
+                async for chunks in batches:
+                    delta = assembler.feed_many(chunks)
                     if delta is None:
                         continue
                     if delta.content and fresh:

@@ -34,7 +34,8 @@ class SSEDecoder:
             if chunk.startswith(b"\n"):
                 chunk = chunk[1:]
         buffer = self._buffer + chunk if self._buffer else chunk
-        lines = _LINE_END.split(buffer)
+        # Nearly every host ends lines in LF alone: bytes.split is many times the regex's speed.
+        lines = _LINE_END.split(buffer) if b"\r" in buffer else buffer.split(b"\n")
         self._buffer = lines.pop()
         if buffer.endswith(b"\r"):
             self._skip_lf = True

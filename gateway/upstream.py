@@ -2,8 +2,9 @@
 
     client = UpstreamClient(create_transport())         # one per process
     body = await client.complete(upstream, payload, request_id=rid)
-    async with aclosing(client.stream(upstream, payload, request_id=rid)) as chunks:
-        async for chunk in chunks: ...                  # parsed `chat.completion.chunk` dicts
+    async with aclosing(client.stream(upstream, payload, request_id=rid)) as batches:
+        async for chunks in batches: ...                # parsed `chat.completion.chunk` dicts,
+                                                        # a list per network read
 
 Retries (connect errors, 429, 502/503/504) happen before a response is handed
 back, so never after a byte of it reached the client. The wire below is a
@@ -81,20 +82,22 @@ class UpstreamClient:
             content_type = reply.headers.get("content-type", "")
             if "json" in content_type:
                 # A host that ignored `stream: true`: its whole answer is one chunk.
-                yield _parse(await reply.read(), "The upstream answered with malformed or truncated JSON.")
+                yield [_parse(await reply.read(), "The upstream answered with malformed or truncated JSON.")]
                 return
             if "text/event-stream" not in content_type:
                 raise UpstreamError(f"The upstream answered with {_kind(reply)} instead of an event stream.")
             decoder = SSEDecoder()
             async for piece in reply.chunks():
-                for data in decoder.feed(piece):
-                    if data == b"[DONE]":
-                        return
-                    yield _parse(data, "The upstream stream carried malformed JSON.")
-            for data in decoder.close():
-                if data == b"[DONE]":
+                batch, done = _batch(decoder.feed(piece))
+                if batch:
+                    yield batch
+                if done:
                     return
-                yield _parse(data, "The upstream stream carried malformed JSON.")
+            batch, done = _batch(decoder.close())
+            if batch:
+                yield batch
+            if done:
+                return
             raise UpstreamError("The upstream stream ended before [DONE]: the answer is truncated.")
         finally:
             await reply.close()
@@ -130,6 +133,16 @@ class UpstreamClient:
             await reply.close()
             await asyncio.sleep(wait)
         raise AssertionError("unreachable")  # the last attempt returns or raises
+
+
+def _batch(events: list[bytes]) -> tuple[list[Any], bool]:
+    """The parsed chunks among SSE payloads, and whether [DONE] was among them."""
+    batch = []
+    for data in events:
+        if data == b"[DONE]":
+            return batch, True
+        batch.append(_parse(data, "The upstream stream carried malformed JSON."))
+    return batch, False
 
 
 def _parse(data: bytes, complaint: str) -> Any:

@@ -387,3 +387,20 @@ def test_a_chunk_that_is_not_an_object_is_an_upstream_error(bad):
 def test_a_choice_that_is_not_an_object_is_an_upstream_error():
     with pytest.raises(UpstreamError):
         StreamAssembler().feed({"choices": ["oops"]})
+
+
+def test_chunks_of_one_network_read_become_one_delta():
+    from gateway.assemble import StreamAssembler
+    from gateway.events import Delta
+
+    asm = StreamAssembler()
+    batch = [
+        {"choices": [{"index": 0, "delta": {"reasoning_content": "think "}}]},
+        {"choices": [{"index": 0, "delta": {"content": "Hel"}}]},
+        {"choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, "id": "a", "function": {"name": "f", "arguments": "{}"}}]}}]},
+        {"choices": [{"index": 0, "delta": {"content": "lo"}, "finish_reason": "stop"}]},
+    ]
+    assert asm.feed_many(batch) == Delta("Hello", "think ")
+    assert asm.feed_many([{"choices": [{"index": 0, "delta": {}}]}]) is None
+    turn = asm.finish()
+    assert turn.message["content"] == "Hello" and turn.message["tool_calls"][0]["id"] == "a"

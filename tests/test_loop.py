@@ -34,7 +34,7 @@ class FakeUpstream:
 
     async def stream(self, upstream, payload, **_):
         for item in self._next(payload):
-            yield item
+            yield [item]  # one chunk per network read
 
 
 class Echo(Tool):
