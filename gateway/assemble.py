@@ -82,6 +82,14 @@ def turn_from_completion(body: Any) -> Turn:
     return Turn(message, choice.get("finish_reason") or "stop", body.get("usage"))
 
 
+def _keep(pieces: list[str], text: str) -> None:
+    # Fold every 32 pieces into one string: a long answer held as one small str
+    # per token costs ~55 bytes each for the whole stream.
+    pieces.append(text)
+    if len(pieces) >= 32:
+        pieces[:] = ["".join(pieces)]
+
+
 class StreamAssembler:
     """Gathers streamed deltas; content is handed back at once, tool calls kept."""
 
@@ -128,9 +136,9 @@ class StreamAssembler:
         content = delta.get("content")
         reasoning = delta.get("reasoning_content") or delta.get("reasoning")
         if content:
-            self._content.append(content)
+            _keep(self._content, content)
         if reasoning:
-            self._reasoning.append(reasoning)
+            _keep(self._reasoning, reasoning)
         if content or reasoning:
             return Delta(content or None, reasoning or None)
         return None
