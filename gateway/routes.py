@@ -83,7 +83,8 @@ class ChatCompletions:
             raw = [(b"content-type", b"application/json"), *((k.encode(), v.encode()) for k, v in headers.items())]
             await send({"type": "http.response.start", "status": status, "headers": raw})
             await send({"type": "http.response.body", "body": payload})
-            logs.request_line({"request_id": request_id, "status": status, "error": str(exc)[:300]})
+            if settings.server.log_requests:
+                logs.request_line({"request_id": request_id, "status": status, "error": str(exc)[:300]})
             return
         server = settings.server
         rendering = Rendering(
@@ -94,7 +95,7 @@ class ChatCompletions:
             progress=(_header(scope, b"x-toolgate-progress") or server.progress) == "reasoning",
             keepalive_s=server.keepalive_s,
         )
-        job.trace = rendering.trace
+        job.trace = rendering.trace or server.log_requests  # the log line names each tool's outcome
         events = run_loop(job, self.rt.upstream, self.rt.toolbox)
         if request.stream:
             metrics.STREAMS.inc()
