@@ -212,8 +212,13 @@ async def write_sse(send: Send, receive: Receive, events: AsyncIterator[Event], 
     async def produce() -> None:
         try:
             async with _Deadline(r.deadline_s), aclosing(events) as stream:
+                first = True
                 async for event in stream:
                     await queue.put(event)
+                    if first:
+                        # Let the writer send the first bytes now, not when reading next blocks.
+                        first = False
+                        await asyncio.sleep(0)
             await queue.put(_END)
         except Exception as exc:
             await queue.put(exc)
