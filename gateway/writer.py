@@ -280,9 +280,11 @@ async def _consume(send: Send, queue: asyncio.Queue, producer: Awaitable[None], 
                         return
                     outcome.status = error_json(event)[0]
                     out += sse.data(error_json(event)[1]) + sse.DONE
-            if not started:
-                out[:0] = await start()
             more = not (isinstance(last, BaseException) or last is _END)
+            if not started:
+                if not out and more:
+                    continue  # only unshown tool events: a later error can still keep its status
+                out[:0] = await start()
             await send({"type": "http.response.body", "body": bytes(out), "more_body": more})
             if not more:
                 return

@@ -361,3 +361,11 @@ async def test_no_upstream_call_leaves_the_gateway_without_a_body_encoded_by_orj
     async with gateway(settings(), up) as client:
         await post(client, messages=[{"role": "user", "content": "Grüße, 世界"}])
     assert orjson.loads(up.requests[0].content)["messages"][-1]["content"] == "Grüße, 世界"
+
+
+async def test_streaming_error_after_a_silent_tool_round_keeps_its_status():
+    up = ScriptedUpstream(STREAM_TOOL_ROUND, _error(400, b'{"error": {"message": "context too long"}}'))
+    async with gateway(settings(), up) as client:
+        r = await post(client, stream=True)
+    assert r.status_code == 400
+    assert "context too long" in r.json()["error"]["message"]
