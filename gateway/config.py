@@ -194,6 +194,9 @@ def _dataclass_from(cls: type, table: Mapping[str, Any], key: str, problems: Pro
         if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
             problems.add(f"{key}.{f.name}", f"expected a non-negative value, got {value!r}")
             value = default
+        elif f.name.endswith(("timeout_s", "keepalive_s")) and value == 0:
+            problems.add(f"{key}.{f.name}", "expected a number of seconds above 0")
+            value = default
         values[f.name] = float(value) if isinstance(default, float) else value
     return cls(**values)
 

@@ -65,7 +65,7 @@ HOST_TYPES: dict[str, HostType] = {
             chat_path=lambda url, model: f"{url}/api/chat/completions",
             models_path=lambda url: f"{url}/api/models",
             auth=bearer,
-            strip_suffixes=("/api/chat/completions", "/api", "/v1"),
+            strip_suffixes=("/api/chat/completions", "/api/v1", "/api", "/v1"),
             extra_params=_LOCAL_EXTRAS,
         ),
         HostType(
@@ -73,7 +73,7 @@ HOST_TYPES: dict[str, HostType] = {
             chat_path=lambda url, model: f"{url}/v1/chat/completions",
             models_path=lambda url: f"{url}/v1/models",
             auth=bearer,  # empty key: no header (Ollama needs none)
-            strip_suffixes=("/v1/chat/completions", "/v1", "/api"),
+            strip_suffixes=("/v1/chat/completions", "/api/chat", "/v1", "/api"),
             extra_params=_LOCAL_EXTRAS,
         ),
         HostType(

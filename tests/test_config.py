@@ -331,3 +331,14 @@ def test_problems_collects_lines_in_order():
     with pytest.raises(ConfigError) as info:
         problems.raise_if_any()
     assert info.value.problems == ["f.toml: a.b: wrong", "f.toml: c: also wrong"]
+
+
+def test_zero_second_timeouts_are_problems():
+    from gateway.config import settings_from_dict
+    from gateway.errors import ConfigError
+
+    raw = {"upstreams": {"default": {"url": "http://u/v1"}}, "loop": {"tool_timeout_s": 0}, "server": {"keepalive_s": 0}}
+    with pytest.raises(ConfigError) as info:
+        settings_from_dict(raw, {})
+    text = "\n".join(info.value.problems)
+    assert "loop.tool_timeout_s" in text and "server.keepalive_s" in text

@@ -185,3 +185,17 @@ def test_base_url_is_idempotent():
         for url in ("https://h.example/v1/", "https://h.example/api/chat/completions", "https://h.example/openai"):
             once = base_url(url, host)
             assert base_url(once, host) == once, (name, url)
+
+
+@pytest.mark.parametrize(
+    ("type_", "pasted", "chat"),
+    [
+        ("ollama", "http://h:11434/api/chat", "http://h:11434/v1/chat/completions"),
+        ("openwebui", "http://h:3000/api/v1/", "http://h:3000/api/chat/completions"),
+    ],
+)
+def test_native_paths_pasted_by_users_are_handled(type_, pasted, chat):
+    from gateway.hosts import HOST_TYPES, base_url
+
+    host = HOST_TYPES[type_]
+    assert host.chat_path(base_url(pasted, host), "m") == chat
