@@ -20,7 +20,6 @@ import argparse
 import asyncio
 import dataclasses
 import re
-import signal
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -87,13 +86,10 @@ async def serve(args: argparse.Namespace) -> None:
     if problem:
         raise SystemExit(f"bench.fake: gateway.fakellm answers its probe with {problem[:400]!r}")
     print(fake.url, flush=True)
-    stopped = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stopped.set)
-    await stopped.wait()
-    refill.cancel()
-    await fake.stop()
+    try:
+        await fake.serve_until_signalled()
+    finally:
+        refill.cancel()
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -317,7 +317,6 @@ def load_config(path: str | Path | None = None, environ: Mapping[str, str] | Non
     """Read, validate and resolve the config file; raise ConfigError listing every problem."""
     environ = {} if environ is None else environ
     path = str(path or environ.get("TOOLGATE_CONFIG") or DEFAULT_PATH)
-    problems = Problems(path)
     try:
         with open(path, "rb") as f:
             raw = tomllib.load(f)

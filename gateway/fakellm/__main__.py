@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import signal
 from collections.abc import Callable, Sequence
 
 from .server import FakeLLM
@@ -33,12 +32,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 async def _serve(fake: FakeLLM, port: int) -> None:
     await fake.start(port=port)
     print(fake.url, flush=True)
-    stopped = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stopped.set)
-    await stopped.wait()
-    await fake.stop()
+    await fake.serve_until_signalled()
 
 
 def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:

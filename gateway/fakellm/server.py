@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import signal
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
@@ -102,6 +103,15 @@ class FakeLLM:
         await self._server.wait_closed()
         await self.wait_until(lambda: not self._connections, timeout=5.0)
         self._server = None
+
+    async def serve_until_signalled(self) -> None:
+        """Standalone use: wait for SIGINT or SIGTERM, then stop."""
+        stopped = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stopped.set)
+        await stopped.wait()
+        await self.stop()
 
     async def __aenter__(self) -> FakeLLM:
         if self._server is None:
