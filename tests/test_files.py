@@ -188,3 +188,115 @@ def test_config_problems(options, message):
     assert builtin.build("builtin", {"read_file": options}, problems, "tools.builtin") is None
     (line,) = problems.lines
     assert line.startswith(f"toolgate.toml: tools.builtin.{message}")
+
+
+# --- dotfiles: hidden unless the tool's table opens them ---------------------------------
+
+
+@pytest.fixture
+def dotted(tree):
+    data = tree / "data"
+    (data / ".env").write_text("API_TOKEN=env-token-1234")
+    (data / ".git").mkdir()
+    (data / ".git" / "config").write_text('[remote "origin"]\n\turl = https://x:ghp_token@github.com/o/r\n')
+    (data / "sub" / ".hidden").mkdir()
+    (data / "sub" / ".hidden" / "notes.txt").write_text("hidden notes")
+    (data / "gitlink").symlink_to(data / ".git")  # a visible name pointing into a dot-directory
+    (data / "cfglink").symlink_to(data / ".git" / "config")
+    (data / ".alias").symlink_to(data / "hello.txt")  # a hidden name pointing at a visible file
+    return tree
+
+
+def open_roots(tree, **kw):
+    return Roots([Path(os.path.realpath(tree / "data"))], **kw)
+
+
+HIDDEN_PATHS = [
+    ".env", ".git/config", "./.env", "sub/../.env", "sub/.hidden/notes.txt", "gitlink/config", "cfglink", ".alias",
+    ".git/../hello.txt",
+]
+
+
+@pytest.mark.parametrize("path", HIDDEN_PATHS)
+async def test_read_file_refuses_dotfiles_and_paths_through_dot_directories(dotted, path):
+    with pytest.raises(ToolError, match="is hidden") as info:
+        await read(ReadFile(open_roots(dotted)), path)
+    assert "token" not in str(info.value)
+
+
+async def test_read_file_refuses_absolute_paths_to_dotfiles(dotted):
+    tool = ReadFile(open_roots(dotted))
+    for path in (dotted / "data" / ".env", dotted / "data" / ".git" / "config"):
+        with pytest.raises(ToolError, match="is hidden"):
+            await read(tool, str(path))
+    # A missing dotfile is refused the same way: no hint whether it exists.
+    with pytest.raises(ToolError, match="is hidden"):
+        await read(tool, ".netrc")
+
+
+async def test_dotfiles_true_serves_them(dotted):
+    tool = ReadFile(open_roots(dotted, dotfiles=True))
+    assert await read(tool, ".env") == "API_TOKEN=env-token-1234"
+    assert "ghp_token" in await read(tool, ".git/config")
+    assert "ghp_token" in await read(tool, "gitlink/config")
+    assert "ghp_token" in await read(tool, "cfglink")
+    assert await read(tool, ".alias") == "hello\n"
+    assert await read(tool, str(dotted / "data" / "sub" / ".hidden" / "notes.txt")) == "hidden notes"
+
+
+async def test_list_dir_leaves_dotfiles_out_and_refuses_dot_directories(dotted):
+    tool = ListDir(open_roots(dotted))
+    listing = await tool.call({})
+    assert ".env" not in listing and ".git" not in listing and ".alias" not in listing
+    assert "gitlink@" in listing and "cfglink@" in listing  # links are listed, not followed
+    assert await tool.call({"path": "sub"}) == "sub:\ninner.txt (5 bytes)"
+    for path in (".git", "gitlink", "sub/.hidden", str(dotted / "data" / ".git")):
+        with pytest.raises(ToolError, match="is hidden"):
+            await tool.call({"path": path})
+    (dotted / "data" / "sub" / "only_dots").mkdir()
+    (dotted / "data" / "sub" / "only_dots" / ".keep").write_text("")
+    assert await tool.call({"path": "sub/only_dots"}) == "sub/only_dots:\n(empty)"
+
+
+async def test_list_dir_cap_counts_only_visible_entries(dotted):
+    text = await ListDir(open_roots(dotted), max_entries=2).call({})
+    assert text == ".:\nbig.txt (5000 bytes)\nbin.dat (7 bytes)\n... and 9 more"
+
+
+async def test_list_dir_with_dotfiles_true(dotted):
+    tool = ListDir(open_roots(dotted, dotfiles=True))
+    listing = (await tool.call({})).splitlines()
+    assert {".env (24 bytes)", ".git/", ".alias@"} <= set(listing)
+    assert await tool.call({"path": "gitlink"}) == ".git:\nconfig (60 bytes)"  # shown where it resolved
+    assert await tool.call({"path": "sub/.hidden"}) == "sub/.hidden:\nnotes.txt (12 bytes)"
+
+
+async def test_a_directory_swapped_for_a_dot_directory_is_caught_after_open(dotted):
+    root = Path(os.path.realpath(dotted / "data"))
+    with pytest.raises(ToolError, match="is hidden"):
+        files._open(root / ".git" / "config", root, "sub/config", files.OPEN_FLAGS, open_roots(dotted))
+    fd = files._open(root / ".git" / "config", root, "x", files.OPEN_FLAGS, open_roots(dotted, dotfiles=True))
+    os.close(fd)
+
+
+def test_a_root_inside_a_dot_directory_is_fine(tmp_path):
+    root = tmp_path / ".config" / "docs"
+    root.mkdir(parents=True)
+    (root / "a.txt").write_text("a")
+    tool = ReadFile(Roots([Path(os.path.realpath(root))]))
+    assert asyncio.run(tool.call({"path": "a.txt"})) == "a"
+    assert asyncio.run(tool.call({"path": str(Path(os.path.realpath(root)) / "a.txt")})) == "a"
+
+
+def test_dotfiles_option_in_config(tree):
+    problems = Problems("toolgate.toml")
+    table = {
+        "read_file": {"roots": [str(tree / "data")], "dotfiles": True},
+        "list_dir": {"roots": [str(tree / "data")]},
+    }
+    read_tool, list_tool = builtin.build("builtin", table, problems, "tools.builtin").tools()
+    assert problems.lines == []
+    assert read_tool.roots.dotfiles is True and list_tool.roots.dotfiles is False
+    assert "Hidden files" in list_tool.description and "Hidden files" not in read_tool.description
+    builtin.build("builtin", {"read_file": {"roots": [str(tree / "data")], "dotfiles": "yes"}}, problems, "tools.builtin")
+    assert problems.lines == ["toolgate.toml: tools.builtin.read_file.dotfiles: expected true or false"]

@@ -5,6 +5,11 @@ compared by components, so ``/data2`` is not inside ``/data``. Only regular
 files are read, and the file type is checked both before and after a
 non-blocking open, so a FIFO or device can neither block nor be read. Errors
 name only the path the model gave, never where a symlink pointed.
+
+Hidden files are not served unless the tool's table says ``dotfiles = true``:
+a path with a component starting with ``.`` below the root (``.env``,
+``.git/config``), as given or as resolved, is refused, and listings leave such
+entries out. That is where tokens live, and a model has no need to see them.
 """
 
 from __future__ import annotations
@@ -29,11 +34,30 @@ def _inside(path: Path, root: Path) -> bool:
     return path == root or root in path.parents
 
 
+def _hidden_in(parts: tuple[str, ...]) -> bool:
+    return any(part.startswith(".") and part not in (".", "..") for part in parts)
+
+
 class Roots:
     """The directories a tool may see, and path resolution against them."""
 
-    def __init__(self, roots: list[Path]) -> None:
+    def __init__(self, roots: list[Path], *, dotfiles: bool = False) -> None:
         self.roots = roots
+        self.dotfiles = dotfiles
+
+    def hidden(self, path: Path, root: Path) -> bool:
+        """Whether ``path`` (inside ``root``) is a dotfile or lies in a dot-directory."""
+        return not self.dotfiles and _hidden_in(path.relative_to(root).parts)
+
+    def _hidden_as_given(self, given: str) -> bool:
+        # A dot-named link to a visible file is still a hidden name.
+        if self.dotfiles:
+            return False
+        path = Path(given)
+        if path.is_absolute():
+            below = [path.relative_to(r) for r in self.roots if path.is_relative_to(r)]
+            return _hidden_in(below[0].parts if below else path.parts)
+        return _hidden_in(path.parts)
 
     def resolve(self, given: Any) -> tuple[Path, Path]:
         """``(real path, its root)`` for a path the model gave; ``ToolError`` if outside."""
@@ -49,6 +73,8 @@ class Roots:
             if root is None or any(_inside(real, f) for f in FORBIDDEN):
                 raise ToolError(f"path {shown!r} is outside the allowed directories")
             if os.path.lexists(real) or candidate is candidates[-1]:
+                if self._hidden_as_given(given) or self.hidden(real, root):
+                    raise ToolError(f"path {shown!r} is hidden (names starting with '.' are not served)")
                 return real, root
         raise ToolError(f"path {shown!r} is outside the allowed directories")  # pragma: no cover
 
@@ -60,7 +86,7 @@ def _not_found(given: str) -> ToolError:
     return ToolError(f"no such file or directory: {given!r}")
 
 
-def _open(real: Path, root: Path, given: str, flags: int) -> int:
+def _open(real: Path, root: Path, given: str, flags: int, roots: Roots | None = None) -> int:
     """Open ``real`` and check where the open descriptor really is: a directory on the
     way could have been swapped for a symlink since ``realpath`` looked at it."""
     try:
@@ -74,6 +100,9 @@ def _open(real: Path, root: Path, given: str, flags: int) -> int:
     if not _inside(opened, root):
         os.close(fd)
         raise ToolError(f"path {given!r} is outside the allowed directories")
+    if roots is not None and roots.hidden(opened, root):
+        os.close(fd)
+        raise ToolError(f"path {given!r} is hidden (names starting with '.' are not served)")
     return fd
 
 
@@ -87,7 +116,7 @@ def read_text(roots: Roots, given: str, max_bytes: int) -> str:
         raise ToolError(f"{given!r} is a directory; use list_dir")
     if not stat.S_ISREG(before.st_mode):
         raise ToolError(f"{given!r} is not a regular file")
-    fd = _open(real, root, given, OPEN_FLAGS)
+    fd = _open(real, root, given, OPEN_FLAGS, roots)
     with os.fdopen(fd, "rb") as file:
         after = os.fstat(fd)
         # The path may have been swapped between stat and open: trust only the open file.
@@ -110,10 +139,10 @@ def list_entries(roots: Roots, given: str, max_entries: int) -> str:
         raise _not_found(given)
     if not os.path.isdir(real):
         raise ToolError(f"{given!r} is not a directory")
-    fd = _open(real, root, given, OPEN_FLAGS | os.O_DIRECTORY)
+    fd = _open(real, root, given, OPEN_FLAGS | os.O_DIRECTORY, roots)
     try:
         with os.scandir(fd) as scan:  # entries stat through fd: describe them before closing it
-            entries = sorted(scan, key=lambda e: e.name)
+            entries = sorted((e for e in scan if roots.dotfiles or not e.name.startswith(".")), key=lambda e: e.name)
             lines = [f"{roots.display(real, root)}:", *map(_describe, entries[:max_entries])]
     except OSError:
         raise ToolError(f"cannot list {given!r}") from None
@@ -137,14 +166,15 @@ def _describe(entry: os.DirEntry) -> str:
 
 
 def _where(roots: Roots) -> str:
-    return ", ".join(str(r) for r in roots.roots)
+    hidden = "" if roots.dotfiles else " Hidden files (names starting with '.') are not served."
+    return ", ".join(str(r) for r in roots.roots) + "." + hidden
 
 
 class ReadFile(Tool):
     def __init__(self, roots: Roots, *, max_bytes: int = 256 << 10) -> None:
         super().__init__(
             "read_file",
-            f"Read a text file. Paths are relative to, or absolute inside: {_where(roots)}.",
+            f"Read a text file. Paths are relative to, or absolute inside: {_where(roots)}",
             {
                 "type": "object",
                 "properties": {"path": {"type": "string", "description": "The file to read."}},
@@ -164,7 +194,7 @@ class ListDir(Tool):
         super().__init__(
             "list_dir",
             f"List a directory ('name/' is a directory, 'name@' a link). Paths are relative to, "
-            f"or absolute inside: {_where(roots)}.",
+            f"or absolute inside: {_where(roots)}",
             {
                 "type": "object",
                 "properties": {"path": {"type": "string", "description": "The directory; default '.'."}},
@@ -191,7 +221,7 @@ def _roots(opts: Options) -> Roots:
             roots.append(real)
     if not roots and opts.ok:
         opts.problem("roots", "expected at least one directory")
-    return Roots(roots)
+    return Roots(roots, dotfiles=opts.boolean("dotfiles", False))
 
 
 def build_read_file(options: dict[str, Any], problems: Problems, key: str) -> ReadFile | None:
