@@ -5,13 +5,16 @@
 
 The lifespan opens the process's one upstream transport (aiohttp, or the
 injected httpx transport) and its one httpx client for tools, starts every
-tool source concurrently, and closes all of it on shutdown, in reverse.
+tool source concurrently in the background (the port is open meanwhile), and
+closes all of it on shutdown, in reverse. Every secret the config knows is
+registered with the redactor when the app is created.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 
 import httpx
@@ -21,8 +24,10 @@ from starlette.routing import Route
 from gateway import routes
 from gateway.config import Settings
 from gateway.middleware import GatewayMiddleware
-from gateway.tools.base import SourceContext
+from gateway.redact import SECRETS
+from gateway.tools.base import SourceContext, ToolSource
 from gateway.tools.toolbox import Toolbox
+from gateway.tools.workers import WORKERS
 from gateway.transports import create_transport
 from gateway.upstream import UpstreamClient
 
@@ -34,6 +39,7 @@ def create_app(
     *,
     transport: httpx.AsyncBaseTransport | None = None,
     tool_transport: httpx.AsyncBaseTransport | None = None,
+    demo: bool = False,
 ) -> Starlette:
     loop = settings.loop
     toolbox = Toolbox(
@@ -45,6 +51,9 @@ def create_app(
     )
     runtime = routes.Runtime(settings, toolbox)
 
+    SECRETS.add(*settings.secrets())
+    WORKERS.threads = loop.tool_threads
+
     @asynccontextmanager
     async def lifespan(app: Starlette):
         async with AsyncExitStack() as stack:
@@ -55,14 +64,18 @@ def create_app(
             )
             runtime.upstream = UpstreamClient(upstream)
             context = SourceContext(http=tool_http, environ=settings.environ)
-            await asyncio.gather(*(source.start(context) for source in settings.sources))
+            # Each stop is registered before its start, so a start cancelled midway
+            # (shutdown during startup) still stops what it began, children included.
             for source in reversed(settings.sources):
                 stack.push_async_callback(source.stop)
-            runtime.started = True
-            log.info("ready: %d models, %d tools", len(settings.models), len(toolbox.all_tools()))
+            # Sources start behind the open port: /healthz answers from the first second,
+            # /readyz says "starting" until every source is up or has given up.
+            runtime.starting = asyncio.ensure_future(_start_sources(settings.sources, context, runtime))
+            stack.push_async_callback(_cancel, runtime.starting)
             yield
             runtime.started = False
 
+    chat = routes.ChatCompletions(runtime)
     chat = routes.ChatCompletions(runtime)
     app = Starlette(
         routes=[
@@ -78,7 +91,22 @@ def create_app(
         exception_handlers={404: routes.not_found_json, 405: routes.not_found_json},
     )
     app.state.runtime = runtime
+    runtime.demo = demo
     keys = tuple(k.value for k in settings.api_keys)
     direct = {"/v1/chat/completions": chat, "/chat/completions": chat}
-    app.add_middleware(GatewayMiddleware, api_keys=keys, max_concurrency=settings.server.max_concurrency, direct=direct)
+    app.add_middleware(GatewayMiddleware, api_keys=keys, direct=direct)
     return app
+
+
+async def _start_sources(sources: Sequence[ToolSource], context: SourceContext, runtime: routes.Runtime) -> None:
+    results = await asyncio.gather(*(source.start(context) for source in sources), return_exceptions=True)
+    for source, result in zip(sources, results):
+        if isinstance(result, Exception):
+            log.error("tool source %s failed to start: %s", source.name, type(result).__name__)
+    runtime.started = True
+    log.info("ready: %d models, %d tools", len(runtime.settings.models), len(runtime.toolbox.all_tools()))
+
+
+async def _cancel(task: asyncio.Future) -> None:
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)

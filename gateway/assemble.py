@@ -27,6 +27,20 @@ class Turn:
     message: dict[str, Any]  # role, content, and tool_calls / refusal / reasoning_content if any
     finish_reason: str
     usage: dict[str, Any] | None
+    logprobs: dict[str, Any] | None = None
+
+
+def _text(value: Any, what: str) -> str | None:
+    """A text field as the host sent it: a string, null, or (some hosts) a list of text parts."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, list) and all(isinstance(p, dict) for p in value):
+        return "".join(p["text"] for p in value if isinstance(p.get("text"), str))
+    raise UpstreamError(f"The upstream sent a malformed {what}.")
+
+
+def _usage(value: Any) -> dict[str, Any] | None:
+    return value if isinstance(value, dict) and value else None
 
 
 def _arguments(value: Any) -> str:
@@ -41,10 +55,19 @@ def _call_id() -> str:
     return f"call_{uuid.uuid4().hex[:24]}"
 
 
-def _tool_call(raw: dict[str, Any]) -> dict[str, Any]:
+def _function(raw: dict[str, Any]) -> dict[str, Any]:
     function = raw.get("function") or {}
+    name = function.get("name") if isinstance(function, dict) else None
+    if not isinstance(function, dict) or not isinstance(name, (str, type(None))):
+        raise UpstreamError("The upstream sent a malformed tool call.")
+    return function
+
+
+def _tool_call(raw: dict[str, Any]) -> dict[str, Any]:
+    function = _function(raw)
+    call_id = raw.get("id")
     return {
-        "id": raw.get("id") or _call_id(),
+        "id": call_id if isinstance(call_id, str) and call_id else _call_id(),
         "type": "function",
         "function": {"name": function.get("name") or "", "arguments": _arguments(function.get("arguments"))},
     }
@@ -76,10 +99,15 @@ def turn_from_completion(body: Any) -> Turn:
     raw = choice.get("message")
     if not isinstance(raw, dict):
         raise UpstreamError("The upstream answer has no message.")
-    calls = [_tool_call(c) for c in raw.get("tool_calls") or () if isinstance(c, dict)]
-    reasoning = raw.get("reasoning_content") or raw.get("reasoning")
-    message = _message(raw.get("content"), calls, raw.get("refusal"), reasoning)
-    return Turn(message, choice.get("finish_reason") or "stop", body.get("usage"))
+    raw_calls = raw.get("tool_calls") or []
+    if not isinstance(raw_calls, list):
+        raise UpstreamError("The upstream sent a malformed tool call.")
+    calls = [_tool_call(c) for c in raw_calls if isinstance(c, dict)]
+    reasoning = _text(raw.get("reasoning_content") or raw.get("reasoning"), "reasoning")
+    message = _message(_text(raw.get("content"), "content"), calls, _text(raw.get("refusal"), "refusal"), reasoning)
+    finish = choice.get("finish_reason")
+    logprobs = choice.get("logprobs")
+    return Turn(message, finish if isinstance(finish, str) and finish else "stop", _usage(body.get("usage")), logprobs if isinstance(logprobs, dict) else None)
 
 
 def _keep(pieces: list[str], text: str) -> None:
@@ -94,10 +122,11 @@ class StreamAssembler:
     """Gathers streamed deltas; content is handed back at once, tool calls kept."""
 
     __slots__ = (
-        "_content", "_reasoning", "_refusal", "_calls", "_ids", "_indexes", "_last", "finish_reason", "usage", "chunks",
+        "_content", "_reasoning", "_refusal", "_calls", "_ids", "_indexes", "_last", "finish_reason", "usage",
+        "answered", "_max_repeats", "_repeat", "_repeats",
     )  # fmt: skip
 
-    def __init__(self) -> None:
+    def __init__(self, *, max_repeats: int = 0) -> None:
         self._content: list[str] = []
         self._reasoning: list[str] = []
         self._refusal: list[str] = []
@@ -107,7 +136,11 @@ class StreamAssembler:
         self._last: int | None = None  # the call the last fragment belonged to
         self.finish_reason: str | None = None
         self.usage: dict[str, Any] | None = None
-        self.chunks = 0
+        self.answered = False  # a chunk with a choice came
+        # A model stuck repeating one piece streams until its token limit: stop it sooner.
+        self._max_repeats = max_repeats
+        self._repeat: str | None = None
+        self._repeats = 0
 
     def feed(self, chunk: Any) -> Delta | None:
         if not isinstance(chunk, dict):
@@ -116,9 +149,9 @@ class StreamAssembler:
             error = chunk["error"]
             message = error.get("message") if isinstance(error, dict) else str(error)
             raise UpstreamError(f"The upstream failed mid-stream: {message}")
-        self.chunks += 1
-        if chunk.get("usage"):
-            self.usage = chunk["usage"]
+        usage = _usage(chunk.get("usage"))
+        if usage:
+            self.usage = usage
         choices = chunk.get("choices")
         if not choices:
             return None
@@ -126,22 +159,40 @@ class StreamAssembler:
         delta = (choice.get("delta") or choice.get("message") or {}) if isinstance(choice, dict) else None
         if not isinstance(delta, dict):
             raise UpstreamError("The upstream stream carried a malformed chunk.")
-        if choice.get("finish_reason"):
-            self.finish_reason = choice["finish_reason"]
-        for call in delta.get("tool_calls") or ():
+        self.answered = True
+        finish = choice.get("finish_reason")
+        if finish and isinstance(finish, str):
+            self.finish_reason = finish
+        calls = delta.get("tool_calls") or []
+        if not isinstance(calls, list):
+            raise UpstreamError("The upstream sent a malformed tool call.")
+        for call in calls:
             if isinstance(call, dict):
                 self._fold_call(call)
-        if delta.get("refusal"):
-            self._refusal.append(delta["refusal"])
-        content = delta.get("content")
-        reasoning = delta.get("reasoning_content") or delta.get("reasoning")
+        refusal = _text(delta.get("refusal"), "refusal")
+        if refusal:
+            self._refusal.append(refusal)
+        content = _text(delta.get("content"), "content")
+        reasoning = _text(delta.get("reasoning_content") or delta.get("reasoning"), "reasoning")
         if content:
             _keep(self._content, content)
+            if self._max_repeats:
+                self._count_repeat(content)
         if reasoning:
             _keep(self._reasoning, reasoning)
         if content or reasoning:
-            return Delta(content or None, reasoning or None)
+            logprobs = choice.get("logprobs")
+            tokens = logprobs.get("content") if isinstance(logprobs, dict) else None
+            return Delta(content or None, reasoning or None, tokens if isinstance(tokens, list) else None)
         return None
+
+    def _count_repeat(self, content: str) -> None:
+        if content == self._repeat:
+            self._repeats += 1
+            if self._repeats >= self._max_repeats:
+                raise UpstreamError(f"The model repeated the same output {self._repeats} times in a row; the stream was stopped.", code="runaway_output")
+        else:
+            self._repeat, self._repeats = content, 1
 
     def feed_many(self, chunks: list[Any]) -> Delta | None:
         """Chunks that arrived together, as one Delta: one event per network read, not per chunk."""
@@ -149,6 +200,7 @@ class StreamAssembler:
             return self.feed(chunks[0])
         content: list[str] = []
         reasoning: list[str] = []
+        logprobs: list[dict[str, Any]] | None = None
         for chunk in chunks:
             delta = self.feed(chunk)
             if delta is not None:
@@ -156,8 +208,10 @@ class StreamAssembler:
                     content.append(delta.content)
                 if delta.reasoning:
                     reasoning.append(delta.reasoning)
+                if delta.logprobs is not None:
+                    logprobs = [*(logprobs or ()), *delta.logprobs]
         if content or reasoning:
-            return Delta("".join(content) or None, "".join(reasoning) or None)
+            return Delta("".join(content) or None, "".join(reasoning) or None, logprobs)
         return None
 
     def _fold_call(self, raw: dict[str, Any]) -> None:
@@ -165,8 +219,10 @@ class StreamAssembler:
         # index does, unless it already holds a call with another id (Ollama and
         # some Qwen/DeepSeek hosts send every call of a turn as index 0). Without
         # either, a fragment continues the last call (hosts that omit `index`).
-        function = raw.get("function") or {}
+        function = _function(raw)
         call_id, index = raw.get("id") or None, raw.get("index")
+        if not isinstance(call_id, (str, type(None))):
+            raise UpstreamError("The upstream sent a malformed tool call.")
         key = self._ids.get(call_id) if call_id else None
         if key is None and index is not None:
             key = self._indexes.get(index)
@@ -183,13 +239,16 @@ class StreamAssembler:
         if call_id:
             self._ids[call_id] = key
             call["id"] = call["id"] or call_id
-        if function.get("name"):
-            call["name"] += function["name"] if call["name"] != function["name"] else ""
+        name = function.get("name")
+        if name:
+            call["name"] += name if call["name"] != name else ""
         if "arguments" in function:
             call["arguments"].append(_arguments(function["arguments"]))
         self._last = key
 
     def finish(self) -> Turn:
+        if not self.answered:
+            raise UpstreamError("The upstream stream ended without an answer (no choices).")
         calls = [
             {
                 "id": call["id"] or _call_id(),

@@ -22,6 +22,7 @@ import tempfile
 from gateway import logs
 from gateway.config import Settings, load_config
 from gateway.errors import ConfigError
+from gateway.server import Server, serve_workers, server_config
 
 log = logging.getLogger("toolgate")
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -63,10 +64,13 @@ async def _check(settings: Settings) -> int:
     from gateway.app import create_app
 
     print(json.dumps(settings.describe(), indent=2))
+    for line in settings.warnings:
+        print(f"warning: {line}")
     app = create_app(settings)
     failed = 0
     async with app.router.lifespan_context(app):
         runtime = app.state.runtime
+        await runtime.starting
         owners = runtime.toolbox.owners()
         print("\ntools:")
         for source in settings.sources:
@@ -83,9 +87,9 @@ async def _check(settings: Settings) -> int:
 
 
 def _serve(args: argparse.Namespace) -> None:
-    import uvicorn
-
     settings = _load(args.config)
+    for line in settings.warnings:
+        log.warning("config: %s", line)
     server = settings.server
     host = args.host or server.host
     port = args.port or server.port
@@ -97,10 +101,7 @@ def _serve(args: argparse.Namespace) -> None:
             host = "127.0.0.1"
         where = "anyone on this machine" if host in LOOPBACK else f"anyone who can reach {host}"
         log.warning("no API keys (TOOLGATE_API_KEYS): %s can use this gateway and its upstream keys", where)
-    options = dict(
-        host=host, port=port, log_config=None, access_log=False,
-        timeout_graceful_shutdown=int(server.grace_s), server_header=False,
-    )  # fmt: skip
+    options = dict(host=host, port=port)
     if demo and args.workers > 1:
         log.warning("the demo upstream runs in one process: ignoring --workers %d", args.workers)
         args.workers = 1
@@ -113,11 +114,12 @@ def _serve(args: argparse.Namespace) -> None:
             os.environ["TOOLGATE_CONFIG"] = args.config
         with tempfile.TemporaryDirectory(prefix="toolgate-metrics-") as metrics_dir:
             os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", metrics_dir)
-            uvicorn.run("gateway.cli:worker_app", factory=True, workers=args.workers, **options)
+            config = server_config("gateway.cli:worker_app", settings, factory=True, **options)
+            serve_workers(config, args.workers, server.grace_s)
     else:
         from gateway.app import create_app
 
-        uvicorn.run(create_app(settings), **options)
+        Server(server_config(create_app(settings), settings, **options), grace_s=server.grace_s).run()
 
 
 def worker_app():
@@ -128,8 +130,6 @@ def worker_app():
 
 
 async def _serve_demo(settings: Settings, options: dict) -> None:
-    import uvicorn
-
     from gateway.app import create_app
     from gateway.fakellm import FakeLLM
 
@@ -138,10 +138,10 @@ async def _serve_demo(settings: Settings, options: dict) -> None:
         upstream = dataclasses.replace(settings.upstreams[name], url=fake.url, type="openai")
         settings = dataclasses.replace(settings, upstreams={**settings.upstreams, name: upstream})
         log.warning(
-            "DEMO MODE: no upstream URL is set, so upstream %r is a scripted fake model at %s. "
-            "Set TOOLGATE_UPSTREAM_URL to use a real host.",
+            "DEMO MODE: no upstream URL is set, so upstream %r is a scripted fake model at %s, not a real one; "
+            "/readyz says \"demo\": true. Set TOOLGATE_UPSTREAM_URL to use a real host.",
             name,
             fake.url,
         )
-        server = uvicorn.Server(uvicorn.Config(create_app(settings), **options))
+        server = Server(server_config(create_app(settings, demo=True), settings, **options), grace_s=settings.server.grace_s)
         await server.serve()

@@ -4,13 +4,17 @@
 
     GatewayError (status, type, code, param)      -> {"error": {...}} at `status`
     ├── InvalidRequest          400 invalid_request_error
-    │   └── RequestTooLarge     413
+    │   ├── RequestTooLarge     413
+    │   ├── Unprocessable       422 (an upstream's 422, kept)
+    │   ├── BodyTimeout         408 (the body did not arrive in time)
+    │   └── ClientGone          499 (logged; nobody is left to answer)
     ├── Unauthorized            401 authentication_error
     ├── ModelNotFound           404 model_not_found
     ├── Overloaded              429 rate_limit_exceeded (gateway's own cap)
     ├── LoopLimit               422 max_rounds_exceeded (on_max_rounds = "error")
     └── UpstreamError           502 upstream_error
         ├── UpstreamTimeout     504
+        ├── UpstreamBusy        503 (its connection slots stayed taken; carries Retry-After)
         ├── UpstreamRateLimited 429 (carries Retry-After)
         └── UpstreamStatus      the upstream's status, mapped (401/403 -> 502)
 
@@ -25,6 +29,8 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
+
+from gateway.redact import SECRETS
 
 
 class GatewayError(Exception):
@@ -64,6 +70,22 @@ class RequestTooLarge(InvalidRequest):
     code = "request_too_large"
 
 
+class Unprocessable(InvalidRequest):
+    status = 422
+
+
+class BodyTimeout(InvalidRequest):
+    status = 408
+    code = "body_timeout"
+
+
+class ClientGone(InvalidRequest):
+    """The client left before its request was read: nobody to answer."""
+
+    status = 499
+    code = "client_disconnected"
+
+
 class Unauthorized(GatewayError):
     status = 401
     type = "authentication_error"
@@ -93,6 +115,15 @@ class UpstreamError(GatewayError):
     status = 502
     type = "upstream_error"
     code = "bad_gateway"
+    retryable = False  # the request provably never reached the host
+
+
+class UpstreamBusy(UpstreamError):
+    """Every connection slot to the upstream stayed taken past the pool timeout."""
+
+    status = 503
+    type = "server_error"
+    code = "upstream_busy"
 
 
 class UpstreamTimeout(UpstreamError):
@@ -135,9 +166,12 @@ def error_body(message: str, type_: str, param: str | None = None, code: str | N
     return {"error": {"message": message, "type": type_, "param": param, "code": code}}
 
 
-def error_json(exc: BaseException) -> tuple[int, bytes, dict[str, str]]:
-    """Status, body and headers for any exception; internals never leak."""
+def error_json(exc: BaseException, *secrets: str) -> tuple[int, bytes, dict[str, str]]:
+    """Status, body and headers for any exception; internals and secrets (every known
+    one, and `secrets` of this request) never leak."""
     if isinstance(exc, GatewayError):
-        return exc.status, orjson.dumps(exc.body()), exc.headers
+        body = exc.body()
+        body["error"]["message"] = SECRETS.scrub(exc.message, *secrets)
+        return exc.status, orjson.dumps(body), exc.headers
     body = error_body("The gateway failed to handle this request.", "internal_error", None, "internal_error")
     return 500, orjson.dumps(body), {}

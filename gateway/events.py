@@ -1,4 +1,4 @@
-"""What the loop yields. The writer turns these into one JSON body or SSE chunks."""
+"""What the loop yields. The pump hands these to a renderer: one JSON body, or SSE chunks."""
 
 from __future__ import annotations
 
@@ -12,6 +12,15 @@ class Delta:
 
     content: str | None = None
     reasoning: str | None = None
+    logprobs: list[dict[str, Any]] | None = None  # the `content` logprobs of these tokens, when asked for
+
+
+@dataclass(frozen=True, slots=True)
+class RoundUsage:
+    """Token usage of one upstream call, as soon as it is known (accounting survives later failures)."""
+
+    round: int
+    usage: dict[str, Any]
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +52,12 @@ class Final:
     trace: list[dict[str, Any]] = field(default_factory=list)
     # Tool-call deltas the client must see (client tools handed back).
     client_tool_calls: list[dict[str, Any]] | None = None
+    logprobs: dict[str, Any] | None = None  # the last call's choice logprobs (non-streamed)
 
 
-Event = Delta | ToolStarted | ToolFinished | Final
+@dataclass(frozen=True, slots=True)
+class Opening:
+    """Not from the loop: the pump asks a streamed renderer for what opens the stream."""
+
+
+Event = Delta | RoundUsage | ToolStarted | ToolFinished | Final

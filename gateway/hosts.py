@@ -2,7 +2,7 @@
 
 A row says where chat completions and models live, how the gateway
 authenticates, which non-standard parameters the host accepts, and whether its
-tool messages may carry image parts.
+tool messages may carry image parts, and whether it wants reasoning back.
 """
 
 from __future__ import annotations
@@ -22,6 +22,9 @@ class HostType:
     strip_suffixes: tuple[str, ...] = ()  # parts of a pasted URL the row adds itself; {model}: one segment
     extra_params: frozenset[str] = frozenset()  # non-standard keys it accepts
     tool_images: bool = False  # image parts allowed in `tool` messages
+    # The assistant's `reasoning_content` sent back with its tool calls in the next round:
+    # most hosts reject or ignore it, so no row sends it today.
+    send_reasoning: bool = False
     query: tuple[tuple[str, str], ...] = ()  # default query parameters (overridable in config)
 
 

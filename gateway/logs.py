@@ -1,19 +1,33 @@
-"""JSON log lines: one per request, plus the library's warnings, all on stderr.
+"""JSON log lines, written by a thread: one per request, plus every library's own lines.
 
-Message contents and keys are never logged unless `log_content = true`, and
-then only messages, never keys.
+    logs.setup("INFO")              # once per process; every logger then goes through it
+    logs.request_line({...})        # the request log line
+
+Records go through a bounded queue to a listener thread that formats, redacts
+and writes them, so a log pipe nobody reads (a stuck log shipper) never blocks
+the event loop: when the queue is full, lines are dropped and counted, and one
+line says how many once the pipe drains. Message contents and keys are never
+logged unless `log_content = true`, and then only messages, never keys: every
+line passes through the redactor (`gateway.redact.SECRETS`) at every level.
 """
 
 from __future__ import annotations
 
+import atexit
 import logging
+import logging.handlers
+import queue
 import sys
-import time
+import threading
 from typing import Any
 
 import orjson
 
+from gateway.redact import SECRETS
+
 access = logging.getLogger("toolgate.access")
+
+QUEUE_LINES = 10_000
 
 
 class JSONFormatter(logging.Formatter):
@@ -30,22 +44,97 @@ class JSONFormatter(logging.Formatter):
             line["message"] = record.getMessage()
         if record.exc_info:
             line["error"] = self.formatException(record.exc_info)
-        return orjson.dumps(line, default=str).decode()
+        try:
+            text = orjson.dumps(line, default=str).decode()
+        except TypeError:  # nested past orjson's depth: say so rather than lose the line
+            text = orjson.dumps({**{k: line[k] for k in ("ts", "level", "logger")}, "message": "(unencodable log fields)"}).decode()
+        return SECRETS(text)
 
 
-def setup(level: str = "INFO") -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JSONFormatter())
-    root = logging.getLogger("toolgate")
-    root.handlers[:] = [handler]
+class _Dropping(logging.handlers.QueueHandler):
+    """Enqueue without blocking; count what a full queue refuses."""
+
+    def __init__(self, q: queue.Queue) -> None:
+        super().__init__(q)
+        self.dropped = 0
+        self._lock = threading.Lock()
+
+    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
+        # Formatting (tracebacks read source files) happens in the listener thread.
+        return record
+
+    def enqueue(self, record: logging.LogRecord) -> None:
+        try:
+            self.queue.put_nowait(record)
+        except queue.Full:
+            with self._lock:
+                self.dropped += 1
+
+    def take_dropped(self) -> int:
+        with self._lock:
+            dropped, self.dropped = self.dropped, 0
+        return dropped
+
+
+class _Writer(logging.StreamHandler):
+    """The listener's handler: writes a record, and first the count of any dropped since."""
+
+    def __init__(self, stream: Any, source: _Dropping) -> None:
+        super().__init__(stream)
+        self.source = source
+
+    def emit(self, record: logging.LogRecord) -> None:
+        dropped = self.source.take_dropped()
+        if dropped:
+            note = logging.LogRecord("toolgate", logging.WARNING, __file__, 0, "log queue was full: %d line(s) dropped", (dropped,), None)
+            super().emit(note)
+        super().emit(record)
+
+
+_listener: logging.handlers.QueueListener | None = None
+_handler: _Dropping | None = None
+
+
+def setup(level: str = "INFO", stream: Any = None) -> _Dropping:
+    """Route every logger (uvicorn's included) through one bounded queue to `stream` (stderr)."""
+    global _listener, _handler
+    stop()
+    q: queue.Queue = queue.Queue(QUEUE_LINES)
+    _handler = _Dropping(q)
+    writer = _Writer(stream or sys.stderr, _handler)
+    writer.setFormatter(JSONFormatter())
+    _listener = logging.handlers.QueueListener(q, writer)
+    _listener.start()
+    root = logging.getLogger()
+    root.handlers[:] = [_handler]
     root.setLevel(level)
-    root.propagate = False
+    for name in ("toolgate", "uvicorn", "uvicorn.error", "uvicorn.access"):
+        logger = logging.getLogger(name)
+        logger.handlers[:] = []
+        logger.propagate = True
+        logger.setLevel(level)
+    return _handler
+
+
+STOP_WAIT_S = 2.0
+
+
+def stop() -> None:
+    """Write what is queued and stop the listener, waiting at most `STOP_WAIT_S` (the pipe may be stuck)."""
+    global _listener
+    listener, _listener = _listener, None
+    if listener is None or listener._thread is None:
+        return
+    try:
+        listener.queue.put(listener._sentinel, timeout=STOP_WAIT_S)
+    except queue.Full:
+        return  # a daemon thread, left to the exit
+    listener._thread.join(STOP_WAIT_S)
+
+
+atexit.register(stop)
 
 
 def request_line(fields: dict[str, Any]) -> None:
     if access.isEnabledFor(logging.INFO):
         access.info("request", extra={"fields": {"event": "request", **fields}})
-
-
-def now() -> float:
-    return time.perf_counter()

@@ -21,8 +21,10 @@ from typing import Any
 from gateway.assemble import StreamAssembler, Turn, turn_from_completion
 from gateway.config import Upstream
 from gateway.errors import LoopLimit
-from gateway.events import Delta, Event, Final, ToolFinished, ToolStarted
+from gateway.events import Delta, Event, Final, RoundUsage, ToolFinished, ToolStarted
 from gateway.tools.toolbox import Offer, Toolbox
+from gateway.upstream import UpstreamClient
+from gateway.usage import add_usage
 from gateway.upstream import UpstreamClient
 
 
@@ -40,20 +42,61 @@ class LoopJob:
     max_rounds: int = 8
     on_max_rounds: str = "answer"
     repeat_limit: int = 3
+    max_tool_calls: int = 32  # server tool calls, summed over rounds
+    max_repeated_deltas: int = 50  # identical streamed content pieces in a row: a runaway
+    max_output_tokens: int = 0  # ceiling on the client's max_tokens and budget over rounds; 0: none
     request_id: str = ""
     client_auth: str = ""
     trace: bool = False
+
+
+_TOKEN_PARAMS = ("max_completion_tokens", "max_tokens")
+
+
+class _Budget:
+    """Completion tokens: the client's `max_tokens` (clamped to the ceiling) holds for the
+    whole loop, not for each round; without one, the ceiling does."""
+
+    __slots__ = ("key", "limit", "spent")
+
+    def __init__(self, params: dict[str, Any], ceiling: int) -> None:
+        self.key = next((k for k in _TOKEN_PARAMS if _count(params.get(k))), None)
+        asked = int(params[self.key]) if self.key else 0
+        if ceiling and asked > ceiling:
+            assert self.key is not None
+            params[self.key] = asked = ceiling
+        self.limit = asked or ceiling
+        self.spent = 0
+
+    def add(self, usage: dict[str, Any]) -> None:
+        tokens = usage.get("completion_tokens")
+        if _count(tokens):
+            self.spent += int(tokens)
+
+    @property
+    def exhausted(self) -> bool:
+        return bool(self.limit) and self.spent >= self.limit
+
+    def apply(self, body: dict[str, Any]) -> None:
+        if self.key and self.spent:
+            body[self.key] = max(1, self.limit - self.spent)
+
+
+def _count(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
 
 
 async def run_loop(job: LoopJob, upstream: UpstreamClient, toolbox: Toolbox) -> AsyncIterator[Event]:
     client_names = {t["function"]["name"] for t in job.client_tools or ()}
     tools = [*job.offer.schemas, *(job.client_tools or ())]
     base = {**job.params, "model": job.model}
+    budget = _Budget(base, job.max_output_tokens)
     if tools:
         base["tools"] = tools
     if job.stream:
         base["stream"] = True
         base["stream_options"] = {"include_usage": True}
+    keep_reasoning = job.upstream.host.send_reasoning
 
     usage: dict[str, Any] | None = None
     tool_calls = 0
@@ -67,12 +110,17 @@ async def run_loop(job: LoopJob, upstream: UpstreamClient, toolbox: Toolbox) -> 
             last_call = True
             if job.on_max_rounds == "error":
                 raise LoopLimit(f"The model was still calling tools after {job.max_rounds} rounds.")
+        if budget.exhausted:
+            # The tokens the client allowed are spent on earlier rounds: say so, do not call again.
+            yield Final({"role": "assistant", "content": ""}, "length", usage, round_no, tool_calls, trace)
+            return
         body = {**base, "messages": job.messages}
+        budget.apply(body)
         if last_call and tools:
             body["tool_choice"] = "none"
 
         if job.stream:
-            assembler = StreamAssembler()
+            assembler = StreamAssembler(max_repeats=job.max_repeated_deltas)
             fresh = True  # no content yet in this round
             async with aclosing(upstream.stream(job.upstream, body, request_id=job.request_id, client_auth=job.client_auth)) as batches:
                 async for chunks in batches:
@@ -88,26 +136,35 @@ async def run_loop(job: LoopJob, upstream: UpstreamClient, toolbox: Toolbox) -> 
             turn = assembler.finish()
         else:
             turn = turn_from_completion(await upstream.complete(job.upstream, body, request_id=job.request_id, client_auth=job.client_auth))
-        usage = add_usage(usage, turn.usage)
+        if isinstance(turn.usage, dict):
+            usage = add_usage(usage, turn.usage)
+            budget.add(turn.usage)
+            yield RoundUsage(round_no + 1, turn.usage)
 
         calls = turn.message.get("tool_calls")
-        if not calls or last_call:
+        if not calls or last_call or turn.finish_reason == "length":
+            # A reply cut by its token limit may hold a half-written call: never run it.
             yield _final(turn, usage, round_no, tool_calls, trace)
             return
 
         _unique_ids(calls)
         server = [c for c in calls if c["function"]["name"] not in client_names]
         handed_back = [c for c in calls if c["function"]["name"] in client_names]
-        job.messages.append({**turn.message, "tool_calls": calls})
-        tool_calls += len(server)
-        for call in server:
+        message = {**turn.message, "tool_calls": calls}
+        if not keep_reasoning:
+            message.pop("reasoning_content", None)
+        job.messages.append(message)
+        allowed = max(0, job.max_tool_calls - tool_calls)
+        run, refused = server[:allowed], server[allowed:]
+        tool_calls += len(run)
+        for call in run:
             yield ToolStarted(round_no + 1, call["id"], call["function"]["name"], call["function"]["arguments"])
         results = {}
-        async with aclosing(toolbox.run_round(server, job.offer, tool_images=job.upstream.host.tool_images)) as outcomes:
+        async with aclosing(toolbox.run_round(run, job.offer, tool_images=job.upstream.host.tool_images)) as outcomes:
             async for outcome in outcomes:
                 results[outcome.call_id] = outcome
                 yield ToolFinished(round_no + 1, outcome.call_id, outcome.name, outcome.outcome, outcome.duration_s)
-        for call in server:
+        for call in run:
             outcome = results[call["id"]]
             job.messages.append({"role": "tool", "tool_call_id": call["id"], "content": outcome.content})
             if job.trace:
@@ -121,12 +178,18 @@ async def run_loop(job: LoopJob, upstream: UpstreamClient, toolbox: Toolbox) -> 
                         "cut": outcome.cut,
                     }
                 )
+        for call in refused:
+            # Every call gets its one reply, even one the limit kept from running.
+            note = f"Error: not run: this request reached its limit of {job.max_tool_calls} tool calls. Answer with what you have."
+            job.messages.append({"role": "tool", "tool_call_id": call["id"], "content": note})
+            if job.trace:
+                trace.append({"round": round_no + 1, "name": call["function"]["name"], "arguments": call["function"]["arguments"], "duration_ms": 0.0, "outcome": "not_run", "cut": False})
 
         if handed_back:
             message = {"role": "assistant", "content": turn.message.get("content"), "tool_calls": handed_back}
             yield Final(message, "tool_calls", usage, round_no + 1, tool_calls, trace, client_tool_calls=handed_back)
             return
-        last_call = _repeating(server, streaks, job.repeat_limit)
+        last_call = _repeating(server, streaks, job.repeat_limit) or tool_calls >= job.max_tool_calls
     raise AssertionError("unreachable: the last round always answers")
 
 
@@ -134,13 +197,14 @@ def _final(turn: Turn, usage: dict[str, Any] | None, rounds: int, tool_calls: in
     message = turn.message
     finish_reason = turn.finish_reason
     if message.get("tool_calls"):
-        # Asked not to call tools, the model did anyway: answer with what it said.
+        # Asked not to call tools (or cut short), the model did anyway: answer with what it said.
         message = {k: v for k, v in message.items() if k != "tool_calls"}
         message["content"] = message.get("content") or ""
-        finish_reason = "stop"
+        if finish_reason != "length":
+            finish_reason = "stop"
     elif finish_reason == "tool_calls":
         finish_reason = "stop"
-    return Final(message, finish_reason, usage, rounds, tool_calls, trace)
+    return Final(message, finish_reason, usage, rounds, tool_calls, trace, logprobs=turn.logprobs)
 
 
 def _unique_ids(calls: list[dict[str, Any]]) -> None:
@@ -160,19 +224,3 @@ def _repeating(calls: list[dict[str, Any]], streaks: dict[tuple[str, str], int],
     for key in current:
         streaks[key] = streaks.get(key, 0) + 1
     return any(count >= limit for count in streaks.values())
-
-
-def add_usage(total: dict[str, Any] | None, usage: Any) -> dict[str, Any] | None:
-    """Sum token counts, nested details included."""
-    if not isinstance(usage, dict):
-        return total
-    if total is None:
-        return {k: (dict(v) if isinstance(v, dict) else v) for k, v in usage.items()}
-    for key, value in usage.items():
-        if isinstance(value, bool):
-            continue
-        if isinstance(value, (int, float)) and isinstance(total.get(key, 0), (int, float)):
-            total[key] = total.get(key, 0) + value
-        elif isinstance(value, dict):
-            total[key] = add_usage(total.get(key) if isinstance(total.get(key), dict) else None, value)
-    return total

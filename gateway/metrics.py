@@ -14,9 +14,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 
 _BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
-REQUESTS = Counter("toolgate_requests_total", "Chat completion requests", ["model", "status"])
+REQUESTS = Counter("toolgate_requests_total", "Requests, rejected ones included (model empty when unknown)", ["model", "status"])
 REQUEST_SECONDS = Histogram("toolgate_request_duration_seconds", "Whole request duration", ["model"], buckets=_BUCKETS)
 UPSTREAM_CALLS = Counter("toolgate_upstream_calls_total", "Calls to upstream hosts", ["upstream", "status"])
+UPSTREAM_RETRIES = Counter("toolgate_upstream_retries_total", "Upstream calls sent again (within the retry budget)", ["upstream"])
 UPSTREAM_SECONDS = Histogram("toolgate_upstream_latency_seconds", "Time to upstream response headers", ["upstream"], buckets=_BUCKETS)
 TOOL_CALLS = Counter("toolgate_tool_calls_total", "Tool calls", ["tool", "outcome"])
 TOOL_SECONDS = Histogram("toolgate_tool_duration_seconds", "Tool call duration", ["tool"], buckets=_BUCKETS)
@@ -36,6 +37,10 @@ def upstream_call(upstream: str, status: str, seconds: float) -> None:
     _child(UPSTREAM_SECONDS, upstream).observe(seconds)
 
 
+def upstream_retry(upstream: str) -> None:
+    _child(UPSTREAM_RETRIES, upstream).inc()
+
+
 def tool_call(tool: str, outcome: str, seconds: float) -> None:
     _child(TOOL_CALLS, tool, outcome).inc()
     _child(TOOL_SECONDS, tool).observe(seconds)
@@ -50,6 +55,11 @@ def request_done(model: str, status: int, seconds: float, rounds: int, usage: di
             value = usage.get(kind)
             if isinstance(value, int):
                 _child(TOKENS, model, kind).inc(value)
+
+
+def rejected(status: int, model: str = "") -> None:
+    """A request refused before the loop ran (bad input, auth, limits): counted like the rest."""
+    _child(REQUESTS, model, str(status)).inc()
 
 
 def render() -> tuple[bytes, str]:

@@ -1,6 +1,8 @@
-"""Pure-ASGI middleware: request id, API-key auth and the concurrency cap.
+"""Pure-ASGI middleware: request id and API-key auth.
 
-One class, three steps, no per-request objects beyond a wrapped `send`.
+One class, two steps, no per-request objects beyond a wrapped `send`. (The
+concurrency cap is the chat route's: it counts requests being served, not
+clients still sending a body.)
 """
 
 from __future__ import annotations
@@ -9,12 +11,11 @@ import hmac
 import logging
 import random
 import re
+import time
 from typing import Any
 
-import orjson
-
-from gateway import metrics
-from gateway.errors import GatewayError, Overloaded, Unauthorized
+from gateway.errors import GatewayError, Unauthorized
+from gateway.routes import reject
 
 log = logging.getLogger("toolgate")
 
@@ -30,14 +31,11 @@ class GatewayMiddleware:
         app: Any,
         *,
         api_keys: tuple[str, ...] = (),
-        max_concurrency: int = 1024,
         direct: dict[str, Any] | None = None,
     ) -> None:
         self.app = app
         self.api_keys = tuple(k.encode() for k in api_keys)
-        self.max_concurrency = max_concurrency
         self.direct = direct or {}
-        self.in_flight = 0
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -64,22 +62,15 @@ class GatewayMiddleware:
         if path in OPEN_PATHS:
             return await self.app(scope, receive, send_with_id)
         if self.api_keys and not self._authorized(auth):
-            return await _reject(send_with_id, Unauthorized("Invalid or missing API key for this gateway."))
-        if self.in_flight >= self.max_concurrency:
-            return await _reject(send_with_id, Overloaded("The gateway is at its concurrency limit; retry shortly.", headers={"retry-after": "1"}))
+            return await reject(send_with_id, Unauthorized("Invalid or missing API key for this gateway."), scope, time.perf_counter())
         app = self.direct.get(path) if scope["method"] == "POST" else None
-        self.in_flight += 1
-        metrics.IN_FLIGHT.inc()
         try:
             await (app or self.app)(scope, receive, send_with_id)
         except Exception:
             # The one place an unexpected failure becomes a response: OpenAI shape, no traceback.
             log.exception("unhandled error serving %s", path)
             if not started:
-                await _reject(send_with_id, GatewayError("The gateway failed to handle this request.", code="internal_error"))
-        finally:
-            self.in_flight -= 1
-            metrics.IN_FLIGHT.dec()
+                await reject(send_with_id, GatewayError("The gateway failed to handle this request.", code="internal_error"), scope, time.perf_counter())
 
     def _authorized(self, header: bytes) -> bool:
         token = header[7:].strip() if header[:7].lower() == b"bearer " else header.strip()
@@ -88,9 +79,3 @@ class GatewayMiddleware:
         for key in self.api_keys:
             found |= hmac.compare_digest(token, key)
         return found
-
-
-async def _reject(send: Any, error: GatewayError) -> None:
-    headers = [(b"content-type", b"application/json"), *((k.encode(), v.encode()) for k, v in error.headers.items())]
-    await send({"type": "http.response.start", "status": error.status, "headers": headers})
-    await send({"type": "http.response.body", "body": orjson.dumps(error.body())})

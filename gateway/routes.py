@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -9,14 +10,16 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from gateway import logs, metrics
+from gateway import drain, logs, metrics
+from gateway.chat_render import ChatJSON, ChatSSE, ChatView
 from gateway.config import ModelAlias, Settings
-from gateway.errors import InvalidRequest, ModelNotFound, RequestTooLarge, error_json
+from gateway.errors import BodyTimeout, ClientGone, InvalidRequest, ModelNotFound, Overloaded, RequestTooLarge, error_json
 from gateway.loop import LoopJob, run_loop
+from gateway.pump import Timing, pump
+from gateway.redact import SECRETS
 from gateway.tools.toolbox import Offer, Toolbox
 from gateway.upstream import UpstreamClient
 from gateway.wire import ChatRequest, lead_messages, parse_request, upstream_params
-from gateway.writer import Rendering, write_json, write_sse
 
 _NO_TOOLS = Offer()
 
@@ -28,7 +31,10 @@ class Runtime:
         self.settings = settings
         self.toolbox = toolbox
         self.upstream: UpstreamClient | None = None  # set in the lifespan
-        self.started = False
+        self.started = False  # every tool source has started, or failed to
+        self.starting: asyncio.Future | None = None  # the lifespan's task that starts them
+        self.demo = False  # the default upstream is the scripted demo model
+        self.in_flight = 0
 
     def alias(self, name: str) -> ModelAlias:
         alias = self.settings.models.get(name)
@@ -40,21 +46,28 @@ class Runtime:
         raise ModelNotFound(f"The model {name!r} does not exist on this gateway.", param="model")
 
 
-async def _read_body(scope: dict, receive: Any, limit: int) -> bytes:
+async def _read_body(scope: dict, receive: Any, limit: int, timeout_s: float) -> bytes:
     for name, value in scope["headers"]:
         if name == b"content-length" and value.isdigit() and int(value) > limit:
             raise RequestTooLarge(f"The request body is larger than {limit} bytes.")
-    body = b""
+    pieces: list[bytes] = []
+    size = 0
     more = True
-    while more:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise InvalidRequest("The client went away before sending the request body.")
-        body += message.get("body", b"")
-        if len(body) > limit:
-            raise RequestTooLarge(f"The request body is larger than {limit} bytes.")
-        more = message.get("more_body", False)
-    return body
+    try:
+        async with asyncio.timeout(timeout_s):
+            while more:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    raise ClientGone("The client went away before sending the request body.")
+                piece = message.get("body", b"")
+                size += len(piece)
+                if size > limit:
+                    raise RequestTooLarge(f"The request body is larger than {limit} bytes.")
+                pieces.append(piece)
+                more = message.get("more_body", False)
+    except TimeoutError:
+        raise BodyTimeout(f"The request body did not arrive within {timeout_s:g} s.") from None
+    return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
 
 def _header(scope: dict, wanted: bytes) -> str:
@@ -62,6 +75,28 @@ def _header(scope: dict, wanted: bytes) -> str:
         if name == wanted:
             return value.decode("latin-1")
     return ""
+
+
+async def reject(send: Any, exc: BaseException, scope: dict, started: float, **fields: Any) -> int:
+    """Answer with the error, and log and count it like any other request."""
+    status, payload, headers = error_json(exc)
+    if not isinstance(exc, ClientGone):
+        raw = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(payload))]
+        raw += [(k.encode(), v.encode()) for k, v in headers.items()]
+        await send({"type": "http.response.start", "status": status, "headers": raw})
+        await send({"type": "http.response.body", "body": payload})
+    metrics.rejected(status, fields.get("model", ""))
+    logs.request_line(
+        {
+            "request_id": scope.get("request_id", ""),
+            "path": scope.get("path", ""),
+            **fields,
+            "status": status,
+            "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+            "error": SECRETS(str(exc))[:300],
+        }
+    )
+    return status
 
 
 class ChatCompletions:
@@ -72,42 +107,43 @@ class ChatCompletions:
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         started = time.perf_counter()
-        settings = self.rt.settings
+        rt = self.rt
+        server = rt.settings.server
         request_id = scope.get("request_id", "")
         try:
-            body = await _read_body(scope, receive, settings.server.max_body_bytes)
-            request = parse_request(body, max_messages=settings.server.max_messages)
+            body = await _read_body(scope, receive, server.max_body_bytes, server.body_timeout_s)
+            request = parse_request(body, max_messages=server.max_messages)
             job, alias = self._job(request, scope, request_id)
         except Exception as exc:
-            status, payload, headers = error_json(exc)
-            raw = [(b"content-type", b"application/json"), *((k.encode(), v.encode()) for k, v in headers.items())]
-            await send({"type": "http.response.start", "status": status, "headers": raw})
-            await send({"type": "http.response.body", "body": payload})
-            if settings.server.log_requests:
-                logs.request_line({"request_id": request_id, "status": status, "error": str(exc)[:300]})
+            await reject(send, exc, scope, started)
             return
-        server = settings.server
-        rendering = Rendering(
+        # The cap counts requests being served, not clients still sending a body.
+        if rt.in_flight >= server.max_concurrency:
+            await reject(send, Overloaded("The gateway is at its concurrency limit; retry shortly.", headers={"retry-after": "1"}), scope, started, model=request.model)
+            return
+        view = ChatView(
             alias=request.model,
-            deadline_s=server.request_timeout_s,
             trace=server.trace or _header(scope, b"x-toolgate-trace") in ("1", "true"),
             include_usage=request.include_usage,
             progress=(_header(scope, b"x-toolgate-progress") or server.progress) == "reasoning",
-            keepalive_s=server.keepalive_s,
         )
-        job.trace = rendering.trace or server.log_requests  # the log line names each tool's outcome
-        events = run_loop(job, self.rt.upstream, self.rt.toolbox)
+        job.trace = view.trace or server.log_requests  # the log line names each tool's outcome
+        events = run_loop(job, rt.upstream, rt.toolbox)
+        timing = Timing(deadline_s=server.request_timeout_s, keepalive_s=server.keepalive_s, secrets=(job.client_auth,) if job.client_auth else ())
+        rt.in_flight += 1
+        metrics.IN_FLIGHT.inc()
         if request.stream:
             metrics.STREAMS.inc()
-            try:
-                outcome = await write_sse(send, receive, events, rendering)
-            finally:
+        try:
+            outcome = await pump(send, receive, events, ChatSSE(view) if request.stream else ChatJSON(view), timing)
+        finally:
+            rt.in_flight -= 1
+            metrics.IN_FLIGHT.dec()
+            if request.stream:
                 metrics.STREAMS.dec()
-        else:
-            outcome = await write_json(send, receive, events, rendering)
         final = outcome.final
         seconds = time.perf_counter() - started
-        metrics.request_done(alias, outcome.status, seconds, final.rounds if final else 0, final.usage if final else None)
+        metrics.request_done(alias, outcome.status, seconds, final.rounds if final else 0, outcome.usage)
         if server.log_requests:
             line = {
                 "request_id": request_id,
@@ -115,17 +151,16 @@ class ChatCompletions:
                 "upstream": job.upstream.name,
                 "stream": request.stream,
                 "status": outcome.status,
+                "ended": outcome.ended,
                 "duration_ms": round(seconds * 1000, 2),
                 "rounds": final.rounds if final else None,
                 "tool_calls": final.tool_calls if final else None,
-                "usage": final.usage if final else None,
+                "usage": outcome.usage,
             }
             if final and final.trace:
                 line["tools"] = [{k: t[k] for k in ("name", "outcome", "duration_ms")} for t in final.trace]
             if outcome.error is not None:
-                line["error"] = str(outcome.error)[:300]
-            if outcome.disconnected:
-                line["disconnected"] = True
+                line["error"] = SECRETS.scrub(str(outcome.error), job.client_auth)[:300]
             if server.log_content:
                 line["messages"] = job.messages
             logs.request_line(line)
@@ -152,6 +187,9 @@ class ChatCompletions:
             max_rounds=alias.max_rounds if alias.max_rounds is not None else loop.max_rounds,
             on_max_rounds=alias.on_max_rounds or loop.on_max_rounds,
             repeat_limit=loop.repeat_limit,
+            max_tool_calls=loop.max_tool_calls,
+            max_repeated_deltas=loop.max_repeated_deltas,
+            max_output_tokens=alias.max_output_tokens if alias.max_output_tokens is not None else upstream.max_output_tokens,
             request_id=request_id,
             client_auth=_bearer(_header(scope, b"authorization")) if upstream.forward_client_auth else "",
         )
@@ -179,8 +217,11 @@ async def healthz(request: Request) -> Response:
 
 def readyz(runtime: Runtime):
     async def endpoint(request: Request) -> Response:
+        if drain.draining():
+            return JSONResponse({"status": "draining", "reason": "the gateway is shutting down"}, status_code=503)
         if not runtime.started:
             return JSONResponse({"status": "starting", "reason": "tool sources are starting"}, status_code=503)
+        body: dict[str, Any] = {"status": "ready"}
         degraded = {
             source.name: status.detail
             for source in runtime.toolbox.sources
@@ -188,8 +229,12 @@ def readyz(runtime: Runtime):
         }
         if degraded:
             # Still serving: a tool source that is down leaves its tools out, nothing more.
-            return JSONResponse({"status": "degraded", "reason": "some tool sources are not ready", "sources": degraded})
-        return JSONResponse({"status": "ready"})
+            body = {"status": "degraded", "reason": "some tool sources are not ready", "sources": degraded}
+        if runtime.demo:
+            # Ready, and never to be mistaken for a real upstream.
+            body["demo"] = True
+            body["reason"] = "the default upstream is the scripted demo model (no upstream URL is set)"
+        return JSONResponse(body)
 
     return endpoint
 

@@ -11,10 +11,10 @@ Measured on this kind of machine (bench/README.md): the same proxy serves about
 aiohttp session directly; httpx's own transport, about 500. So the hot path
 talks aiohttp, and this seam keeps tests on `httpx.MockTransport`.
 
-Each adapter is the one place its library's exceptions become the gateway's:
-a connect failure is an `UpstreamError` (retried), a connect timeout an
-`UpstreamTimeout` with code `upstream_connect_timeout` (retried), a read
-timeout an `UpstreamTimeout` (not retried).
+Each adapter is the one place its library's exceptions become the gateway's.
+Only what provably never reached the host is marked `retryable` (a refused or
+failed connect, a connect timeout): a reset or a read timeout after the request
+went out may have been processed, and a paid call is never sent twice.
 """
 
 from __future__ import annotations
@@ -48,15 +48,23 @@ class Transport(Protocol):
 
 
 def _connect_timeout(name: str) -> UpstreamTimeout:
-    return UpstreamTimeout(f"Could not connect to upstream {name!r} in time.", code="upstream_connect_timeout")
+    error = UpstreamTimeout(f"Could not connect to upstream {name!r} in time.", code="upstream_connect_timeout")
+    error.retryable = True
+    return error
 
 
 def _read_timeout(name: str) -> UpstreamTimeout:
     return UpstreamTimeout(f"Upstream {name!r} did not answer in time.")
 
 
+def _unreachable(name: str) -> UpstreamError:
+    error = UpstreamError(f"Could not connect to upstream {name!r}.", code="upstream_unreachable")
+    error.retryable = True
+    return error
+
+
 def _broken(name: str) -> UpstreamError:
-    return UpstreamError(f"Could not reach upstream {name!r}, or it broke the connection.")
+    return UpstreamError(f"Upstream {name!r} broke the connection.")
 
 
 # -- aiohttp -------------------------------------------------------------------------
@@ -70,6 +78,8 @@ def _aiohttp_errors(name: str) -> Iterator[None]:
         raise _connect_timeout(name) from None
     except (aiohttp.ServerTimeoutError, asyncio.TimeoutError):
         raise _read_timeout(name) from None
+    except aiohttp.ClientConnectorError:  # refused, unresolvable, unreachable: nothing was sent
+        raise _unreachable(name) from None
     except (aiohttp.ClientError, OSError, ValueError):
         raise _broken(name) from None
 
@@ -135,6 +145,8 @@ def _httpx_errors(name: str) -> Iterator[None]:
         raise _connect_timeout(name) from None
     except httpx.TimeoutException:
         raise _read_timeout(name) from None
+    except httpx.ConnectError:
+        raise _unreachable(name) from None
     except httpx.TransportError:
         raise _broken(name) from None
 

@@ -6,10 +6,16 @@
         async for chunks in batches: ...                # parsed `chat.completion.chunk` dicts,
                                                         # a list per network read
 
-Retries (connect errors, 429, 502/503/504) happen before a response is handed
-back, so never after a byte of it reached the client. The wire below is a
-`transports.Transport` (aiohttp; httpx in tests), which raises only the
-gateway's errors; upstream keys and URLs never appear in what the client sees.
+Retries happen before a response is handed back, so never after a byte of it
+reached the client, and only for what the host provably did not process: a
+connect that failed or timed out, and 429/502/503/504 answers. They are
+budgeted per upstream (Envoy's rule: retries at most `retry_budget_percent` of
+the requests in flight, and at least `retry_budget_min`), so retries cannot
+multiply an outage. Requests in flight per upstream are bounded by
+`max_connections`; waiting past `pool_timeout_s` for a slot is a 503 with
+Retry-After. The wire below is a `transports.Transport` (aiohttp; httpx in
+tests), which raises only the gateway's errors; upstream keys and URLs never
+appear in what the client sees.
 """
 
 from __future__ import annotations
@@ -19,13 +25,17 @@ import random
 import time
 from collections.abc import AsyncIterator
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 import orjson
 
 from gateway import metrics
 from gateway.config import Upstream
-from gateway.errors import GatewayError, InvalidRequest, RequestTooLarge, UpstreamError, UpstreamRateLimited, UpstreamStatus, UpstreamTimeout
+from gateway.errors import (
+    GatewayError, InvalidRequest, RequestTooLarge, Unprocessable, UpstreamBusy, UpstreamError, UpstreamRateLimited,
+    UpstreamStatus, UpstreamTimeout,
+)  # fmt: skip
+from gateway.redact import SECRETS
 from gateway.sse import SSEDecoder
 from gateway.transports import Reply, Transport
 
@@ -35,15 +45,35 @@ MAX_ERROR_BODY = 64 * 1024
 
 
 class _Target:
-    """What every call to one upstream shares, built once."""
+    """What every call to one upstream shares, built once: headers, URLs, slots, the retry budget."""
 
-    __slots__ = ("upstream", "headers", "query", "_urls")
+    __slots__ = ("upstream", "headers", "query", "_urls", "slots", "active", "retrying", "where")
 
     def __init__(self, upstream: Upstream) -> None:
         self.upstream = upstream
         self.headers = {"content-type": "application/json", **upstream.headers, **upstream.host.auth(upstream.api_key.value)}
         self.query = f"?{urlencode(upstream.query)}" if upstream.query else ""
         self._urls: dict[str, str] = {}
+        self.slots = asyncio.Semaphore(upstream.max_connections)
+        self.active = 0  # requests in flight to this upstream
+        self.retrying = 0  # of which in a retry
+        # host:port of the upstream, masked in error messages like a key.
+        self.where = urlsplit(upstream.url).netloc if upstream.url else ""
+
+    def may_retry(self) -> bool:
+        u = self.upstream
+        return self.retrying < max(u.retry_budget_min, u.retry_budget_percent / 100 * self.active)
+
+    async def slot(self) -> None:
+        try:
+            async with asyncio.timeout(self.upstream.pool_timeout_s):
+                await self.slots.acquire()
+        except TimeoutError:
+            metrics.upstream_call(self.upstream.name, "busy", 0.0)
+            raise UpstreamBusy(
+                f"All {self.upstream.max_connections} connections to upstream {self.upstream.name!r} are in use; retry shortly.",
+                headers={"retry-after": "1"},
+            ) from None
 
     def url(self, model: str) -> str:
         url = self._urls.get(model)
@@ -64,11 +94,16 @@ class UpstreamClient:
         return target
 
     async def complete(self, upstream: Upstream, payload: dict[str, Any], *, request_id: str = "", client_auth: str = "") -> Any:
-        reply = await self._send(upstream, payload, request_id, client_auth)
+        target = self._target(upstream)
+        await target.slot()
         try:
-            raw = await reply.read()
+            reply = await self._send(target, payload, request_id, client_auth)
+            try:
+                raw = await reply.read()
+            finally:
+                await reply.close()
         finally:
-            await reply.close()
+            target.slots.release()
         if "json" not in reply.headers.get("content-type", "json"):
             raise UpstreamError(f"The upstream answered with {_kind(reply)} instead of JSON.")
         try:
@@ -77,62 +112,87 @@ class UpstreamClient:
             raise UpstreamError("The upstream answered with malformed or truncated JSON.") from None
 
     async def stream(self, upstream: Upstream, payload: dict[str, Any], *, request_id: str = "", client_auth: str = "") -> AsyncIterator[Any]:
-        reply = await self._send(upstream, payload, request_id, client_auth)
-        try:
-            content_type = reply.headers.get("content-type", "")
-            if "json" in content_type:
-                # A host that ignored `stream: true`: its whole answer is one chunk.
-                yield [_parse(await reply.read(), "The upstream answered with malformed or truncated JSON.")]
-                return
-            if "text/event-stream" not in content_type:
-                raise UpstreamError(f"The upstream answered with {_kind(reply)} instead of an event stream.")
-            decoder = SSEDecoder()
-            async for piece in reply.chunks():
-                batch, done = _batch(decoder.feed(piece))
-                if batch:
-                    yield batch
-                if done:
-                    return
-            batch, done = _batch(decoder.close())
-            if batch:
-                yield batch
-            if done:
-                return
-            raise UpstreamError("The upstream stream ended before [DONE]: the answer is truncated.")
-        finally:
-            await reply.close()
-
-    async def _send(self, upstream: Upstream, payload: dict[str, Any], request_id: str, client_auth: str) -> Reply:
         target = self._target(upstream)
+        await target.slot()
+        try:
+            reply = await self._send(target, payload, request_id, client_auth)
+            try:
+                async for batch in _batches(reply):
+                    yield batch
+            finally:
+                await reply.close()
+        finally:
+            target.slots.release()
+
+    async def _send(self, target: _Target, payload: dict[str, Any], request_id: str, client_auth: str) -> Reply:
+        upstream = target.upstream
         headers = target.headers
         if request_id or client_auth:
             headers = {**headers, "x-request-id": request_id}
             if client_auth:
                 headers.update(upstream.host.auth(client_auth))
         url = target.url(payload.get("model", ""))
-        body = orjson.dumps(payload)
-        for attempt in range(upstream.retries + 1):
-            last = attempt == upstream.retries
-            started = time.perf_counter()
-            try:
-                reply = await self.transport.post(
-                    url, headers, body, connect_s=upstream.connect_timeout_s, read_s=upstream.read_timeout_s, name=upstream.name
-                )
-            except UpstreamError as exc:
-                metrics.upstream_call(upstream.name, "error", time.perf_counter() - started)
-                if last or exc.code == "upstream_timeout":  # a read timeout is not retried
-                    raise
-                await asyncio.sleep(_backoff(attempt))
-                continue
-            metrics.upstream_call(upstream.name, str(reply.status), time.perf_counter() - started)
-            if reply.status < 300:
-                return reply
-            wait = _retry_after(reply) if reply.status == 429 else _backoff(attempt)
-            if last or reply.status not in RETRY_STATUSES or wait is None:
-                raise await _status_error(reply, upstream)
-            await reply.close()
-            await asyncio.sleep(wait)
-        raise AssertionError("unreachable")  # the last attempt returns or raises
+        try:
+            body = orjson.dumps(payload)
+        except orjson.JSONEncodeError:
+            raise InvalidRequest("The request nests JSON too deeply to forward (at most 255 levels).") from None
+        target.active += 1
+        retrying = False
+        try:
+            for attempt in range(upstream.retries + 1):
+                last = attempt == upstream.retries
+                started = time.perf_counter()
+                try:
+                    reply = await self.transport.post(
+                        url, headers, body, connect_s=upstream.connect_timeout_s, read_s=upstream.read_timeout_s, name=upstream.name
+                    )
+                except UpstreamError as exc:
+                    metrics.upstream_call(upstream.name, "error", time.perf_counter() - started)
+                    if last or not exc.retryable or not (retrying or target.may_retry()):
+                        raise
+                    wait: float | None = _backoff(attempt)
+                else:
+                    metrics.upstream_call(upstream.name, str(reply.status), time.perf_counter() - started)
+                    if reply.status < 300:
+                        return reply
+                    wait = _retry_after(reply) if reply.status == 429 else _backoff(attempt)
+                    if last or reply.status not in RETRY_STATUSES or wait is None or not (retrying or target.may_retry()):
+                        raise await _status_error(reply, target, client_auth)
+                    await reply.close()
+                if not retrying:
+                    retrying = True
+                    target.retrying += 1
+                metrics.upstream_retry(upstream.name)
+                await asyncio.sleep(wait)
+            raise AssertionError("unreachable")  # the last attempt returns or raises
+        finally:
+            target.active -= 1
+            if retrying:
+                target.retrying -= 1
+
+
+async def _batches(reply: Reply) -> AsyncIterator[list[Any]]:
+    """A reply's parsed chunks, a list per network read."""
+    content_type = reply.headers.get("content-type", "")
+    if "json" in content_type:
+        # A host that ignored `stream: true`: its whole answer is one chunk.
+        yield [_parse(await reply.read(), "The upstream answered with malformed or truncated JSON.")]
+        return
+    if "text/event-stream" not in content_type:
+        raise UpstreamError(f"The upstream answered with {_kind(reply)} instead of an event stream.")
+    decoder = SSEDecoder()
+    async for piece in reply.chunks():
+        batch, done = _batch(decoder.feed(piece))
+        if batch:
+            yield batch
+        if done:
+            return
+    batch, done = _batch(decoder.close())
+    if batch:
+        yield batch
+    if done:
+        return
+    raise UpstreamError("The upstream stream ended before [DONE]: the answer is truncated.")
 
 
 def _batch(events: list[bytes]) -> tuple[list[Any], bool]:
@@ -174,18 +234,19 @@ def _retry_after(response: Reply) -> float | None:
 
 
 # The client's view of an upstream status: its request was fine unless the
-# upstream says it was not (400/413/422); the gateway's own key or config was not (401/403/404).
+# upstream says it was not (400/413/422, kept as they are); the gateway's own key
+# or config was not (401/403/404 become 502).
 _STATUS_MAP: dict[int, type[GatewayError]] = {
     400: InvalidRequest,
     413: RequestTooLarge,
-    422: InvalidRequest,
+    422: Unprocessable,
     429: UpstreamRateLimited,
     408: UpstreamTimeout,
     504: UpstreamTimeout,
 }
 
 
-async def _status_error(response: Reply, upstream: Upstream) -> GatewayError:
+async def _status_error(response: Reply, target: _Target, client_auth: str) -> GatewayError:
     raw = b""
     try:
         async for part in response.chunks():
@@ -200,7 +261,7 @@ async def _status_error(response: Reply, upstream: Upstream) -> GatewayError:
     detail = _error_message(raw, response)
     cls = _STATUS_MAP.get(status, UpstreamStatus)
     message = f"The upstream answered {status}: {detail}" if detail else f"The upstream answered {status}."
-    message = _redact(message, upstream)
+    message = SECRETS.scrub(message, client_auth, target.where)
     headers = {"retry-after": response.headers["retry-after"]} if "retry-after" in response.headers else {}
     error = cls(message, headers=headers)
     if cls is UpstreamStatus:
@@ -223,8 +284,3 @@ def _error_message(raw: bytes, response: Reply) -> str:
     if "html" in response.headers.get("content-type", ""):
         return "(an HTML error page)"
     return raw[:200].decode("utf-8", "replace").strip()
-
-
-def _redact(text: str, upstream: Upstream) -> str:
-    key = upstream.api_key.value
-    return text.replace(key, "***") if key else text

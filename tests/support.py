@@ -94,6 +94,7 @@ async def gateway(config: Settings, upstream: ScriptedUpstream | httpx.AsyncBase
     transport = upstream.transport() if isinstance(upstream, ScriptedUpstream) else upstream
     app = create_app(config, transport=transport)
     async with app.router.lifespan_context(app):
+        await app.state.runtime.starting
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://toolgate.test") as client:
             yield client
 

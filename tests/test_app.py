@@ -218,7 +218,7 @@ def _error(status: int, body: bytes, content_type: str = "application/json", **h
         (httpx.Response(200, content=b'{"choices": [', headers={"content-type": "application/json"}), 502, "truncated"),
         (httpx.Response(200, content=b"<html></html>", headers={"content-type": "text/html"}), 502, "HTML page"),
         (httpx.Response(200, json={"object": "chat.completion"}), 502, "no choices"),
-        (httpx.ConnectError("refused"), 502, "Could not reach"),
+        (httpx.ConnectError("refused"), 502, "Could not connect"),
         (httpx.ReadTimeout("slow"), 504, "did not answer in time"),
     ],
 )

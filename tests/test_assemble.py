@@ -159,7 +159,6 @@ def test_content_deltas_are_handed_back_at_once_and_joined():
     turn = asm.finish()
     assert turn.message == {"role": "assistant", "content": "Hello"}
     assert turn.finish_reason == "stop"
-    assert asm.chunks == 4
 
 
 def test_reasoning_deltas_are_handed_back_and_kept():
@@ -361,8 +360,14 @@ def test_stream_without_finish_reason_is_stop():
     assert turn.finish_reason == "stop"
 
 
-def test_empty_stream_is_an_empty_answer():
-    assert StreamAssembler().finish().message == {"role": "assistant", "content": ""}
+def test_a_stream_without_any_choice_is_the_upstreams_mistake():
+    # A 200 with no answer in it is not an empty answer (non-streamed, the same reply is a 502 too).
+    with pytest.raises(UpstreamError, match="without an answer"):
+        StreamAssembler().finish()
+    asm = StreamAssembler()
+    asm.feed({"choices": [], "usage": {"prompt_tokens": 1}})
+    with pytest.raises(UpstreamError, match="without an answer"):
+        asm.finish()
 
 
 @pytest.mark.parametrize(
@@ -404,3 +409,59 @@ def test_chunks_of_one_network_read_become_one_delta():
     assert asm.feed_many([{"choices": [{"index": 0, "delta": {}}]}]) is None
     turn = asm.finish()
     assert turn.message["content"] == "Hello" and turn.message["tool_calls"][0]["id"] == "a"
+
+
+def test_a_runaway_stream_is_stopped():
+    asm = StreamAssembler(max_repeats=50)
+    for _ in range(49):
+        asm.feed(chunk({"content": "ha"}))
+    with pytest.raises(UpstreamError, match="repeated the same output 50 times"):
+        asm.feed(chunk({"content": "ha"}))
+    asm = StreamAssembler(max_repeats=50)
+    for i in range(200):  # alternating pieces are not a runaway
+        asm.feed(chunk({"content": "ab"[i % 2]}))
+
+
+@pytest.mark.parametrize(
+    "delta",
+    [
+        {"tool_calls": [{"index": 0, "function": "get_weather"}]},
+        {"tool_calls": [{"index": 0, "function": {"name": 7}}]},
+        {"tool_calls": [{"index": 0, "id": 5, "function": {"name": "x"}}]},
+        {"tool_calls": {"index": 0}},
+        {"refusal": {"reason": "no"}},
+        {"content": 12},
+    ],
+)
+def test_malformed_stream_deltas_are_the_upstreams_mistake(delta):
+    with pytest.raises(UpstreamError, match="malformed"):
+        StreamAssembler().feed(chunk(delta))
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        {"role": "assistant", "content": None, "tool_calls": [{"id": "a", "function": "get_weather"}]},
+        {"role": "assistant", "content": None, "tool_calls": "x"},
+        {"role": "assistant", "content": "x", "refusal": {"reason": "no"}},
+    ],
+)
+def test_malformed_completions_are_the_upstreams_mistake(message):
+    with pytest.raises(UpstreamError, match="malformed"):
+        turn_from_completion({"choices": [{"message": message, "finish_reason": "stop"}]})
+
+
+def test_content_as_a_list_of_text_parts_is_read_as_text():
+    asm = StreamAssembler()
+    delta = asm.feed(chunk({"content": [{"type": "text", "text": "He"}, {"type": "text", "text": "llo"}]}))
+    assert delta == Delta("Hello")
+    body = {"choices": [{"message": {"role": "assistant", "content": [{"type": "text", "text": "Hi"}]}, "finish_reason": "stop"}]}
+    assert turn_from_completion(body).message["content"] == "Hi"
+
+
+def test_logprobs_are_kept():
+    lp = [{"token": "Hi", "logprob": -0.1, "bytes": [72, 105], "top_logprobs": []}]
+    asm = StreamAssembler()
+    assert asm.feed_many([chunk({"content": "Hi"}) | {"choices": [{"index": 0, "delta": {"content": "Hi"}, "logprobs": {"content": lp}, "finish_reason": None}]}]) == Delta("Hi", None, lp)
+    body = {"choices": [{"message": {"role": "assistant", "content": "Hi"}, "finish_reason": "stop", "logprobs": {"content": lp}}]}
+    assert turn_from_completion(body).logprobs == {"content": lp}

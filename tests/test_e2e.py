@@ -14,11 +14,10 @@ from contextlib import asynccontextmanager
 import httpx
 import openai
 import pytest
-import uvicorn
-
 from gateway.app import create_app
 from gateway.config import Settings
 from gateway.fakellm import Calls, FakeLLM, Reply
+from gateway.server import Server, server_config
 from gateway.tools.base import StaticSource, Tool
 from tests.support import settings as make_settings
 
@@ -66,11 +65,12 @@ async def serve(config: Settings):
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     app = create_app(config)
-    server = uvicorn.Server(uvicorn.Config(app, log_config=None, access_log=False, lifespan="on"))
+    server = Server(server_config(app, config, lifespan="on"), grace_s=config.server.grace_s)
     task = asyncio.create_task(server.serve(sockets=[sock]))
     async with asyncio.timeout(10):
         while not server.started:
             await asyncio.sleep(0.005)
+        await app.state.runtime.starting
     try:
         yield f"http://127.0.0.1:{sock.getsockname()[1]}/v1", app
     finally:

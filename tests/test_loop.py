@@ -9,10 +9,11 @@ from typing import Any
 import pytest
 
 from gateway.config import Upstream
-from gateway.events import Delta, Final, ToolFinished, ToolStarted
-from gateway.loop import LoopJob, add_usage, run_loop
+from gateway.events import Delta, Final, RoundUsage, ToolFinished, ToolStarted
+from gateway.loop import LoopJob, run_loop
 from gateway.tools.base import StaticSource, Tool, ToolError
 from gateway.tools.toolbox import Toolbox
+from gateway.usage import add_usage
 from tests.support import call, chunk, completion
 
 
@@ -58,12 +59,14 @@ class Echo(Tool):
 
 def job(offer, **kw) -> LoopJob:
     upstream = Upstream(name="up", url="http://up.test/v1")
-    return LoopJob(upstream=upstream, model="up-model", messages=[{"role": "user", "content": "hi"}], params={}, offer=offer, **kw)
+    kw.setdefault("params", {})
+    return LoopJob(upstream=upstream, model="up-model", messages=[{"role": "user", "content": "hi"}], offer=offer, **kw)
 
 
-async def run(j: LoopJob, upstream: FakeUpstream, toolbox: Toolbox) -> list:
+async def run(j: LoopJob, upstream: FakeUpstream, toolbox: Toolbox, *, usage: bool = False) -> list:
+    """The loop's events (without the per-round usage ones, unless asked)."""
     async with aclosing(run_loop(j, upstream, toolbox)) as events:
-        return [e async for e in events]
+        return [e async for e in events if usage or not isinstance(e, RoundUsage)]
 
 
 def box(*tools: Tool, **kw) -> Toolbox:
@@ -165,6 +168,7 @@ async def test_closing_the_loop_cancels_running_tools():
     up = FakeUpstream(completion(None, tool_calls=calls))
     events = run_loop(job(toolbox.select(["*"])), up, toolbox)
     async with aclosing(events):
+        assert isinstance(await events.__anext__(), RoundUsage)
         assert isinstance(await events.__anext__(), ToolStarted)
         assert isinstance(await events.__anext__(), ToolStarted)
         task = asyncio.ensure_future(events.__anext__())
@@ -174,3 +178,82 @@ async def test_closing_the_loop_cancels_running_tools():
         with pytest.raises(asyncio.CancelledError):
             await task
     assert slow.running == 0
+
+
+# -- bounds ------------------------------------------------------------------------------
+
+
+async def test_usage_is_an_event_per_round_as_it_arrives():
+    toolbox = box(Echo())
+    up = FakeUpstream(completion(None, tool_calls=[call("echo", {"text": "a"})]), completion("done", usage={"completion_tokens": 5}))
+    events = await run(job(toolbox.select(["*"])), up, toolbox, usage=True)
+    assert [e for e in events if isinstance(e, RoundUsage)] == [
+        RoundUsage(1, {"prompt_tokens": 10, "completion_tokens": 2, "total_tokens": 12}),
+        RoundUsage(2, {"completion_tokens": 5}),
+    ]
+
+
+async def test_tool_calls_per_request_are_capped_then_the_model_answers():
+    echo = Echo()
+    toolbox = box(echo)
+    many = lambda r: completion(None, tool_calls=[call("echo", {"text": f"{r}-{i}"}, f"r{r}c{i}") for i in range(3)])  # noqa: E731
+    up = FakeUpstream(many(1), many(2), completion("enough"))
+    events = await run(job(toolbox.select(["*"]), max_tool_calls=5), up, toolbox)
+    assert sum(isinstance(e, ToolStarted) for e in events) == 5
+    final = events[-1]
+    assert (final.message["content"], final.tool_calls) == ("enough", 5)
+    # Every call got its one reply; the one past the limit says why it did not run.
+    replies = [m for m in up.payloads[2]["messages"] if m["role"] == "tool"]
+    assert [m["tool_call_id"] for m in replies] == ["r1c0", "r1c1", "r1c2", "r2c0", "r2c1", "r2c2"]
+    assert "limit of 5 tool calls" in replies[-1]["content"]
+    assert up.payloads[2]["tool_choice"] == "none"
+
+
+async def test_200_calls_in_one_round_run_only_up_to_the_cap():
+    toolbox = box(Echo())
+    up = FakeUpstream(completion(None, tool_calls=[call("echo", {"text": str(i)}, f"c{i}") for i in range(200)]), completion("ok"))
+    events = await run(job(toolbox.select(["*"]), max_tool_calls=32), up, toolbox)
+    assert sum(isinstance(e, ToolStarted) for e in events) == 32
+    assert len([m for m in up.payloads[1]["messages"] if m["role"] == "tool"]) == 200
+
+
+@pytest.mark.parametrize("key", ["max_tokens", "max_completion_tokens"])
+async def test_max_tokens_is_clamped_to_the_ceiling_and_spent_over_rounds(key):
+    toolbox = box(Echo())
+    first = completion(None, tool_calls=[call("echo", {"text": "a"})], usage={"completion_tokens": 30})
+    up = FakeUpstream(first, completion("fine", usage={"completion_tokens": 10}))
+    await run(job(toolbox.select(["*"]), params={key: 1e9}, max_output_tokens=100), up, toolbox)
+    assert up.payloads[0][key] == 100
+    assert up.payloads[1][key] == 70  # what the first round left
+
+
+async def test_a_spent_budget_ends_the_loop_with_length():
+    toolbox = box(Echo())
+    first = completion(None, tool_calls=[call("echo", {"text": "a"})], usage={"completion_tokens": 50})
+    up = FakeUpstream(first)
+    events = await run(job(toolbox.select(["*"]), params={"max_tokens": 50}), up, toolbox)
+    assert events[-1].finish_reason == "length"
+    assert len(up.payloads) == 1  # no call the client's budget does not cover
+
+
+async def test_truncation_stays_visible_and_a_cut_tool_call_is_never_run():
+    echo = Echo()
+    toolbox = box(echo)
+    cut = completion("Let me", tool_calls=[call("echo", '{"text": "a')], finish="length")
+    up = FakeUpstream(cut)
+    events = await run(job(toolbox.select(["*"])), up, toolbox)
+    assert [type(e) for e in events] == [Final]
+    assert events[-1].finish_reason == "length"
+    assert events[-1].message == {"role": "assistant", "content": "Let me"}
+    up = FakeUpstream(completion("It is long", finish="length"))
+    assert (await run(job(toolbox.select(["*"])), up, toolbox))[-1].finish_reason == "length"
+
+
+async def test_reasoning_is_not_sent_back_upstream():
+    toolbox = box(Echo())
+    first = completion(None, tool_calls=[call("echo", {"text": "a"})])
+    first["choices"][0]["message"]["reasoning_content"] = "private thoughts"
+    up = FakeUpstream(first, completion("ok"))
+    await run(job(toolbox.select(["*"])), up, toolbox)
+    assistant = [m for m in up.payloads[1]["messages"] if m["role"] == "assistant"][0]
+    assert "reasoning_content" not in assistant and assistant["tool_calls"]

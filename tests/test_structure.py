@@ -47,14 +47,15 @@ def test_only_upstream_speaks_to_the_llm_host():
 def test_flow_is_one_way():
     # Lower layers never import the ones above them.
     above = {
-        "wire": {"gateway.routes", "gateway.writer", "gateway.loop", "gateway.app"},
-        "loop": {"gateway.routes", "gateway.writer", "gateway.app"},
-        "upstream": {"gateway.loop", "gateway.routes", "gateway.writer", "gateway.app"},
-        "writer": {"gateway.routes", "gateway.app", "gateway.loop", "gateway.upstream"},
+        "wire": {"gateway.routes", "gateway.pump", "gateway.loop", "gateway.app"},
+        "loop": {"gateway.routes", "gateway.pump", "gateway.chat_render", "gateway.app"},
+        "upstream": {"gateway.loop", "gateway.routes", "gateway.pump", "gateway.app"},
+        "pump": {"gateway.routes", "gateway.app", "gateway.loop", "gateway.upstream", "gateway.chat_render"},
+        "chat_render": {"gateway.routes", "gateway.app", "gateway.loop", "gateway.upstream", "gateway.pump"},
         "assemble": {"gateway.loop", "gateway.upstream", "gateway.routes", "gateway.app"},
         "config": {"gateway.routes", "gateway.app", "gateway.loop", "gateway.upstream"},
     }
     for name, forbidden in above.items():
         assert not _module(name) & forbidden, name
     for path in (PACKAGE / "tools").rglob("*.py"):
-        assert not {m for m in _imports(path) if m in ("gateway.loop", "gateway.routes", "gateway.app", "gateway.writer")}, path
+        assert not {m for m in _imports(path) if m in ("gateway.loop", "gateway.routes", "gateway.app", "gateway.pump")}, path
