@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import functools
 import threading
 from typing import Annotated, Any, Literal, Optional
+
+from gateway.tools.base import ToolError
+
+RELEASE = threading.Event()  # lets every hung call of `hang` return
 
 
 class Colour(enum.Enum):
@@ -52,6 +57,43 @@ def where() -> str:
 def fail(message: str) -> str:
     """Always fails."""
     raise ValueError(message)
+
+
+def hang(seconds: float = 30.0) -> str:
+    """Block this thread until the test releases it."""
+    RELEASE.wait(seconds)
+    return "released"
+
+
+def leak(key: str, told: bool = False) -> str:
+    """Fail with a secret in the message."""
+    if told:
+        raise ToolError(f"bad key {key}")
+    raise RuntimeError(f"bad key {key}")
+
+
+def exits(code: int) -> str:
+    """Raise SystemExit on the worker thread."""
+    raise SystemExit(code)
+
+
+def big() -> dict:
+    """Return what JSON cannot hold as a number."""
+    return {1: 2**70}
+
+
+def _plain(func):
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        return func(*args, **kwargs)
+
+    return wrapper
+
+
+@_plain
+async def shout(word: str) -> str:
+    """Say it loud (an async function behind a plain decorator)."""
+    return word.upper()
 
 
 def numbers(values: list[float], scale: float = 1.0) -> list[float]:

@@ -13,8 +13,10 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from gateway.errors import Problems
+from gateway.redact import SECRETS
 from gateway.tools import openapi
 from gateway.tools.base import SourceContext, ToolError
+from gateway.tools.toolbox import Toolbox
 from tests.tool_servers import serve
 
 NEW_PET = {
@@ -108,6 +110,11 @@ class PetServer:
             "external.json": spec_with(components={"schemas": {"NewPet": {"$ref": "https://evil.test/pet.json"}}}),
             "metadata.json": spec_with(servers=[{"url": "http://169.254.169.254/latest"}]),
             "relative.json": spec_with(servers=[{"url": "/v{version}", "variables": {"version": {"default": "2"}}}]),
+            "echo.json": {
+                "openapi": "3.1.0",
+                "info": {"title": "Echo", "version": "1"},
+                "paths": {"/whoami": {"get": {"operationId": "whoAmI"}}, "/deny": {"get": {"operationId": "deny"}}},
+            },
         }
         self.flaky_failures = 0
         self.app = Starlette(
@@ -119,6 +126,8 @@ class PetServer:
                 Route("/{prefix:path}pets", self.pets, methods=["GET", "POST"]),
                 Route("/batch", self.batch, methods=["PUT"]),
                 Route("/text", lambda r: PlainTextResponse("just text")),
+                Route("/whoami", lambda r: JSONResponse({"you": r.headers.get("authorization"), "key": r.headers.get("x-api-key")})),
+                Route("/deny", lambda r: PlainTextResponse(f"not with {r.headers.get('authorization')}", status_code=403)),
                 Route("/fail", lambda r: PlainTextResponse("internal kaboom " * 50, status_code=500)),
             ]
         )
@@ -392,3 +401,47 @@ def test_config_problems(table, problem):
 
 def test_disabled_builds_nothing():
     assert build({"url": "http://a/x", "enabled": False}) == (None, [])
+
+
+async def test_a_server_echoing_its_token_does_not_show_it_to_the_model(server):
+    token = "canary-openapi-token-6a0c9e"
+    headers = {"Authorization": "Bearer ${ECHO_TOKEN}", "X-Api-Key": "canary-literal-key-1f4b", "Accept": "application/json"}
+    source = await started({"url": f"{server.base}/specs/echo.json", "headers": headers}, environ={"ECHO_TOKEN": token})
+    try:
+        assert source.status().ready
+        SECRETS.add(*source.secrets())  # as the app does at start
+        toolbox = Toolbox([source])
+        calls = [{"id": f"c{i}", "type": "function", "function": {"name": n, "arguments": "{}"}} for i, n in enumerate(("whoAmI", "deny"))]
+        outcomes = {o.name: o async for o in toolbox.run_round(calls, toolbox.select(["*"]))}
+    finally:
+        await source.stop()
+    assert json.loads(outcomes["whoAmI"].content) == {"you": "***", "key": "***"}
+    assert outcomes["deny"].outcome == "error" and outcomes["deny"].content.endswith("not with ***")
+    assert token not in repr(outcomes) and "canary-literal-key-1f4b" not in repr(outcomes)
+
+
+def test_secrets_are_the_credential_headers_and_their_variables(monkeypatch):
+    headers = {
+        "Authorization": "Bearer ${TOKEN}",
+        "X-Tenant": "${TENANT}-eu",
+        "X-Api-Key": "literal-key-value",
+        "Accept": "application/json",
+        "X-Unset": "${NOT_SET}",
+        "X-Half": "${TENANT}:${NOT_SET}",
+    }
+    source, problems = build({"url": "http://a/x", "headers": headers})
+    assert problems == []
+    monkeypatch.setenv("TOKEN", "from-os-environ")
+    monkeypatch.setenv("TENANT", "acme")
+    monkeypatch.delenv("NOT_SET", raising=False)
+    assert source.secrets() == [
+        "from-os-environ", "Bearer from-os-environ", "acme", "acme-eu", "literal-key-value",
+    ]  # fmt: skip
+
+
+async def test_secrets_use_the_environment_the_source_was_started_with(server):
+    source = await started({"url": f"{server.base}/specs/openapi.json", "headers": AUTH}, environ={"PETS_TOKEN": "given-token"})
+    try:
+        assert source.secrets() == ["given-token", "Bearer given-token"]
+    finally:
+        await source.stop()

@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import jsonschema
+import orjson
 import pytest
 
 from gateway.errors import Problems
-from gateway.tools import pyfunc
+from gateway.redact import SECRETS
+from gateway.tools import pyfunc, workers
 from gateway.tools.base import ToolError
+from gateway.tools.toolbox import Toolbox
+from tests import sample_functions
 
 
 def build(table, name="py"):
@@ -155,3 +162,79 @@ def test_doc_parts():
     )
     assert summary == "Do a thing over two lines."
     assert params == {"a": "First.", "b": "Second, continued. still continued."}
+
+
+# --- sync functions on the tools' own threads -------------------------------------
+
+
+def toolbox_for(*functions, timeout_s=5.0, **table):
+    source, problems = build({"functions": [f"tests.sample_functions:{f}" for f in functions], **table})
+    assert problems == []
+    return Toolbox([source], timeout_s=timeout_s)
+
+
+async def run_calls(toolbox, *calls):
+    offer = toolbox.select(["*"])
+    specs = [{"id": f"c{i}", "type": "function", "function": {"name": n, "arguments": orjson.dumps(a).decode()}}
+             for i, (n, a) in enumerate(calls)]  # fmt: skip
+    return [o async for o in toolbox.run_round(specs, offer)]
+
+
+@pytest.fixture
+def pool(monkeypatch):
+    """A small tool-thread pool of three, with no queue; hung calls are released afterwards."""
+    small = workers.Workers(threads=3, queued=0)
+    monkeypatch.setattr(pyfunc, "WORKERS", small, raising=False)  # raising: the test predates WORKERS
+    yield small
+    sample_functions.RELEASE.set()
+    for _ in range(500):
+        if small.pending == 0:
+            break
+        threading.Event().wait(0.01)
+    sample_functions.RELEASE.clear()
+
+
+async def test_sync_functions_do_not_use_the_default_executor(pool):
+    loop = asyncio.get_running_loop()
+    loop.set_default_executor(ThreadPoolExecutor(max_workers=2))  # small, as on a small machine
+    toolbox = toolbox_for("hang", "where", timeout_s=0.1)
+    try:
+        hung = await run_calls(toolbox, *[("hang", {})] * 4)  # one more than there are threads
+
+        started = time.perf_counter()
+        await asyncio.wait_for(loop.getaddrinfo("localhost", 80), 5)
+        assert time.perf_counter() - started < 0.5  # name lookups are not queued behind hung tools
+
+        assert sorted(o.outcome for o in hung) == ["error", "timeout", "timeout", "timeout"]
+        assert "tool workers are all busy" in next(o.content for o in hung if o.outcome == "error")
+        [busy] = await run_calls(toolbox, ("where", {}))
+        assert busy.outcome == "error" and "busy" in busy.content and busy.duration_s < 0.5
+    finally:
+        sample_functions.RELEASE.set()
+    for _ in range(500):
+        if pool.pending == 0:
+            break
+        await asyncio.sleep(0.01)
+    [fine] = await run_calls(toolbox, ("where", {}))
+    assert fine.outcome == "ok" and fine.content.startswith("toolgate-tool-")
+
+
+async def test_system_exit_on_a_worker_thread_is_an_error():
+    [outcome] = await run_calls(toolbox_for("exits"), ("exits", {"code": 2}))
+    assert outcome.outcome == "error" and "SystemExit" in outcome.content
+
+
+async def test_a_secret_in_an_exception_does_not_reach_the_model():
+    canary = "canary-pyfunc-3b8e61c0"
+    SECRETS.add(canary)
+    outcomes = await run_calls(toolbox_for("leak"), ("leak", {"key": canary}), ("leak", {"key": canary, "told": True}))
+    contents = sorted(o.content for o in outcomes)
+    assert contents == ["Error: bad key ***", "Error: leak failed (RuntimeError)."]
+
+
+async def test_results_json_cannot_hold_are_still_text():
+    assert await tools("big")["big"].call({}) == "{1: 1180591620717411303424}"
+
+
+async def test_an_async_function_behind_a_plain_decorator_is_awaited():
+    assert await tools("shout")["shout"].call({"word": "hi"}) == "HI"

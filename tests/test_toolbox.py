@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
+import threading
+import time
 
+import orjson
 import pytest
 
+from gateway.redact import SECRETS
+from gateway.tools import toolbox as toolbox_module
 from gateway.tools.base import StaticSource, Tool, ToolError
 from gateway.tools.toolbox import Toolbox
+from gateway.tools.workers import WorkersBusy
 
 
 class Echo(Tool):
@@ -408,3 +415,305 @@ async def test_schema_check_follows_a_tool_replaced_under_the_same_name():
         source._tools = [Returns("t", "ok", {"type": "object", "required": [required]})]
         outcome = await one(toolbox, call("t", '{"b": 1}'))
         assert outcome.outcome == ("bad_arguments" if required == "a" else "ok"), i
+
+
+# --- schemas: prepared once, nothing fetched, checked inside the timeout ---------
+
+
+class Knock:
+    """A loopback port, served on a thread, that notes every connection and hangs up."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen()
+        self.sock.settimeout(0.05)
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}/schema.json"
+        self.knocks = 0
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while not self.stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except (TimeoutError, OSError):
+                continue
+            self.knocks += 1
+            conn.close()
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join()
+        self.sock.close()
+
+
+@pytest.fixture
+def knock():
+    server = Knock()
+    yield server
+    server.close()
+
+
+async def test_a_remote_ref_is_never_fetched_and_the_tool_still_runs(knock, caplog):
+    schema = {"type": "object", "properties": {"a": {"$ref": knock.url}, "n": {"type": "integer"}}}
+    toolbox = box(Returns("remote", "ran", schema))
+    with caplog.at_level(logging.WARNING, logger="toolgate.tools"):
+        outcome = await one(toolbox, call("remote", '{"a": {"x": 1}, "n": 2}'))
+        bad = await one(toolbox, call("remote", '{"n": "two"}'))
+    assert (outcome.outcome, outcome.content) == ("ok", "ran")
+    assert bad.outcome == "bad_arguments" and "n: 'two' is not of type 'integer'" in bad.content
+    assert knock.knocks == 0
+    [warning] = [r for r in caplog.records if "parameter schema" in r.getMessage()]
+    assert "'remote'" in warning.getMessage() and knock.url in warning.getMessage()
+
+
+async def test_a_dangling_local_ref_does_not_fail_the_request():
+    schema = {"type": "object", "properties": {"a": {"$ref": "#/$defs/Missing"}}}
+    outcome = await one(box(Returns("dangling", "ran", schema)), call("dangling", '{"a": 1}'))
+    assert (outcome.outcome, outcome.content) == ("ok", "ran")
+
+
+def test_the_offered_schema_has_local_refs_inlined():
+    schema = {
+        "type": "object",
+        "properties": {"where": {"$ref": "#/$defs/Place"}},
+        "$defs": {"Place": {"type": "string", "description": "A city."}},
+    }
+    [offered] = box(Returns("find", "x", schema)).select(["*"]).schemas
+    assert offered["function"]["parameters"] == {
+        "type": "object", "properties": {"where": {"type": "string", "description": "A city."}},
+    }  # fmt: skip
+
+
+async def test_a_broken_schema_is_offered_permissive_with_one_warning(caplog):
+    source = StaticSource("mcp", [Returns("odd", "fine", {"type": 12})])
+    toolbox = Toolbox([source])
+    with caplog.at_level(logging.WARNING, logger="toolgate.tools"):
+        [offered] = toolbox.select(["*"]).schemas
+        for _ in range(3):  # relisted: new objects, the same definitions
+            source._tools = [Returns("odd", "fine", {"type": 12})]
+            toolbox.select(["*"])
+    assert offered["function"]["parameters"] == {"type": "object", "properties": {}}
+    assert len([r for r in caplog.records if "parameter schema of tool 'odd'" in r.getMessage()]) == 1
+
+
+async def test_schemas_are_prepared_once_per_definition(monkeypatch):
+    prepared = []
+    real = toolbox_module.prepare
+    monkeypatch.setattr(toolbox_module, "prepare", lambda p: prepared.append(p) or real(p))
+    source = StaticSource("mcp", [Echo()])
+    toolbox = Toolbox([source])
+    for _ in range(3):
+        source._tools = [Echo(), Echo("shout")]  # relisted: new objects, the same definition
+        for _ in range(5):
+            outcome = await one(toolbox, call("echo", '{"text": "hi"}'))
+            assert outcome.outcome == "ok"
+    assert len(prepared) == 1
+
+
+async def test_arguments_past_the_size_cap_are_refused_at_once():
+    huge = '{"text": "' + "x" * (toolbox_module.MAX_ARGUMENT_CHARS) + '"}'
+    outcome = await one(box(Echo()), call("echo", huge))
+    assert outcome.outcome == "bad_arguments" and "longer than" in outcome.content
+    assert outcome.duration_s < 1
+
+
+async def test_arguments_that_are_not_a_string_are_bad_arguments():
+    c = call("echo")
+    c["function"]["arguments"] = {"text": "hi"}
+    [outcome] = await run(box(Echo()), [c])
+    assert outcome.outcome == "bad_arguments"
+
+
+async def test_a_slow_check_runs_off_the_loop_and_inside_the_timeout():
+    # uniqueItems compares every pair: a thousand objects take about a second to check.
+    schema = {"type": "object", "properties": {"items": {"type": "array", "uniqueItems": True}}}
+    tool = Returns("dedupe", "ran", schema)
+    tool.timeout_s = 0.1
+    arguments = orjson.dumps({"items": [{"k": i} for i in range(1000)]}).decode()
+    gaps: list[float] = []
+
+    async def tick():
+        last = time.perf_counter()
+        for _ in range(1000):
+            await asyncio.sleep(0.01)
+            now = time.perf_counter()
+            gaps.append(now - last)
+            last = now
+
+    ticker = asyncio.create_task(tick())
+    try:
+        outcome = await one(box(tool), call("dedupe", arguments))
+    finally:
+        ticker.cancel()
+    assert outcome.outcome == "timeout" and outcome.duration_s < 0.6
+    assert max(gaps) < 0.2  # the event loop kept turning
+
+
+async def test_small_arguments_are_checked_without_a_thread(monkeypatch):
+    async def no_threads(*args):
+        raise AssertionError("a thread for a small check")
+
+    monkeypatch.setattr(toolbox_module.WORKERS, "run", no_threads)
+    outcome = await one(box(Echo()), call("echo", '{"text": 1}'))
+    assert outcome.outcome == "bad_arguments"
+
+
+async def test_the_check_counts_against_the_timeout(monkeypatch):
+    async def slow_check(self, prepared, arguments, size):
+        await asyncio.sleep(10)
+
+    monkeypatch.setattr(Toolbox, "_check", slow_check)
+    outcome = await one(box(Echo(timeout_s=0.05)), call("echo", '{"text": "hi"}'))
+    assert outcome.outcome == "timeout"
+
+
+# --- whatever a tool raises or returns is an outcome --------------------------------
+
+
+@pytest.mark.parametrize("exc", [asyncio.CancelledError(), KeyboardInterrupt(), SystemExit(3)])
+async def test_base_exceptions_raised_by_a_tool_are_errors(exc, caplog):
+    with caplog.at_level(logging.WARNING, logger="toolgate.tools"):
+        outcome = await one(box(Fails("wild", exc)), call("wild"))
+    assert outcome.outcome == "error" and "wild" in outcome.content
+    assert caplog.records
+
+
+async def test_a_tool_raising_cancelled_says_so():
+    outcome = await one(box(Fails("quits", asyncio.CancelledError())), call("quits"))
+    assert outcome.content == "Error: tool quits was cancelled."
+
+
+async def test_base_exceptions_in_a_round_of_several_calls_are_errors_too():
+    toolbox = box(Fails("c", asyncio.CancelledError()), Fails("k", KeyboardInterrupt()), Echo())
+    outcomes = await run(toolbox, [call("c"), call("k"), call("echo", '{"text": "still here"}')])
+    assert sorted((o.name, o.outcome) for o in outcomes) == [("c", "error"), ("echo", "ok"), ("k", "error")]
+
+
+async def test_a_tool_raising_timeout_error_itself_is_an_error():
+    outcome = await one(box(Fails("upstreamish", TimeoutError())), call("upstreamish"))
+    assert (outcome.outcome, outcome.content) == ("error", "Error: upstreamish timed out.")
+
+
+async def test_a_real_cancellation_still_cancels_a_single_call():
+    slow = Sleeps("slow")
+    toolbox = box(slow)
+    task = asyncio.create_task(run(toolbox, [call("slow")]))
+    await asyncio.sleep(0.05)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert slow.cancelled
+
+
+async def test_a_full_worker_pool_is_a_message_for_the_model():
+    outcome = await one(box(Fails("threaded", WorkersBusy("all 8 busy"))), call("threaded"))
+    assert outcome.outcome == "error"
+    assert "tool workers are all busy" in outcome.content
+
+
+class Unprintable:
+    def __str__(self):
+        raise ValueError("no")
+
+
+@pytest.mark.parametrize(
+    "output, text",
+    [(None, "(no output)"), ({"a": 1}, '{"a":1}'), (b"caf\xc3\xa9 \xff", "café \ufffd"), (2.5, "2.5"), (True, "true"),
+     ({1: "x"}, '{"1":"x"}'), ([{"type": "text", "text": b"bytes"}], "bytes"), ((1, 2), "[1,2]")],
+)  # fmt: skip
+async def test_odd_return_values_become_text(output, text):
+    outcome = await one(box(Returns("odd", output)), call("odd"))
+    assert (outcome.outcome, outcome.content) == ("ok", text)
+
+
+async def test_a_result_that_cannot_be_shown_is_an_error_message(caplog):
+    with caplog.at_level(logging.ERROR, logger="toolgate.tools"):
+        outcome = await one(box(Returns("odd", [Unprintable()])), call("odd"))
+    assert "cannot be shown" in outcome.content
+
+
+# --- secrets never reach the model ----------------------------------------------------
+
+
+async def test_secrets_in_results_and_errors_are_masked():
+    canary = "canary-toolbox-5d1e0b7a"
+    SECRETS.add(canary)
+    toolbox = box(
+        Returns("says", f"the key is {canary}."),
+        Fails("tells", ToolError(f"bad key {canary}")),
+        Returns("parts", [{"type": "text", "text": canary}, {"type": "image_url", "image_url": {"url": f"https://img.test/?k={canary}"}}]),
+    )
+    outcomes = {o.name: o for o in await run(toolbox, [call("says"), call("tells"), call("parts")], tool_images=True)}
+    assert outcomes["says"].content == "the key is ***."
+    assert outcomes["tells"].content == "Error: bad key ***"
+    assert outcomes["parts"].content == [
+        {"type": "text", "text": "***"}, {"type": "image_url", "image_url": {"url": "https://img.test/?k=***"}},
+    ]  # fmt: skip
+    assert canary not in repr([o.content for o in outcomes.values()])
+
+
+async def test_masking_happens_before_the_cut():
+    canary = "canary-toolbox-cut-90c2f3"
+    SECRETS.add(canary)
+    outcome = await one(box(Returns("long", "x" * 8 + canary), max_result_chars=12), call("long"))
+    assert "canary" not in outcome.content and outcome.content.startswith("x" * 8 + "***")
+
+
+# --- names do not depend on who is up ---------------------------------------------
+
+
+async def test_a_source_going_down_renames_nobody(caplog):
+    left, right = StaticSource("left", [Echo("echo")]), StaticSource("right", [Echo("echo"), Echo("ping")])
+    toolbox = Toolbox([left, right])
+    with caplog.at_level(logging.WARNING, logger="toolgate.tools"):
+        assert names(toolbox) == ["left_echo", "ping", "right_echo"]
+        for _ in range(3):
+            right._tools = []  # down: lists nothing
+            assert names(toolbox) == ["left_echo"]
+            outcome = await one(toolbox, call("left_echo", '{"text": "still me"}'))
+            assert outcome.content == "still me"
+            right._tools = [Echo("echo"), Echo("ping")]  # back up
+            assert names(toolbox) == ["left_echo", "ping", "right_echo"]
+    [warning] = [r for r in caplog.records if "several sources" in r.getMessage()]
+    assert "left_echo" in warning.getMessage() and "right_echo" in warning.getMessage()
+
+
+def test_a_source_that_came_up_later_keeps_its_claim_after_going_down():
+    late = StaticSource("late", [])
+    toolbox = Toolbox([StaticSource("early", [Echo("echo")]), late])
+    assert names(toolbox) == ["echo"]  # nobody else has ever offered "echo"
+    late._tools = [Echo("echo")]
+    assert names(toolbox) == ["early_echo", "late_echo"]
+    late._tools = []
+    assert names(toolbox) == ["early_echo"]
+
+
+def test_a_taken_name_is_reported_once(caplog):
+    source = StaticSource("a", [Echo("b_x")])
+    toolbox = Toolbox([source, StaticSource("b", [Echo("x")], prefix=True)])
+    with caplog.at_level(logging.ERROR, logger="toolgate.tools"):
+        for _ in range(3):
+            source._tools = [Echo("b_x")]
+            assert names(toolbox) == ["a_b_x", "b_x"]
+    assert not [r for r in caplog.records if "is taken" in r.getMessage()]
+    # Two sources of one name offering one tool: the second is left out, and said once.
+    twin = StaticSource("a", [Echo("y")])
+    toolbox = Toolbox([StaticSource("a", [Echo("y")]), twin])
+    with caplog.at_level(logging.ERROR, logger="toolgate.tools"):
+        for _ in range(3):
+            twin._tools = [Echo("y")]
+            assert names(toolbox) == ["a_y"]
+    assert len([r for r in caplog.records if "is taken" in r.getMessage()]) == 1
+
+
+def test_a_long_description_is_reported_once(caplog):
+    source = StaticSource("s", [Echo(description="d" * 50)])
+    toolbox = Toolbox([source], max_description_chars=20)
+    with caplog.at_level(logging.WARNING, logger="toolgate.tools"):
+        for _ in range(3):
+            source._tools = [Echo(description="d" * 50)]
+            toolbox.select(["*"])
+    assert len([r for r in caplog.records if "description of tool" in r.getMessage()]) == 1

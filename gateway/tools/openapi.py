@@ -17,6 +17,13 @@ parameters and the JSON body's properties, as one object (local ``$ref``s inline
 The spec is loaded at ``start``; a failure leaves the source not ready, with the
 reason, and loading is retried with backoff: ``start`` never raises.
 
+Secrets: ``secrets()`` names the values to mask wherever they might show (the
+app hands them to ``gateway.redact.SECRETS``, so a server echoing its token does
+not put it in front of the model): every header value that uses a ``${VAR}``,
+the variables' values themselves, and literal values of credential-like
+headers (``Authorization``, ``X-Api-Key``, ``Cookie`` ...). A literal ``Accept:
+application/json`` is not a secret, and masking it would blank ordinary text.
+
 Trust: the configured ``url``/``base_url`` are the operator's. A ``servers`` URL
 in the spec on another origin is the spec author's, so it is checked against
 the SSRF policy and every call to it is pinned to the checked address.
@@ -44,6 +51,7 @@ from gateway.tools.base import SourceContext, SourceStatus, Tool, ToolError
 from gateway.tools.builtin import Options
 from gateway.tools.builtin.fetch_url import read_capped
 from gateway.tools.builtin.netguard import Guard, Refused
+from gateway.tools.workers import WORKERS, WorkersBusy
 
 logger = logging.getLogger("toolgate.openapi")
 
@@ -55,6 +63,8 @@ MAX_REF_DEPTH = 12
 MAX_REF_EXPANSIONS = 20_000
 BACKOFF_MIN_S, BACKOFF_MAX_S = 1.0, 60.0
 _REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_CREDENTIAL = re.compile(r"auth|token|key|secret|cookie|session|password|signature", re.IGNORECASE)
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9_-]*\s+(\S+)")  # "Bearer <token>"
 
 
 class LoadError(Exception):
@@ -106,6 +116,7 @@ class OpenApiSource:
         self._client: httpx.AsyncClient | None = None
         self._owns_client = False
         self._headers: dict[str, str] = {}
+        self._environ: Mapping[str, str] | None = None
         self._base = httpx.URL("")
         self._pinned = False  # the base URL came from the spec: check and pin every call
         self._retry: asyncio.Task[None] | None = None
@@ -116,11 +127,30 @@ class OpenApiSource:
     def status(self) -> SourceStatus:
         return self._status
 
+    def secrets(self) -> list[str]:
+        """The header values to mask (see the module docstring), expanded::
+
+            SECRETS.add(*source.secrets())
+
+        Expanded with the environment ``start`` was given, or before that ``os.environ``.
+        """
+        environ = self._environ if self._environ is not None else os.environ
+        found: list[str] = []
+        for header, value in self.settings.headers.items():
+            names = _REFERENCE.findall(value)
+            found += [environ[name] for name in names if name in environ]
+            if not (names or _CREDENTIAL.search(header)) or any(name not in environ for name in names):
+                continue
+            full = _REFERENCE.sub(lambda m: environ[m.group(1)], value)
+            token = _SCHEME.fullmatch(full)
+            found += [full, *([token.group(1)] if token else [])]
+        return [v for v in dict.fromkeys(found) if v]
+
     async def start(self, ctx: SourceContext) -> None:
         """Loads the spec, or records why not and retries in the background; never raises."""
         if self._client is None:
             self._client, self._owns_client = (ctx.http, False) if ctx.http is not None else (httpx.AsyncClient(), True)
-        environ = ctx.environ or os.environ
+        environ = self._environ = ctx.environ or os.environ
         try:
             self._headers = {k: _expand(v, environ) for k, v in self.settings.headers.items()}
         except LoadError as exc:
@@ -168,7 +198,7 @@ class OpenApiSource:
     async def _document(self) -> tuple[dict[str, Any], httpx.URL | None]:
         """The parsed spec and, when fetched, the URL it came from."""
         if self.settings.spec is not None:
-            raw = await asyncio.to_thread(Path(self.settings.spec).read_bytes)
+            raw = await WORKERS.run(Path(self.settings.spec).read_bytes)
             origin = None
         else:
             assert self._client is not None and self.settings.url is not None
@@ -444,6 +474,8 @@ def _expand(value: str, environ: Mapping[str, str]) -> str:
 
 
 def _describe(exc: BaseException) -> str:
+    if isinstance(exc, WorkersBusy):
+        return str(exc)
     if isinstance(exc, TimeoutError | httpx.TimeoutException):
         return "timed out"
     if isinstance(exc, httpx.HTTPError):

@@ -18,18 +18,20 @@
 
 Parameters may be ``str``, ``int``, ``float``, ``bool``, ``list[X]``, ``dict[str, X]``,
 ``X | None``, ``Literal[...]``, an ``Enum``, ``Annotated[X, "description"]`` or ``Any``;
-a default makes a parameter optional. Sync functions run in a worker thread (a
-timeout abandons the thread, it cannot stop it), async ones are awaited.
-Non-string results are returned as JSON. To tell the model what went wrong,
+a default makes a parameter optional. Sync functions run on the tools' own
+worker threads (``gateway.tools.workers.WORKERS``, never the event loop's
+default executor, which resolves DNS): a timeout abandons the thread, it cannot
+stop it, and while every worker is taken calls fail at once with a message for
+the model. Async ones are awaited. Non-string results are returned as JSON. To tell the model what went wrong,
 raise ``gateway.tools.base.ToolError``; any other exception is logged as a bug
 and the model only learns its type.
 """
 
 from __future__ import annotations
 
-import asyncio
 import collections.abc
 import enum
+import functools
 import importlib
 import inspect
 import re
@@ -43,6 +45,7 @@ import orjson
 from gateway.errors import Problems
 from gateway.tools.base import StaticSource, Tool, ToolError
 from gateway.tools.builtin import Options
+from gateway.tools.workers import WORKERS
 
 SIMPLE: dict[Any, dict[str, Any]] = {
     str: {"type": "string"},
@@ -194,10 +197,15 @@ class FunctionTool(Tool):
         if self._is_async:
             result = await self.func(**arguments)
         else:
-            result = await asyncio.to_thread(self.func, **arguments)
+            result = await WORKERS.run(functools.partial(self.func, **arguments))
+            if inspect.isawaitable(result):  # a callable object that only looks sync
+                result = await result
         if isinstance(result, str):
             return result
-        return orjson.dumps(result, default=_json_fallback).decode()
+        try:
+            return orjson.dumps(result, default=_json_fallback, option=orjson.OPT_NON_STR_KEYS).decode()
+        except orjson.JSONEncodeError:  # e.g. an integer past 64 bits
+            return str(result)
 
 
 def _json_fallback(value: Any) -> Any:

@@ -6,8 +6,15 @@
         ...                                                     # in completion order
 
 A tool failure is a message for the model, never an exception: unknown tools,
-arguments that are not JSON or do not fit the schema, timeouts, crashes all
-come back as an outcome whose `content` says what went wrong.
+arguments that are not JSON or do not fit the schema, timeouts, crashes (any
+exception, even ``CancelledError`` or ``SystemExit`` raised by the tool), odd
+return values, a full worker pool all come back as an outcome whose `content`
+says what went wrong. Every result passes the secret redactor before the model
+reads it.
+
+Names do not depend on who is up: a tool is prefixed with its source's name
+when its source is configured so, or when another source has ever offered the
+same name in this process, so a server going down renames nobody.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fnmatch
+import hashlib
 import logging
 import re
 import time
@@ -23,13 +31,22 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from jsonschema import validators
-from jsonschema.exceptions import SchemaError
 
 from gateway import metrics
+from gateway.redact import SECRETS
 from gateway.tools.base import Tool, ToolError, ToolOutput, ToolSource
+from gateway.tools.schema import Prepared, prepare
+from gateway.tools.workers import WORKERS, WorkersBusy
 
 log = logging.getLogger("toolgate.tools")
+
+MAX_ARGUMENT_CHARS = 1 << 20
+# Larger arguments are checked on a worker thread, inside the tool's timeout:
+# some checks are superlinear (uniqueItems compares every pair of items).
+INLINE_CHECK_CHARS = 1 << 10
+MAX_CLAIMS = 4096  # names remembered per source
+MAX_SCHEMA_CACHE = 1024
+BUSY = "the gateway's tool workers are all busy; try again in a moment"
 
 _NAME = re.compile(r"[^A-Za-z0-9_-]")
 
@@ -55,6 +72,7 @@ class Offer:
 
     tools: dict[str, Tool] = field(default_factory=dict)
     schemas: list[dict[str, Any]] = field(default_factory=list)
+    checks: dict[str, Prepared] = field(default_factory=dict)  # by name; missing ones are prepared on use
 
 
 class Toolbox:
@@ -76,8 +94,11 @@ class Toolbox:
         self._all: dict[str, Tool] = {}
         self._owners: dict[str, str] = {}
         self._schemas: dict[str, dict[str, Any]] = {}
+        self._checks: dict[str, Prepared] = {}
         self._offers: dict[tuple[str, ...], Offer] = {}
-        self._validators: dict[int, tuple[Tool, Any]] = {}  # id(tool) -> (tool, validator)
+        self._claims: dict[int, tuple[ToolSource, set[str]]] = {}  # id(source) -> every name it ever wanted
+        self._prepared: dict[bytes, Prepared] = {}  # by schema content, so a relisted tool costs nothing
+        self._said: set[tuple[Any, ...]] = set()  # warnings already logged
 
     # -- naming and selection -------------------------------------------------
 
@@ -87,50 +108,85 @@ class Toolbox:
         # take a freed one's id and hide a change.
         lists = [source.tools() for source in self.sources]
         if len(lists) != len(self._seen) or any(a is not b for a, b in zip(lists, self._seen)):
-            self._rebuild()
+            self._rebuild(lists)
             self._seen = lists
         return self._all
 
-    def _rebuild(self) -> None:
-        def wanted(source: ToolSource, tool: Tool) -> str:
-            return _clean_name(f"{source.name}_{tool.name}" if source.prefix else tool.name)
-
+    def _rebuild(self, lists: list[Sequence[Tool]]) -> None:
         # A clash is two sources wanting one offered name (a prefixed source's
-        # names clash with nobody's bare names).
-        owners: dict[str, list[ToolSource]] = {}
-        for source in self.sources:
-            for tool in source.tools():
-                owners.setdefault(wanted(source, tool), []).append(source)
+        # names clash with nobody's bare names). Claims are never given up, so
+        # the naming depends on what sources have offered, not on who is up now.
+        for source, tools in zip(self.sources, lists):
+            claimed = self._claims.setdefault(id(source), (source, set()))[1]
+            for tool in tools:
+                if len(claimed) < MAX_CLAIMS:
+                    claimed.add(_wanted(source, tool))
+        holders: dict[str, int] = {}
+        for _source, claimed in self._claims.values():
+            for name in claimed:
+                holders[name] = holders.get(name, 0) + 1
         named: dict[str, Tool] = {}
-        self._owners = {}
-        for source in self.sources:
-            for tool in source.tools():
-                name = wanted(source, tool)
-                if len(owners[name]) > 1 and not source.prefix:
-                    log.warning("tool %r is offered by several sources; prefixing with the source name", tool.name)
+        owners: dict[str, str] = {}
+        renamed: list[str] = []
+        for source, tools in zip(self.sources, lists):
+            for tool in tools:
+                name = _wanted(source, tool)
+                if holders.get(name, 0) > 1 and not source.prefix:
                     name = _clean_name(f"{source.name}_{tool.name}")
+                    if self._once("renamed", source.name, tool.name, name):
+                        renamed.append(f"{tool.name!r} of {source.name} as {name!r}")
                 if name in named:
-                    log.error("tool name %r is taken; %s's tool %r is left out", name, source.name, tool.name)
+                    if self._once("taken", source.name, tool.name, name):
+                        log.error("tool name %r is taken; %s's tool %r is left out", name, source.name, tool.name)
                     continue
                 named[name] = tool if name == tool.name else tool.renamed(name)
-                self._owners[name] = source.name
-        self._all = named
-        self._schemas = {name: self._schema(tool) for name, tool in named.items()}
+                owners[name] = source.name
+        if renamed:  # once per change of the naming, not at every rebuild
+            log.warning("tools offered by several sources are prefixed with the source name: %s", ", ".join(renamed))
+        self._all, self._owners = named, owners
+        self._checks = {name: self._prepare(tool) for name, tool in named.items()}
+        self._schemas = {name: self._schema(tool, self._checks[name]) for name, tool in named.items()}
         self._offers = {}
-        self._validators = {}
 
     def owners(self) -> dict[str, str]:
         """Offered tool name -> the name of its source."""
         self.all_tools()
         return self._owners
 
-    def _schema(self, tool: Tool) -> dict[str, Any]:
-        description = tool.description or ""
+    def _prepare(self, tool: Tool) -> Prepared:
+        """The tool's offered schema and validator, built once per distinct schema."""
+        try:
+            key = hashlib.blake2b(orjson.dumps(tool.parameters, option=orjson.OPT_SORT_KEYS), digest_size=16).digest()
+        except (TypeError, orjson.JSONEncodeError):
+            key = None  # not JSON: prepare() says so
+        prepared = self._prepared.get(key) if key is not None else None
+        if prepared is None:
+            prepared = prepare(tool.parameters)
+            if key is not None:
+                if len(self._prepared) >= MAX_SCHEMA_CACHE:
+                    self._prepared.pop(next(iter(self._prepared)))
+                self._prepared[key] = prepared
+        if prepared.problems and self._once("schema", tool.name, prepared.problems):
+            log.warning("parameter schema of tool %r: %s", tool.name, "; ".join(prepared.problems))
+        return prepared
+
+    def _schema(self, tool: Tool, prepared: Prepared) -> dict[str, Any]:
+        description = str(tool.description or "")
         if len(description) > self.max_description_chars:
-            log.warning("description of tool %r cut to %d characters", tool.name, self.max_description_chars)
+            if self._once("description", tool.name):
+                log.warning("description of tool %r cut to %d characters", tool.name, self.max_description_chars)
             description = description[: self.max_description_chars]
-        function = {"name": tool.name, "description": description, "parameters": dict(tool.parameters)}
+        function = {"name": tool.name, "description": description, "parameters": prepared.schema}
         return {"type": "function", "function": function}
+
+    def _once(self, *key: Any) -> bool:
+        """True the first time ``key`` is seen: for warnings worth saying once."""
+        if key in self._said:
+            return False
+        if len(self._said) >= 10_000:
+            self._said.clear()
+        self._said.add(key)
+        return True
 
     def select(self, patterns: Sequence[str]) -> Offer:
         tools = self.all_tools()
@@ -138,7 +194,8 @@ class Toolbox:
         offer = self._offers.get(key)
         if offer is None:
             chosen = {n: t for n, t in tools.items() if any(fnmatch.fnmatchcase(n, p) for p in key)}
-            offer = self._offers[key] = Offer(chosen, [self._schemas[n] for n in chosen])
+            schemas = [self._schemas[n] for n in chosen]
+            offer = self._offers[key] = Offer(chosen, schemas, {n: self._checks[n] for n in chosen})
         return offer
 
     # -- one round -------------------------------------------------------------
@@ -167,76 +224,92 @@ class Toolbox:
             available = ", ".join(offer.tools) or "none"
             outcome, content = "unknown_tool", f"Error: there is no tool named {name!r}. Available tools: {available}."
         else:
-            outcome, content = await self._call(tool, raw_args, gate)
-        text, cut = self._shape(content, tool_images)
+            prepared = offer.checks.get(name) or self._prepare(tool)
+            outcome, content = await self._call(tool, prepared, raw_args, gate)
+        text, cut = self._shape(name, content, tool_images)
         duration = time.perf_counter() - started
         metrics.tool_call(name if tool else "(unknown)", outcome, duration)
         return ToolOutcome(call["id"], name, raw_args, text, outcome, duration, cut)
 
-    async def _call(self, tool: Tool, raw_args: str, gate: asyncio.Semaphore | None) -> tuple[str, ToolOutput]:
+    async def _call(self, tool: Tool, prepared: Prepared, raw_args: str, gate: asyncio.Semaphore | None) -> tuple[str, ToolOutput]:
+        if not isinstance(raw_args, str):
+            return "bad_arguments", f"Error: the arguments for {tool.name} must be a JSON object, sent as a string."
+        if len(raw_args) > MAX_ARGUMENT_CHARS:
+            return "bad_arguments", f"Error: the arguments for {tool.name} are longer than {MAX_ARGUMENT_CHARS} characters."
         try:
             arguments = orjson.loads(raw_args) if raw_args.strip() else {}
         except orjson.JSONDecodeError as exc:
             return "bad_arguments", f"Error: the arguments for {tool.name} are not valid JSON ({exc}). Send a JSON object."
         if not isinstance(arguments, dict):
             return "bad_arguments", f"Error: the arguments for {tool.name} must be a JSON object."
-        problem = self._check(tool, arguments)
-        if problem:
-            return "bad_arguments", f"Error: the arguments do not fit the parameters of {tool.name}: {problem}"
         timeout = tool.timeout_s or self.timeout_s
         # Each call's timeout starts when it gets a slot, not while it queues.
         async with gate or contextlib.nullcontext():
-            return await self._timed(tool, arguments, timeout)
+            return await self._timed(tool, prepared, arguments, len(raw_args), timeout)
 
-    async def _timed(self, tool: Tool, arguments: dict[str, Any], timeout: float) -> tuple[str, ToolOutput]:
+    async def _timed(self, tool: Tool, prepared: Prepared, arguments: dict[str, Any], size: int, timeout: float) -> tuple[str, ToolOutput]:
+        """Check the arguments and call the tool, within the timeout; whatever it raises is an outcome."""
+        deadline = asyncio.timeout(timeout)
         try:
-            async with asyncio.timeout(timeout):
+            async with deadline:
+                problem = await self._check(prepared, arguments, size)
+                if problem:
+                    return "bad_arguments", f"Error: the arguments do not fit the parameters of {tool.name}: {problem}"
                 return "ok", await tool.call(arguments)
         except TimeoutError:
-            return "timeout", f"Error: {tool.name} did not finish within {timeout:g} s."
+            if deadline.expired():
+                return "timeout", f"Error: {tool.name} did not finish within {timeout:g} s."
+            log.warning("tool %s raised TimeoutError", tool.name)
+            return "error", f"Error: {tool.name} timed out."
         except ToolError as exc:
             return "error", f"Error: {exc}"
+        except WorkersBusy:
+            return "error", f"Error: {tool.name} could not run: {BUSY}."
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # our round is being cancelled, not just this tool
+            log.warning("tool %s raised CancelledError", tool.name)
+            return "error", f"Error: tool {tool.name} was cancelled."
         except Exception as exc:  # a bug in a tool must not fail the request
             log.exception("tool %s failed", tool.name)
             return "error", f"Error: {tool.name} failed ({type(exc).__name__})."
+        except BaseException as exc:
+            if isinstance(exc, GeneratorExit):  # our own coroutine is being closed
+                raise
+            # SystemExit, KeyboardInterrupt ... from tool code: the process is not exiting.
+            log.error("tool %s raised %s", tool.name, type(exc).__name__, exc_info=True)
+            return "error", f"Error: {tool.name} failed ({type(exc).__name__})."
 
-    def _check(self, tool: Tool, arguments: dict[str, Any]) -> str:
-        cached = self._validators.get(id(tool))
-        if cached is not None and cached[0] is tool:  # holding the tool keeps its id unique
-            validator = cached[1]
-        else:
-            try:
-                cls = validators.validator_for(tool.parameters)
-                cls.check_schema(tool.parameters)
-                validator = cls(tool.parameters)
-            except SchemaError:
-                validator = False  # a source's broken schema: don't block its calls
-            self._validators[id(tool)] = (tool, validator)
-        if validator is False:
+    async def _check(self, prepared: Prepared, arguments: dict[str, Any], size: int) -> str:
+        if prepared.validator is None:
             return ""
-        error = next(iter(validator.iter_errors(arguments)), None)
-        if error is None:
-            return ""
-        where = "/".join(str(p) for p in error.absolute_path)
-        return f"{where + ': ' if where else ''}{error.message}"
+        if size <= INLINE_CHECK_CHARS:
+            return prepared.check(arguments)
+        return await WORKERS.run(prepared.check, arguments)
 
-    def _shape(self, content: ToolOutput, tool_images: bool) -> tuple[str | list[dict[str, Any]], bool]:
-        """Cut long text with a visible marker; images become parts or placeholders."""
-        if isinstance(content, str):
-            return self._cut(content)
+    def _shape(self, name: str, content: Any, tool_images: bool) -> tuple[str | list[dict[str, Any]], bool]:
+        """Redacted text, long text cut with a visible marker; images become parts or placeholders."""
+        try:
+            return self._parts(content, tool_images)
+        except Exception:  # a result that cannot even be turned into text
+            log.exception("result of tool %s cannot be shown", name)
+            return f"Error: the result of {name} cannot be shown ({type(content).__name__}).", False
+
+    def _parts(self, content: Any, tool_images: bool) -> tuple[str | list[dict[str, Any]], bool]:
         if not isinstance(content, list):
-            return self._cut(str(content))
+            return self._cut(SECRETS(_text(content)))
         parts: list[dict[str, Any]] = []
         cut_any = False
         for part in content:
             if not isinstance(part, dict):  # a tool breaking the contract must not fail the request
-                part = {"type": "text", "text": str(part)}
+                part = {"type": "text", "text": _text(part)}
             if part.get("type") == "text":
-                text, cut = self._cut(part.get("text", ""))
+                text, cut = self._cut(SECRETS(_text(part.get("text", ""))))
                 cut_any |= cut
                 parts.append({"type": "text", "text": text})
             elif part.get("type") == "image_url" and tool_images:
-                parts.append(part)
+                parts.append(_redacted_image(part))
             else:
                 parts.append({"type": "text", "text": _placeholder(part)})
         if all(p["type"] == "text" for p in parts):
@@ -248,6 +321,32 @@ class Toolbox:
         if len(text) <= limit:
             return text, False
         return f"{text[:limit]}\n[... cut: {len(text) - limit} more characters not shown]", True
+
+
+def _wanted(source: ToolSource, tool: Tool) -> str:
+    return _clean_name(f"{source.name}_{tool.name}" if source.prefix else tool.name)
+
+
+def _text(value: Any) -> str:
+    """Any value a tool returned, as text for the model."""
+    if isinstance(value, str):
+        return value
+    if value is None:
+        return "(no output)"
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value).decode("utf-8", errors="replace")
+    try:
+        return orjson.dumps(value, default=str, option=orjson.OPT_NON_STR_KEYS).decode()
+    except (TypeError, orjson.JSONEncodeError):
+        return str(value)
+
+
+def _redacted_image(part: dict[str, Any]) -> dict[str, Any]:
+    image = part.get("image_url")
+    url = image.get("url") if isinstance(image, dict) else None
+    if not isinstance(url, str) or url.startswith("data:"):  # data URLs hold no secrets worth a scan
+        return part
+    return {**part, "image_url": {**image, "url": SECRETS(url)}}
 
 
 def _placeholder(part: dict[str, Any]) -> str:
