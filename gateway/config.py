@@ -57,7 +57,7 @@ class Upstream:
     type: str = "openai"
     api_key: Secret = field(default_factory=lambda: Secret(""))
     api_key_env: str = ""
-    headers: Mapping[str, str] = field(default_factory=dict, repr=False)  # may carry keys: all are secrets
+    headers: Mapping[str, str] = field(default_factory=dict, repr=False)  # secrets but _PUBLIC_HEADERS
     connect_timeout_s: float = 10.0
     read_timeout_s: float = 300.0
     retries: int = 2
@@ -153,8 +153,8 @@ class Settings:
 
             SECRETS.add(*settings.secrets())
 
-        Gateway API keys, upstream keys, every upstream header value (and the token of
-        ``Bearer <token>``), every query value but the public ones (``api-version``), the
+        Gateway API keys, upstream keys, every upstream header and query value but the
+        public ones (``X-Title``, ``api-version``), the token of ``Bearer <token>``, the
         password of a URL, and whatever a tool source reports through ``secrets()``.
         """
         found = [key.value for key in self.api_keys]
@@ -172,7 +172,7 @@ class Settings:
             name: {
                 **_plain(u),
                 "url": _shown_url(u.url),
-                "headers": {k: MASK for k in u.headers},
+                "headers": _shown_headers(u.headers),
                 "query": _shown_query(u.query),
             }
             for name, u in self.upstreams.items()
@@ -216,14 +216,20 @@ def _map_strings(value: Any, change: Any) -> Any:
 
 # --- secrets in upstream URLs, headers and queries ----------------------------------
 
-# Query names known to carry no secret: the host types' own defaults (Azure's api-version).
-# Every other query value is treated as one: `code` (Azure Functions), `sig` (SAS), `key`...
+# Names known to carry no secret. Every other value is treated as one (`code` for Azure
+# Functions, `sig` for SAS, `x-goog-api-key` ...): a missed key leaks, while a public value
+# taken for a secret masks a word in every log line (OpenRouter's X-Title, api-version's date).
 _PUBLIC_QUERY = frozenset(name for host in HOST_TYPES.values() for name, _ in host.query)
+_PUBLIC_HEADERS = frozenset(
+    {"accept", "content-type", "user-agent", "http-referer", "referer", "x-title", "anthropic-version", "openai-beta"}
+)
 
 
 def _upstream_secrets(upstream: Upstream) -> list[str]:
     found = [upstream.api_key.value]
-    for value in upstream.headers.values():
+    for name, value in upstream.headers.items():
+        if name.lower() in _PUBLIC_HEADERS:
+            continue
         found.append(value)
         scheme, _, token = value.strip().partition(" ")
         if token and scheme.isalpha():  # "Bearer sk-...": the token alone shows up in echoes
@@ -242,6 +248,10 @@ def _password(url: str) -> str:
 
 def _shown_query(query: Mapping[str, str]) -> dict[str, str]:
     return {k: v if k in _PUBLIC_QUERY else MASK for k, v in query.items()}
+
+
+def _shown_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    return {k: v if k.lower() in _PUBLIC_HEADERS else MASK for k, v in headers.items()}
 
 
 def _shown_url(url: str) -> str:
@@ -542,12 +552,11 @@ def _surprises(settings: Settings, keys_env: str, warnings: Problems) -> None:
             f"{short} key(s) in {keys_env} have fewer than {MIN_LENGTH} characters: they cannot be redacted reliably",
         )
     for i, alias in enumerate(settings.models.values()):
-        upstream = settings.upstreams.get(alias.upstream)
-        ceiling = alias.max_output_tokens or (upstream.max_output_tokens if upstream else None)
+        ceiling = alias.max_output_tokens or settings.upstreams[alias.upstream].max_output_tokens
         for where, params in (("defaults", alias.defaults), ("overrides", alias.overrides)):
             for param in _OUTPUT_PARAMS:
                 value = params.get(param)
-                if ceiling and isinstance(value, int) and value > ceiling:
+                if isinstance(value, int) and value > ceiling:
                     warnings.add(
                         f"models[{i}].{where}.{param}", f"{value} is above the output ceiling of {ceiling}; {ceiling} is sent"
                     )

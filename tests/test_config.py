@@ -647,7 +647,7 @@ def test_secrets_lists_every_key_header_query_and_source_secret():
             "default": {
                 "url": "https://user:url-pass-1@x.example/v1?api-key=q-key-123&api-version=2024-10-21",
                 "api_key_env": "UP_KEY",
-                "headers": {"Authorization": "Bearer hdr-token-9", "x-org": "org-id-77"},
+                "headers": {"Authorization": "Bearer hdr-token-9", "x-org": "org-id-77", "X-Title": "toolgate"},
                 "query": {"code": "fn-code-55"},
                 "type": "azure",
             },
@@ -661,7 +661,9 @@ def test_secrets_lists_every_key_header_query_and_source_secret():
         "client-1", "client-2", "sk-up-1", "sk-other-2", "Bearer hdr-token-9", "hdr-token-9", "org-id-77",
         "q-key-123", "fn-code-55", "url-pass-1", "source-secret-1",
     }  # fmt: skip
-    assert "2024-10-21" not in secrets  # api-version is public: masking it would mask dates in every log
+    # Public values are no secrets: masking them would mask dates, or the product's name, in every log.
+    assert "2024-10-21" not in secrets and "toolgate" not in secrets
+    assert settings.describe()["upstreams"]["default"]["headers"] == {"Authorization": "***", "x-org": "***", "X-Title": "toolgate"}
     assert not {"q-key-123", "fn-code-55", "hdr-token-9"} & set(repr(settings).split("'"))
     assert len(secrets) == len(set(secrets))
 
