@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 
@@ -28,8 +29,8 @@ from gateway.redact import SECRETS
 from gateway.tools.base import SourceContext, ToolSource
 from gateway.tools.toolbox import Toolbox
 from gateway.tools.workers import WORKERS
-from gateway.transports import create_transport
-from gateway.upstream import UpstreamClient
+from gateway.transports import Transport, create_transport
+from gateway.upstream import Reachability, UpstreamClient, probe
 
 log = logging.getLogger("toolgate")
 
@@ -72,6 +73,8 @@ def create_app(
             # /readyz says "starting" until every source is up or has given up.
             runtime.starting = asyncio.ensure_future(_start_sources(settings.sources, context, runtime))
             stack.push_async_callback(_cancel, runtime.starting)
+            runtime.probe = lambda: _probe_upstreams(upstream, runtime)
+            stack.push_async_callback(runtime.stop_probing)
             yield
             runtime.started = False
 
@@ -105,6 +108,17 @@ async def _start_sources(sources: Sequence[ToolSource], context: SourceContext, 
             log.error("tool source %s failed to start: %s", source.name, type(result).__name__)
     runtime.started = True
     log.info("ready: %d models, %d tools", len(runtime.settings.models), len(runtime.toolbox.all_tools()))
+
+
+async def _probe_upstreams(transport: Transport, runtime: routes.Runtime) -> None:
+    """Refresh /readyz's view of each upstream (in the background; never on the request path)."""
+    upstreams = [u for u in runtime.settings.upstreams.values() if u.url]
+    results = await asyncio.gather(*(probe(transport, u) for u in upstreams))
+    for upstream, (reachable, detail) in zip(upstreams, results):
+        seen = runtime.reachability.setdefault(upstream.name, Reachability())
+        if seen.reachable is not False and not reachable:
+            log.warning("upstream %s cannot be reached: %s", upstream.name, detail)
+        seen.reachable, seen.detail, seen.checked = reachable, detail, time.time()
 
 
 async def _cancel(task: asyncio.Future) -> None:

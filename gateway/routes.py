@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -18,10 +19,11 @@ from gateway.loop import LoopJob, run_loop
 from gateway.pump import Timing, pump
 from gateway.redact import SECRETS
 from gateway.tools.toolbox import Offer, Toolbox
-from gateway.upstream import UpstreamClient
+from gateway.upstream import Reachability, UpstreamClient
 from gateway.wire import ChatRequest, lead_messages, parse_request, upstream_params
 
 _NO_TOOLS = Offer()
+PROBE_EVERY_S = 30.0
 
 
 class Runtime:
@@ -35,6 +37,26 @@ class Runtime:
         self.starting: asyncio.Future | None = None  # the lifespan's task that starts them
         self.demo = False  # the default upstream is the scripted demo model
         self.in_flight = 0
+        self.reachability: dict[str, Reachability] = {}  # upstream name -> last probe
+        self.probe: Callable[[], Awaitable[None]] | None = None  # set in the lifespan
+        self._probing: asyncio.Future | None = None
+        self._probed = 0.0
+
+    def probe_soon(self) -> None:
+        """Probe the upstreams in the background when the last probe is older than PROBE_EVERY_S:
+        the readiness checker's own polling paces it, and nobody asking costs the host nothing."""
+        now = time.monotonic()
+        if self.probe is None or (self._probing is not None and not self._probing.done()):
+            return
+        if self._probed and now - self._probed < PROBE_EVERY_S:
+            return
+        self._probed = now
+        self._probing = asyncio.ensure_future(self.probe())
+
+    async def stop_probing(self) -> None:
+        if self._probing is not None:
+            self._probing.cancel()
+            await asyncio.gather(self._probing, return_exceptions=True)
 
     def alias(self, name: str) -> ModelAlias:
         alias = self.settings.models.get(name)
@@ -221,6 +243,7 @@ def readyz(runtime: Runtime):
             return JSONResponse({"status": "draining", "reason": "the gateway is shutting down"}, status_code=503)
         if not runtime.started:
             return JSONResponse({"status": "starting", "reason": "tool sources are starting"}, status_code=503)
+        runtime.probe_soon()
         body: dict[str, Any] = {"status": "ready"}
         degraded = {
             source.name: status.detail
@@ -230,6 +253,14 @@ def readyz(runtime: Runtime):
         if degraded:
             # Still serving: a tool source that is down leaves its tools out, nothing more.
             body = {"status": "degraded", "reason": "some tool sources are not ready", "sources": degraded}
+        upstreams = {name: seen.as_dict() for name, seen in runtime.reachability.items()}
+        if upstreams:
+            body["upstreams"] = upstreams
+            if any(seen["reachable"] is False for seen in upstreams.values()):
+                # Reported, and still 200: every replica shares the upstream, so failing
+                # readiness would take them all out of the load balancer at once.
+                body["status"] = "degraded"
+                body.setdefault("reason", "an upstream cannot be reached")
         if runtime.demo:
             # Ready, and never to be mistaken for a real upstream.
             body["demo"] = True

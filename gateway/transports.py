@@ -44,6 +44,9 @@ class Reply(Protocol):
 class Transport(Protocol):
     async def post(self, url: str, headers: Mapping[str, str], body: bytes, *, connect_s: float, read_s: float, name: str) -> Reply: ...
 
+    async def status(self, url: str, headers: Mapping[str, str], *, timeout_s: float, name: str) -> int:
+        """The status of a GET (the body is not read); the gateway's errors if it cannot be had."""
+
     async def aclose(self) -> None: ...
 
 
@@ -130,6 +133,12 @@ class AiohttpTransport:
             response = await self.session.post(url, data=body, headers=headers, timeout=timeout, allow_redirects=False)
         return AiohttpReply(response, name)
 
+    async def status(self, url: str, headers: Mapping[str, str], *, timeout_s: float, name: str) -> int:
+        timeout = aiohttp.ClientTimeout(total=timeout_s)
+        with _aiohttp_errors(name):
+            async with self.session.get(url, headers=headers, timeout=timeout, allow_redirects=False) as response:
+                return response.status
+
     async def aclose(self) -> None:
         await self.session.close()
 
@@ -183,6 +192,11 @@ class HttpxTransport:
         with _httpx_errors(name):
             response = await self.client.send(request, stream=True)
         return HttpxReply(response, name)
+
+    async def status(self, url: str, headers: Mapping[str, str], *, timeout_s: float, name: str) -> int:
+        with _httpx_errors(name):
+            response = await self.client.get(url, headers=headers, timeout=timeout_s)
+        return response.status_code
 
     async def aclose(self) -> None:
         await self.client.aclose()

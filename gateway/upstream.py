@@ -195,6 +195,35 @@ async def _batches(reply: Reply) -> AsyncIterator[list[Any]]:
     raise UpstreamError("The upstream stream ended before [DONE]: the answer is truncated.")
 
 
+class Reachability:
+    """What the last probe of an upstream found, for /readyz."""
+
+    __slots__ = ("reachable", "detail", "checked")
+
+    def __init__(self) -> None:
+        self.reachable: bool | None = None  # None: not probed yet
+        self.detail = "not probed yet"
+        self.checked = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"reachable": self.reachable, "detail": self.detail, "checked": round(self.checked, 3)}
+
+
+PROBE_TIMEOUT_S = 5.0
+
+
+async def probe(transport: Transport, upstream: Upstream) -> tuple[bool, str]:
+    """Can the host be reached? Any HTTP answer from its models path (even 401) says yes."""
+    target = _Target(upstream)
+    models = upstream.host.models_path
+    url = models(upstream.url) + target.query if models else upstream.url
+    try:
+        status = await transport.status(url, target.headers, timeout_s=min(PROBE_TIMEOUT_S, upstream.connect_timeout_s + 2), name=upstream.name)
+    except UpstreamError as exc:
+        return False, exc.message
+    return True, f"answered {status}"
+
+
 def _batch(events: list[bytes]) -> tuple[list[Any], bool]:
     """The parsed chunks among SSE payloads, and whether [DONE] was among them."""
     batch = []

@@ -79,3 +79,22 @@ async def test_readyz_names_the_demo_upstream():
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://t") as client:
             ready = await client.get("/readyz")
     assert ready.status_code == 200 and ready.json()["demo"] is True
+
+
+async def test_readyz_reports_an_upstream_that_cannot_be_reached():
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    config = settings({"upstreams": {"default": {"url": f"http://127.0.0.1:{port}/v1", "connect_timeout_s": 1}}})
+    server, task, base, sock = await _serve(config)
+    try:
+        async with httpx.AsyncClient(base_url=base, timeout=5) as client, asyncio.timeout(10):
+            while "upstreams" not in (ready := (await client.get("/readyz")).json()):
+                await asyncio.sleep(0.02)
+        assert ready["status"] == "degraded"
+        assert ready["upstreams"]["default"]["reachable"] is False
+        assert str(port) not in str(ready)  # no address in what a probe shows
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 10)
+        sock.close()
