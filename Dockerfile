@@ -4,8 +4,11 @@
 #     -e TOOLGATE_UPSTREAM_API_KEY=sk-... -e TOOLGATE_API_KEYS=my-client-key toolgate
 FROM python:3.11-slim
 
+# TOOLGATE_REQUIRE_UPSTREAM: without an upstream URL the container refuses to start
+# (exit 2) instead of serving the demo model; `serve --demo` asks for the demo.
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 \
-    TOOLGATE_HOST=0.0.0.0 TOOLGATE_PORT=8080 TOOLGATE_CONFIG=/app/config/toolgate.toml
+    TOOLGATE_HOST=0.0.0.0 TOOLGATE_PORT=8080 TOOLGATE_CONFIG=/app/config/toolgate.toml \
+    TOOLGATE_REQUIRE_UPSTREAM=1
 
 WORKDIR /app
 COPY pyproject.toml README.md ./
@@ -14,9 +17,9 @@ RUN pip install . && useradd --system --uid 10001 --home-dir /app toolgate
 # Mount your own config over this directory.
 COPY config ./config
 
-USER toolgate
+USER 10001
 EXPOSE 8080
 HEALTHCHECK --interval=15s --timeout=3s --start-period=10s \
-    CMD python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8080/healthz', timeout=2)"
+    CMD python -c "import os, urllib.request; urllib.request.urlopen(f\"http://127.0.0.1:{os.environ.get('TOOLGATE_PORT', '8080')}/healthz\", timeout=2)"
 ENTRYPOINT ["toolgate"]
 CMD ["serve"]

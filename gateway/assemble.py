@@ -105,6 +105,11 @@ def turn_from_completion(body: Any) -> Turn:
     calls = [_tool_call(c) for c in raw_calls if isinstance(c, dict)]
     reasoning = _text(raw.get("reasoning_content") or raw.get("reasoning"), "reasoning")
     message = _message(_text(raw.get("content"), "content"), calls, _text(raw.get("refusal"), "refusal"), reasoning)
+    # Output the client asked for and the gateway does not touch: citations, spoken audio.
+    if isinstance(raw.get("annotations"), list) and raw["annotations"]:
+        message["annotations"] = raw["annotations"]
+    if isinstance(raw.get("audio"), dict):
+        message["audio"] = raw["audio"]
     finish = choice.get("finish_reason")
     logprobs = choice.get("logprobs")
     return Turn(message, finish if isinstance(finish, str) and finish else "stop", _usage(body.get("usage")), logprobs if isinstance(logprobs, dict) else None)
@@ -123,7 +128,7 @@ class StreamAssembler:
 
     __slots__ = (
         "_content", "_reasoning", "_refusal", "_calls", "_ids", "_indexes", "_last", "finish_reason", "usage",
-        "answered", "_max_repeats", "_repeat", "_repeats",
+        "answered", "_max_repeats", "_repeat", "_repeats", "_annotations",
     )  # fmt: skip
 
     def __init__(self, *, max_repeats: int = 0) -> None:
@@ -137,6 +142,7 @@ class StreamAssembler:
         self.finish_reason: str | None = None
         self.usage: dict[str, Any] | None = None
         self.answered = False  # a chunk with a choice came
+        self._annotations: list[Any] = []
         # A model stuck repeating one piece streams until its token limit: stop it sooner.
         self._max_repeats = max_repeats
         self._repeat: str | None = None
@@ -169,6 +175,8 @@ class StreamAssembler:
         for call in calls:
             if isinstance(call, dict):
                 self._fold_call(call)
+        if isinstance(delta.get("annotations"), list):
+            self._annotations += delta["annotations"]
         refusal = _text(delta.get("refusal"), "refusal")
         if refusal:
             self._refusal.append(refusal)
@@ -263,4 +271,6 @@ class StreamAssembler:
             "".join(self._refusal) or None,
             "".join(self._reasoning) or None,
         )
+        if self._annotations:
+            message["annotations"] = self._annotations
         return Turn(message, self.finish_reason or "stop", self.usage)

@@ -139,6 +139,8 @@ class ChatSSE:
         message = final.message
         if message.get("refusal"):
             out += self._delta({"refusal": message["refusal"]})
+        if message.get("annotations"):
+            out += self._delta({"annotations": message["annotations"]})
         if final.client_tool_calls:
             calls = [{"index": i, **call} for i, call in enumerate(final.client_tool_calls)]
             out += self._delta({"tool_calls": calls})

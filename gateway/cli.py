@@ -95,6 +95,14 @@ def _serve(args: argparse.Namespace) -> None:
     port = args.port or server.port
     default = settings.upstreams[server.default_upstream]
     demo = args.demo or not default.url
+    if demo and not args.demo and os.environ.get("TOOLGATE_REQUIRE_UPSTREAM", "") not in ("", "0"):
+        # Set in the container image: a deployment without an upstream is a mistake, not a demo.
+        print(
+            f"{settings.path}: upstreams.{server.default_upstream}.url: no upstream URL is set; "
+            "set TOOLGATE_UPSTREAM_URL, or run `toolgate serve --demo` for the scripted demo model",
+            file=sys.stderr,
+        )
+        raise SystemExit(2)
     if not settings.api_keys:
         if host not in LOOPBACK and not args.host and "TOOLGATE_HOST" not in os.environ:
             log.warning("no API keys: binding 127.0.0.1, not %s from the config; say --host to insist", host)

@@ -133,6 +133,9 @@ def parse_request(body: bytes, *, max_messages: int = 2048) -> ChatRequest:
     stream = raw.get("stream") or False
     if not isinstance(stream, bool):
         raise _invalid("stream must be true or false.", "stream")
+    if stream and raw.get("audio") is not None:
+        # Streamed audio arrives in pieces the gateway would have to relay one by one; it does not.
+        raise _invalid("Audio output is supported on non-streamed requests only.", "audio")
     options = raw.get("stream_options")
     params: dict[str, Any] = {}
     extras: dict[str, Any] = {}

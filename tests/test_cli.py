@@ -131,3 +131,11 @@ def test_bad_env_override_exits_2():
     result = toolgate("check", "--config", str(SHIPPED), env={"TOOLGATE_PORT": "http"})
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [f"{SHIPPED}: TOOLGATE_PORT: expected a port number, got 'http'"]
+
+
+def test_the_container_refuses_to_start_without_an_upstream():
+    # The image sets TOOLGATE_REQUIRE_UPSTREAM: a deployment that forgot its URL must not serve the demo.
+    env = {"TOOLGATE_REQUIRE_UPSTREAM": "1"}
+    result = toolgate("serve", "--config", str(SHIPPED), "--port", "1", env=env)
+    assert result.returncode == 2
+    assert "no upstream URL is set" in result.stderr and "--demo" in result.stderr

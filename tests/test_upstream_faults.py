@@ -232,3 +232,19 @@ async def test_the_concurrency_cap_is_a_logged_429(caplog):
         assert (await first).status_code == 200
     assert second.status_code == 429 and second.headers["retry-after"] == "1"
     assert sorted(r.fields["status"] for r in caplog.records if r.name == "toolgate.access") == [200, 429]
+
+
+async def test_annotations_and_audio_reach_the_client():
+    cites = [{"type": "url_citation", "url_citation": {"url": "https://example.org", "title": "E", "start_index": 0, "end_index": 2}}]
+    reply = completion("hi")
+    reply["choices"][0]["message"] |= {"annotations": cites, "audio": {"id": "a1", "data": "UklGRg==", "transcript": "hi", "expires_at": 1}}
+    streamed = sse_body(chunk({"content": "hi"}), chunk({"annotations": cites}), chunk({}, "stop"))
+    async with gateway(settings(), ScriptedUpstream(reply, streamed)) as client:
+        plain = await post(client, modalities=["text", "audio"], audio={"voice": "alloy", "format": "wav"})
+        stream = await post(client, stream=True)
+        refused = await post(client, stream=True, audio={"voice": "alloy", "format": "wav"})
+    message = plain.json()["choices"][0]["message"]
+    assert message["annotations"] == cites and message["audio"]["transcript"] == "hi"
+    deltas = [p["choices"][0]["delta"] for p in sse_events(stream.text) if p != "[DONE]" and p["choices"]]
+    assert {"annotations": cites} in deltas
+    assert refused.status_code == 400 and refused.json()["error"]["param"] == "audio"
