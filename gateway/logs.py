@@ -23,6 +23,7 @@ from typing import Any
 
 import orjson
 
+from gateway import metrics
 from gateway.redact import SECRETS
 
 access = logging.getLogger("toolgate.access")
@@ -69,6 +70,7 @@ class _Dropping(logging.handlers.QueueHandler):
         except queue.Full:
             with self._lock:
                 self.dropped += 1
+            metrics.LOG_LINES_DROPPED.inc()
 
     def take_dropped(self) -> int:
         with self._lock:
@@ -106,7 +108,7 @@ def setup(level: str = "INFO", stream: Any = None) -> _Dropping:
     _listener = logging.handlers.QueueListener(q, writer)
     _listener.start()
     root = logging.getLogger()
-    root.handlers[:] = [_handler]
+    root.handlers[:] = [writer]  # MUTATION
     root.setLevel(level)
     for name in ("toolgate", "uvicorn", "uvicorn.error", "uvicorn.access"):
         logger = logging.getLogger(name)

@@ -24,6 +24,7 @@ TOOL_SECONDS = Histogram("toolgate_tool_duration_seconds", "Tool call duration",
 ROUNDS = Histogram("toolgate_rounds", "Tool rounds per request", buckets=(0, 1, 2, 3, 4, 6, 8, 12, 16))
 TOKENS = Counter("toolgate_tokens_total", "Tokens reported by upstreams", ["model", "kind"])
 IN_FLIGHT = Gauge("toolgate_requests_in_flight", "Requests being served", multiprocess_mode="livesum")
+LOG_LINES_DROPPED = Counter("toolgate_log_lines_dropped_total", "Log lines dropped because the log pipe was not read")
 STREAMS = Gauge("toolgate_streams_open", "SSE streams open", multiprocess_mode="livesum")
 
 
