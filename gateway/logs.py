@@ -108,7 +108,7 @@ def setup(level: str = "INFO", stream: Any = None) -> _Dropping:
     _listener = logging.handlers.QueueListener(q, writer)
     _listener.start()
     root = logging.getLogger()
-    root.handlers[:] = [writer]  # MUTATION
+    root.handlers[:] = [_handler]
     root.setLevel(level)
     for name in ("toolgate", "uvicorn", "uvicorn.error", "uvicorn.access"):
         logger = logging.getLogger(name)
