@@ -14,7 +14,6 @@ entries out. That is where tokens live, and a model has no need to see them.
 
 from __future__ import annotations
 
-import asyncio
 import codecs
 import os
 import stat
@@ -24,6 +23,7 @@ from typing import Any
 from gateway.errors import Problems
 from gateway.tools.base import Tool, ToolError
 from gateway.tools.builtin import Options
+from gateway.tools.workers import WORKERS, WorkersBusy
 
 # Pseudo-filesystems: "regular" files there are live kernel state (/proc/self/environ).
 FORBIDDEN = tuple(Path(p) for p in ("/proc", "/sys", "/dev"))
@@ -186,7 +186,7 @@ class ReadFile(Tool):
         self.max_bytes = max_bytes
 
     async def call(self, arguments: dict[str, Any]) -> str:
-        return await asyncio.to_thread(read_text, self.roots, arguments.get("path"), self.max_bytes)
+        return await _off_loop(read_text, self.roots, arguments.get("path"), self.max_bytes)
 
 
 class ListDir(Tool):
@@ -206,7 +206,7 @@ class ListDir(Tool):
 
     async def call(self, arguments: dict[str, Any]) -> str:
         path = arguments.get("path") or "."
-        return await asyncio.to_thread(list_entries, self.roots, path, self.max_entries)
+        return await _off_loop(list_entries, self.roots, path, self.max_entries)
 
 
 def _roots(opts: Options) -> Roots:
@@ -236,3 +236,11 @@ def build_list_dir(options: dict[str, Any], problems: Problems, key: str) -> Lis
     roots = _roots(opts)
     max_entries = opts.number("max_entries", 1000, integer=True)
     return ListDir(roots, max_entries=max_entries) if opts.finish() else None
+
+
+async def _off_loop(func: Any, *args: Any) -> str:
+    # The tools' own threads, not the default executor: a hung filesystem must not delay DNS.
+    try:
+        return await WORKERS.run(func, *args)
+    except WorkersBusy:
+        raise ToolError("the gateway's tool workers are all busy; try again") from None
