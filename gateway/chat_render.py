@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 
 from gateway import sse
-from gateway.events import Delta, Event, Final, Opening, ToolFinished, ToolStarted
+from gateway.events import Delta, Event, Final, Opening, RoundUsage, ToolFinished, ToolStarted
 
 
 @dataclass(slots=True)
@@ -98,6 +98,8 @@ class ChatSSE:
 
     def __init__(self, view: ChatView) -> None:
         self.view = view
+        self._spoke = False  # content went out in an earlier round
+        self._fresh = True  # no content yet in this round
         head = orjson.dumps({"id": completion_id(), "object": "chat.completion.chunk", "created": int(time.time()), "model": view.alias})
         self._head = b"data: " + head[:-1] + b',"choices":[{"index":0,"delta":'
         self._usage_head = b"data: " + head[:-1] + b',"choices":[],"usage":'
@@ -107,12 +109,21 @@ class ChatSSE:
 
     def feed(self, event: Any) -> bytes:
         if isinstance(event, Delta):
+            if event.content and self._fresh:
+                self._fresh = False
+                if self._spoke:
+                    # Text from a round before the tools ran, then this round's: keep them apart.
+                    event = Delta("\n\n" + event.content, event.reasoning, event.logprobs)
             if event.logprobs is not None:
                 delta = {k: v for k, v in (("content", event.content), ("reasoning_content", event.reasoning)) if v}
                 return self._delta(delta, logprobs={"content": event.logprobs})
             if event.reasoning is None:
                 return self._head + b'{"content":' + orjson.dumps(event.content) + b"}" + _OPEN_TAIL
             return self._delta({k: v for k, v in (("content", event.content), ("reasoning_content", event.reasoning)) if v})
+        if isinstance(event, RoundUsage):
+            self._spoke |= not self._fresh
+            self._fresh = True
+            return b""
         if isinstance(event, (ToolStarted, ToolFinished)):
             return self._delta({"reasoning_content": _progress_text(event)}) if self.view.progress else b""
         if isinstance(event, Final):

@@ -17,10 +17,11 @@ class Delta:
 
 @dataclass(frozen=True, slots=True)
 class RoundUsage:
-    """Token usage of one upstream call, as soon as it is known (accounting survives later failures)."""
+    """One upstream call is done: its usage as soon as it is known (accounting survives later
+    failures; None when the host sent none). It also marks where a round's text ends."""
 
     round: int
-    usage: dict[str, Any]
+    usage: dict[str, Any] | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +39,7 @@ class ToolFinished:
     name: str
     outcome: str  # "ok" | "error" | "timeout" | "unknown_tool" | "bad_arguments"
     duration_s: float
+    content: Any = None  # what the model reads: the result, or what went wrong
 
 
 @dataclass(slots=True)
@@ -53,6 +55,8 @@ class Final:
     # Tool-call deltas the client must see (client tools handed back).
     client_tool_calls: list[dict[str, Any]] | None = None
     logprobs: dict[str, Any] | None = None  # the last call's choice logprobs (non-streamed)
+    # Server tool calls that wait for the client's approval (not run; the Responses API).
+    approval_requests: list[dict[str, Any]] | None = None
 
 
 @dataclass(frozen=True, slots=True)

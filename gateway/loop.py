@@ -13,7 +13,7 @@ are bounded by `max_rounds`, after which one last call with
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any
@@ -48,6 +48,10 @@ class LoopJob:
     request_id: str = ""
     client_auth: str = ""
     trace: bool = False
+    # Server tools whose calls wait for the client's approval (the Responses API's require_approval).
+    ask_first: Callable[[str], bool] | None = None
+    # Calls held for approval earlier, with the client's answer: run (or refused) before round 1.
+    resume: list[tuple[dict[str, Any], bool]] | None = None
 
 
 _TOKEN_PARAMS = ("max_completion_tokens", "max_tokens")
@@ -99,11 +103,18 @@ async def run_loop(job: LoopJob, upstream: UpstreamClient, toolbox: Toolbox) -> 
     keep_reasoning = job.upstream.host.send_reasoning
 
     usage: dict[str, Any] | None = None
-    tool_calls = 0
-    trace: list[dict[str, Any]] = []
+    tally = _Tally(job)
     streaks: dict[tuple[str, str], int] = {}
-    spoke = False  # content already streamed in an earlier round
     last_call = not tools
+
+    if job.resume:
+        # Calls held for approval in an earlier response: run the approved, answer the denied.
+        approved = [call for call, yes in job.resume if yes]
+        async for event in _run_calls(job, toolbox, approved, 0, tally):
+            yield event
+        for call, yes in job.resume:
+            if not yes:
+                job.messages.append({"role": "tool", "tool_call_id": call["id"], "content": "Error: the user did not approve this call."})
 
     for round_no in range(job.max_rounds + 1):
         if round_no == job.max_rounds and not last_call:
@@ -112,7 +123,7 @@ async def run_loop(job: LoopJob, upstream: UpstreamClient, toolbox: Toolbox) -> 
                 raise LoopLimit(f"The model was still calling tools after {job.max_rounds} rounds.")
         if budget.exhausted:
             # The tokens the client allowed are spent on earlier rounds: say so, do not call again.
-            yield Final({"role": "assistant", "content": ""}, "length", usage, round_no, tool_calls, trace)
+            yield tally.final({"role": "assistant", "content": ""}, "length", usage, round_no)
             return
         body = {**base, "messages": job.messages}
         budget.apply(body)
@@ -121,79 +132,102 @@ async def run_loop(job: LoopJob, upstream: UpstreamClient, toolbox: Toolbox) -> 
 
         if job.stream:
             assembler = StreamAssembler(max_repeats=job.max_repeated_deltas)
-            fresh = True  # no content yet in this round
             async with aclosing(upstream.stream(job.upstream, body, request_id=job.request_id, client_auth=job.client_auth)) as batches:
                 async for chunks in batches:
                     delta = assembler.feed_many(chunks)
-                    if delta is None:
-                        continue
-                    if delta.content and fresh:
-                        fresh = False
-                        if spoke:
-                            yield Delta("\n\n")
-                    yield delta
-            spoke |= not fresh
+                    if delta is not None:
+                        yield delta
             turn = assembler.finish()
         else:
             turn = turn_from_completion(await upstream.complete(job.upstream, body, request_id=job.request_id, client_auth=job.client_auth))
         if isinstance(turn.usage, dict):
             usage = add_usage(usage, turn.usage)
             budget.add(turn.usage)
-            yield RoundUsage(round_no + 1, turn.usage)
+        yield RoundUsage(round_no + 1, turn.usage)
 
         calls = turn.message.get("tool_calls")
         if not calls or last_call or turn.finish_reason == "length":
             # A reply cut by its token limit may hold a half-written call: never run it.
-            yield _final(turn, usage, round_no, tool_calls, trace)
+            yield _final(turn, usage, round_no, tally)
             return
 
         _unique_ids(calls)
-        server = [c for c in calls if c["function"]["name"] not in client_names]
         handed_back = [c for c in calls if c["function"]["name"] in client_names]
+        server = [c for c in calls if c["function"]["name"] not in client_names]
+        held = [c for c in server if job.ask_first is not None and job.ask_first(c["function"]["name"])]
+        server = [c for c in server if c not in held]
         message = {**turn.message, "tool_calls": calls}
         if not keep_reasoning:
             message.pop("reasoning_content", None)
         job.messages.append(message)
-        allowed = max(0, job.max_tool_calls - tool_calls)
-        run, refused = server[:allowed], server[allowed:]
-        tool_calls += len(run)
-        for call in run:
-            yield ToolStarted(round_no + 1, call["id"], call["function"]["name"], call["function"]["arguments"])
-        results = {}
-        async with aclosing(toolbox.run_round(run, job.offer, tool_images=job.upstream.host.tool_images)) as outcomes:
-            async for outcome in outcomes:
-                results[outcome.call_id] = outcome
-                yield ToolFinished(round_no + 1, outcome.call_id, outcome.name, outcome.outcome, outcome.duration_s)
-        for call in run:
-            outcome = results[call["id"]]
-            job.messages.append({"role": "tool", "tool_call_id": call["id"], "content": outcome.content})
-            if job.trace:
-                trace.append(
-                    {
-                        "round": round_no + 1,
-                        "name": outcome.name,
-                        "arguments": outcome.arguments,
-                        "duration_ms": round(outcome.duration_s * 1000, 3),
-                        "outcome": outcome.outcome,
-                        "cut": outcome.cut,
-                    }
-                )
-        for call in refused:
+        allowed = max(0, job.max_tool_calls - tally.tool_calls)
+        async for event in _run_calls(job, toolbox, server[:allowed], round_no + 1, tally):
+            yield event
+        for call in server[allowed:]:
             # Every call gets its one reply, even one the limit kept from running.
             note = f"Error: not run: this request reached its limit of {job.max_tool_calls} tool calls. Answer with what you have."
             job.messages.append({"role": "tool", "tool_call_id": call["id"], "content": note})
-            if job.trace:
-                trace.append({"round": round_no + 1, "name": call["function"]["name"], "arguments": call["function"]["arguments"], "duration_ms": 0.0, "outcome": "not_run", "cut": False})
+            tally.note(round_no + 1, call, "not_run")
 
-        if handed_back:
-            message = {"role": "assistant", "content": turn.message.get("content"), "tool_calls": handed_back}
-            yield Final(message, "tool_calls", usage, round_no + 1, tool_calls, trace, client_tool_calls=handed_back)
+        if handed_back or held:
+            # The client's own calls, and calls that wait for its approval, go back to it.
+            message = {"role": "assistant", "content": turn.message.get("content"), "tool_calls": [*handed_back, *held]}
+            final = tally.final(message, "tool_calls", usage, round_no + 1)
+            final.client_tool_calls = handed_back or None
+            final.approval_requests = held or None
+            yield final
             return
-        last_call = _repeating(server, streaks, job.repeat_limit) or tool_calls >= job.max_tool_calls
+        last_call = _repeating(server, streaks, job.repeat_limit) or tally.tool_calls >= job.max_tool_calls
     raise AssertionError("unreachable: the last round always answers")
 
 
-def _final(turn: Turn, usage: dict[str, Any] | None, rounds: int, tool_calls: int, trace: list) -> Final:
+class _Tally:
+    """The loop's facts so far: server tool calls run, and the trace of each."""
+
+    __slots__ = ("job", "tool_calls", "trace")
+
+    def __init__(self, job: LoopJob) -> None:
+        self.job = job
+        self.tool_calls = 0
+        self.trace: list[dict[str, Any]] = []
+
+    def note(self, round_no: int, call: dict[str, Any], outcome: str, duration_s: float = 0.0, cut: bool = False) -> None:
+        if self.job.trace:
+            function = call["function"]
+            self.trace.append(
+                {
+                    "round": round_no,
+                    "name": function["name"],
+                    "arguments": function["arguments"],
+                    "duration_ms": round(duration_s * 1000, 3),
+                    "outcome": outcome,
+                    "cut": cut,
+                }
+            )
+
+    def final(self, message: dict[str, Any], finish_reason: str, usage: dict[str, Any] | None, rounds: int, logprobs: Any = None) -> Final:
+        return Final(message, finish_reason, usage, rounds, self.tool_calls, self.trace, logprobs=logprobs)
+
+
+async def _run_calls(job: LoopJob, toolbox: Toolbox, calls: list[dict[str, Any]], round_no: int, tally: _Tally) -> AsyncIterator[Event]:
+    """Run server calls concurrently; one `tool` message each, in the model's order."""
+    if not calls:
+        return
+    tally.tool_calls += len(calls)
+    for call in calls:
+        yield ToolStarted(round_no, call["id"], call["function"]["name"], call["function"]["arguments"])
+    results = {}
+    async with aclosing(toolbox.run_round(calls, job.offer, tool_images=job.upstream.host.tool_images)) as outcomes:
+        async for outcome in outcomes:
+            results[outcome.call_id] = outcome
+            yield ToolFinished(round_no, outcome.call_id, outcome.name, outcome.outcome, outcome.duration_s, outcome.content)
+    for call in calls:
+        outcome = results[call["id"]]
+        job.messages.append({"role": "tool", "tool_call_id": call["id"], "content": outcome.content})
+        tally.note(round_no, call, outcome.outcome, outcome.duration_s, outcome.cut)
+
+
+def _final(turn: Turn, usage: dict[str, Any] | None, rounds: int, tally: _Tally) -> Final:
     message = turn.message
     finish_reason = turn.finish_reason
     if message.get("tool_calls"):
@@ -204,7 +238,7 @@ def _final(turn: Turn, usage: dict[str, Any] | None, rounds: int, tool_calls: in
             finish_reason = "stop"
     elif finish_reason == "tool_calls":
         finish_reason = "stop"
-    return Final(message, finish_reason, usage, rounds, tool_calls, trace, logprobs=turn.logprobs)
+    return tally.final(message, finish_reason, usage, rounds, turn.logprobs)
 
 
 def _unique_ids(calls: list[dict[str, Any]]) -> None:

@@ -204,7 +204,8 @@ class _Pump:
     def note(self, event: Event) -> None:
         """Accounting that must survive whatever happens next."""
         if isinstance(event, RoundUsage):
-            self.outcome.usage = add_usage(self.outcome.usage, event.usage)
+            if event.usage is not None:
+                self.outcome.usage = add_usage(self.outcome.usage, event.usage)
         elif isinstance(event, ToolStarted):
             self.outcome.tools_ran = True
         elif isinstance(event, Final):

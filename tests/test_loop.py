@@ -125,7 +125,8 @@ async def test_streamed_rounds_forward_text_and_separate_rounds():
     up = FakeUpstream(round1, round2)
     events = await run(job(toolbox.select(["*"]), stream=True), up, toolbox)
     deltas = [e for e in events if isinstance(e, Delta)]
-    assert deltas == [Delta("Let me look."), Delta(None, "hmm"), Delta("\n\n"), Delta("Found it.")]
+    # Each round's text as it came; keeping rounds apart is the renderer's job (RoundUsage marks the end).
+    assert deltas == [Delta("Let me look."), Delta(None, "hmm"), Delta("Found it.")]
     assert up.payloads[0]["stream"] is True and up.payloads[0]["stream_options"] == {"include_usage": True}
     assert events[-1].message["content"] == "Found it."
 
@@ -257,3 +258,33 @@ async def test_reasoning_is_not_sent_back_upstream():
     await run(job(toolbox.select(["*"])), up, toolbox)
     assistant = [m for m in up.payloads[1]["messages"] if m["role"] == "assistant"][0]
     assert "reasoning_content" not in assistant and assistant["tool_calls"]
+
+
+async def test_calls_that_need_approval_are_held_and_the_rest_run():
+    echo, other = Echo(), Echo("other")
+    toolbox = box(echo, other)
+    calls = [call("echo", {"text": "a"}, "e1"), call("other", {"text": "b"}, "o1")]
+    up = FakeUpstream(completion(None, tool_calls=calls))
+    j = job(toolbox.select(["*"]), ask_first=lambda name: name == "other")
+    events = await run(j, up, toolbox)
+    final = events[-1]
+    assert [e.call_id for e in events if isinstance(e, ToolStarted)] == ["e1"]
+    assert final.finish_reason == "tool_calls" and [c["id"] for c in final.approval_requests] == ["o1"]
+    assert final.client_tool_calls is None
+    # The held call has no tool message yet: its answer comes with the approval.
+    assert [m.get("tool_call_id") for m in j.messages if m["role"] == "tool"] == ["e1"]
+
+
+async def test_resumed_calls_run_if_approved_and_are_refused_if_not():
+    toolbox = box(Echo())
+    approved, denied = call("echo", {"text": "yes"}, "y1"), call("echo", {"text": "no"}, "n1")
+    messages = [{"role": "user", "content": "go"}, {"role": "assistant", "content": None, "tool_calls": [approved, denied]}]
+    up = FakeUpstream(completion("done"))
+    j = job(toolbox.select(["*"]), resume=[(approved, True), (denied, False)])
+    j.messages = messages
+    events = await run(j, up, toolbox)
+    assert [e.call_id for e in events if isinstance(e, ToolFinished)] == ["y1"]
+    sent = up.payloads[0]["messages"]
+    assert sent[-2] == {"role": "tool", "tool_call_id": "y1", "content": "YES"}
+    assert sent[-1]["tool_call_id"] == "n1" and "did not approve" in sent[-1]["content"]
+    assert events[-1].tool_calls == 1

@@ -191,3 +191,11 @@ async def test_a_loop_cleanup_that_hangs_is_bounded(monkeypatch):
     task = asyncio.ensure_future(pump(client.send, client.receive, stubborn(), renderers(True), Timing(0.2)))
     outcome = await asyncio.wait_for(task, 5)
     assert outcome.ended == "deadline"
+
+
+async def test_streamed_text_of_separate_rounds_is_kept_apart():
+    client = Client()
+    stream = events(Delta("Let me look."), RoundUsage(1, None), Delta(None, "hmm"), Delta("Found it."), final("Found it."))
+    await pump(client.send, client.receive, stream, renderers(True), Timing(10))
+    text = "".join(p["choices"][0]["delta"].get("content") or "" for p in sse_events(client.body.decode()) if p != "[DONE]" and p["choices"])
+    assert text == "Let me look.\n\nFound it."
