@@ -7,6 +7,7 @@ clients still sending a body.)
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import logging
 import random
@@ -61,8 +62,11 @@ class GatewayMiddleware:
         path = scope["path"]
         if path in OPEN_PATHS:
             return await self.app(scope, receive, send_with_id)
-        if self.api_keys and not self._authorized(auth):
+        owner = self._owner(auth) if self.api_keys else ""
+        if owner is None:
             return await reject(send_with_id, Unauthorized("Invalid or missing API key for this gateway."), scope, time.perf_counter())
+        # Who stored a response may read it back: an opaque tag of the key, never the key.
+        scope["owner"] = owner
         app = self.direct.get(path) if scope["method"] == "POST" else None
         try:
             await (app or self.app)(scope, receive, send_with_id)
@@ -72,10 +76,12 @@ class GatewayMiddleware:
             if not started:
                 await reject(send_with_id, GatewayError("The gateway failed to handle this request.", code="internal_error"), scope, time.perf_counter())
 
-    def _authorized(self, header: bytes) -> bool:
+    def _owner(self, header: bytes) -> str | None:
+        """The owner tag of the key the header carries; None when it carries none of ours."""
         token = header[7:].strip() if header[:7].lower() == b"bearer " else header.strip()
         # Compare against every key, always, so timing tells nothing about which matched.
-        found = False
+        found: bytes | None = None
         for key in self.api_keys:
-            found |= hmac.compare_digest(token, key)
-        return found
+            if hmac.compare_digest(token, key):
+                found = key
+        return None if found is None else hashlib.sha256(b"toolgate-owner:" + found).hexdigest()[:32]
