@@ -443,5 +443,6 @@ async def test_secrets_use_the_environment_the_source_was_started_with(server):
     source = await started({"url": f"{server.base}/specs/openapi.json", "headers": AUTH}, environ={"PETS_TOKEN": "given-token"})
     try:
         assert source.secrets() == ["given-token", "Bearer given-token"]
+        assert source.secrets({"PETS_TOKEN": "other-token"}) == ["other-token", "Bearer other-token"]
     finally:
         await source.stop()

@@ -169,7 +169,7 @@ def test_refs_in_data_and_property_names_are_not_references():
 
 
 def test_references_that_multiply_stop_at_the_budget(monkeypatch):
-    monkeypatch.setattr(schema, "MAX_NODES", 500)
+    monkeypatch.setattr(schema, "MAX_INLINED", 500)
     defs = {f"d{i}": {"type": "object", "properties": {"a": {"$ref": f"#/$defs/d{i + 1}"}, "b": {"$ref": f"#/$defs/d{i + 1}"}}} for i in range(30)}
     defs["d30"] = {"type": "string"}
     prepared = prepare({"type": "object", "properties": {"x": {"$ref": "#/$defs/d0"}}, "$defs": defs})
@@ -179,17 +179,25 @@ def test_references_that_multiply_stop_at_the_budget(monkeypatch):
 
 
 def test_a_chain_of_references_is_cut_at_the_depth_limit():
-    defs = {f"d{i}": {"$ref": f"#/$defs/d{i + 1}"} for i in range(5_000)}
+    defs = {f"d{i}": {"$ref": f"#/$defs/d{i + 1}"} for i in range(200)}
     prepared = prepare({"type": "object", "properties": {"x": {"$ref": "#/$defs/d0"}}, "$defs": defs})
     assert prepared.schema == {"type": "object", "properties": {"x": {}}}
     assert any("deeper than" in p for p in prepared.problems)
 
 
-def test_deep_nesting_is_cut():
+def test_deep_nesting_makes_a_schema_permissive():
     deep: dict = {"type": "string"}
-    for _ in range(500):
+    for _ in range(40):
         deep = {"type": "object", "properties": {"a": deep}}
     prepared = prepare(deep)
+    assert prepared.schema == PERMISSIVE
+    assert "nested deeper than 64 levels" in prepared.problems[0]
+
+
+def test_inlining_past_the_depth_limit_is_cut():
+    defs = {f"d{i}": {"type": "object", "properties": {"a": {"$ref": f"#/$defs/d{i + 1}"}}} for i in range(40)}
+    defs["d40"] = {"type": "string"}
+    prepared = prepare({"$ref": "#/$defs/d0", "$defs": defs})
     assert any("deeper than 64 levels" in p for p in prepared.problems)
     assert prepared.check({"a": {"a": {"a": 1}}}) == "a/a/a: 1 is not of type 'object'"
 
@@ -201,7 +209,8 @@ def test_deep_nesting_is_cut():
         ({"type": 12}, "not valid"),
         ({"type": "object", "required": "city"}, "not valid"),
         ({"type": "object", "properties": {"a": {"type": "string", "pattern": "("}}}, "not valid"),
-        ({"type": "object", "properties": {"a": {"enum": {1, 2}}}}, "not valid"),  # a set is not JSON
+        ({"type": "object", "properties": {"a": {"enum": {1, 2}}}}, "not JSON"),
+        ({1: {"type": "string"}}, "not JSON"),
         ({"type": "object", "properties": {"a": {"$ref": "#/$defs/T"}}, "$defs": {"T": "x"}}, "not valid"),
         ({"$ref": "#/$defs/T", "$defs": {"T": True}}, "boolean schema"),
         ({"$schema": {"not": "hashable"}}, "not valid"),
@@ -215,12 +224,31 @@ def test_unusable_schemas_become_permissive(parameters, says):
     assert prepared.check({"whatever": 1}) == ""
 
 
-def test_a_self_containing_object_is_too_big(monkeypatch):
+def test_a_self_containing_object_is_not_json():
     loop: dict = {"type": "object"}
     loop["properties"] = {"me": loop}
     prepared = prepare(loop)
     assert prepared.schema == PERMISSIVE
-    assert "more than" in prepared.problems[0]
+    assert "not JSON" in prepared.problems[0]
+
+
+def test_a_schema_past_the_size_cap_is_permissive():
+    prepared = prepare({"type": "object", "properties": {f"p{i}": {"type": "string"} for i in range(schema.MAX_VALUES)}})
+    assert prepared.schema == PERMISSIVE
+    assert f"more than {schema.MAX_VALUES} values" in prepared.problems[0]
+
+
+def test_a_ref_to_something_that_is_not_a_schema_is_cut():
+    prepared = prepare({"type": "object", "required": ["a"], "properties": {"a": {"$ref": "#/required"}}})
+    assert prepared.schema["properties"]["a"] == {}
+    assert "not a schema" in prepared.problems[0]
+
+
+def test_a_schema_that_breaks_while_checking_does_not_block_the_tool(caplog):
+    # "#/properties" is a map of names; inlined as a schema, its "type" is not a type.
+    prepared = prepare({"type": "object", "properties": {"type": {"type": "string"}, "a": {"$ref": "#/properties"}}})
+    assert prepared.check({"a": 1}) == ""
+    assert "could not be checked" in caplog.text
 
 
 def test_an_unknown_metaschema_falls_back_to_the_latest_draft():
@@ -233,7 +261,7 @@ def test_a_validation_that_breaks_is_reported_not_raised():
     nested: list = []
     for _ in range(100_000):
         nested = [nested]
-    assert "could not be checked (RecursionError)" in prepared.check({"a": [nested, nested]})
+    assert "nested too deeply" in prepared.check({"a": [nested, nested]})
 
 
 def test_the_validator_has_no_way_to_fetch():
@@ -246,3 +274,17 @@ def test_the_validator_has_no_way_to_fetch():
         assert not listener.poll()
     finally:
         listener.sock.close()
+
+
+def test_refs_into_arrays_and_to_boolean_schemas():
+    prepared = prepare(
+        {
+            "type": "object",
+            "prefixItems": [{"type": "integer"}],
+            "properties": {"n": {"$ref": "#/prefixItems/0"}, "never": {"$ref": "#/$defs/No", "title": "Never"}},
+            "$defs": {"No": False},
+        }
+    )
+    assert prepared.schema["properties"] == {"n": {"type": "integer"}, "never": {"title": "Never", "allOf": [False]}}
+    assert prepared.check({"n": 1}) == ""
+    assert prepared.check({"never": 1}).startswith("never: False schema")

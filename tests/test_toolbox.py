@@ -717,3 +717,19 @@ def test_a_long_description_is_reported_once(caplog):
             source._tools = [Echo(description="d" * 50)]
             toolbox.select(["*"])
     assert len([r for r in caplog.records if "description of tool" in r.getMessage()]) == 1
+
+
+def test_a_schema_that_is_not_json_is_offered_permissive(caplog):
+    with caplog.at_level(logging.WARNING, logger="toolgate.tools"):
+        [offered] = box(Returns("odd", "x", {"type": "object", "enum": {1, 2}})).select(["*"]).schemas
+    assert offered["function"]["parameters"] == {"type": "object", "properties": {}}
+    assert "not JSON" in caplog.text
+
+
+async def test_the_schema_cache_is_bounded(monkeypatch):
+    monkeypatch.setattr(toolbox_module, "MAX_SCHEMA_CACHE", 2)
+    toolbox = box(*[Returns(f"t{i}", "ok", {"type": "object", "required": [f"a{i}"]}) for i in range(5)])
+    assert len(toolbox.select(["*"]).tools) == 5
+    assert len(toolbox._prepared) == 2
+    outcome = await one(toolbox, call("t0", "{}"))
+    assert outcome.outcome == "bad_arguments"

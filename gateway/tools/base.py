@@ -77,7 +77,13 @@ class SourceContext:
 
 
 class ToolSource(Protocol):
-    """A named set of tools with a lifetime, started and stopped by the app."""
+    """A named set of tools with a lifetime, started and stopped by the app.
+
+    A source holding credentials (headers, environment values) may also define
+    ``secrets(environ=None) -> list[str]``: the values the process's redactor masks
+    in logs, errors and tool results, so a server echoing its token never shows it.
+    It is optional; callers look it up with ``getattr``.
+    """
 
     name: str
     prefix: bool  # offer tools as "<source>_<tool>"

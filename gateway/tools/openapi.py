@@ -127,14 +127,14 @@ class OpenApiSource:
     def status(self) -> SourceStatus:
         return self._status
 
-    def secrets(self) -> list[str]:
+    def secrets(self, environ: Mapping[str, str] | None = None) -> list[str]:
         """The header values to mask (see the module docstring), expanded::
 
             SECRETS.add(*source.secrets())
 
-        Expanded with the environment ``start`` was given, or before that ``os.environ``.
+        Expanded against ``environ``, else what ``start()`` was given, else the process's.
         """
-        environ = self._environ if self._environ is not None else os.environ
+        environ = environ or self._environ or os.environ
         found: list[str] = []
         for header, value in self.settings.headers.items():
             names = _REFERENCE.findall(value)

@@ -21,10 +21,11 @@ Parameters may be ``str``, ``int``, ``float``, ``bool``, ``list[X]``, ``dict[str
 a default makes a parameter optional. Sync functions run on the tools' own
 worker threads (``gateway.tools.workers.WORKERS``, never the event loop's
 default executor, which resolves DNS): a timeout abandons the thread, it cannot
-stop it, and while every worker is taken calls fail at once with a message for
-the model. Async ones are awaited. Non-string results are returned as JSON. To tell the model what went wrong,
-raise ``gateway.tools.base.ToolError``; any other exception is logged as a bug
-and the model only learns its type.
+stop it, and when the pool and its queue are full a call fails at once with a
+message for the model. Async ones are awaited. Non-string results are returned
+as JSON. To tell the model what went wrong, raise ``gateway.tools.base.ToolError``
+(its message passes the secret redactor first); any other exception is logged
+as a bug and the model only learns its type.
 """
 
 from __future__ import annotations

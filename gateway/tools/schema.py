@@ -1,6 +1,6 @@
 """A tool's parameter schema, made safe to offer and to check arguments against.
 
-    prepared = prepare(tool.parameters)     # once, when the tool registers
+    prepared = prepare(tool.parameters)     # once per definition, when the tool registers
     prepared.schema                         # what the model is offered: no $ref left
     prepared.problems                       # why parts were loosened, for one warning
     prepared.check({"city": "Oslo"})        # "" if the arguments fit, else what is wrong
@@ -9,14 +9,18 @@ Sources hand over whatever schema they like. Local ``#/...`` references are
 inlined; a reference back into itself (a recursive schema), one that points at
 nothing, one to another document, or one past the size budget is *cut*: its
 subschema keeps its other keywords and loses the reference, so it accepts more,
-never less (a recursive type is offered one level deep). Nothing is ever fetched, and a schema that is not an object, not
-valid, too big or not JSON is replaced by a permissive one: a source's broken
-schema must not block its tool.
+never less (a recursive type is offered one level deep). Nothing is ever
+fetched. A schema that is not a JSON object, not valid for its draft, or too big
+is replaced by a permissive one: a source's broken schema must not block its tool.
+
+Cost: checking a schema against its metaschema takes about 0.1 ms per value, on
+the caller's thread, so the input is capped at `MAX_VALUES` and the toolbox
+prepares each distinct definition once per process.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import logging
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote
@@ -25,18 +29,21 @@ import orjson
 from jsonschema import Draft3Validator, Draft4Validator, Draft6Validator, Draft7Validator, Draft202012Validator, validators
 from referencing import Registry
 
-MAX_NODES = 20_000  # values in a schema, before and after inlining
-MAX_DEPTH = 64  # nesting of objects and arrays; deeper parts are cut to {}
+log = logging.getLogger("toolgate.tools")
+
+MAX_VALUES = 5_000  # in the schema as given; past it the tool is offered permissive
+MAX_INLINED = 20_000  # in the schema once its references are inlined; past it they are cut
+MAX_DEPTH = 64  # nesting of objects and arrays; past it a schema as given is permissive, an inlined one cut
 
 # Values that are data, not subschemas: a "$ref" in them is not a reference.
 _DATA = frozenset({"enum", "const", "default", "examples", "example"})
+# Keywords whose value maps names to subschemas.
+_NAMED = frozenset({"properties", "patternProperties", "$defs", "definitions", "dependentSchemas", "dependencies"})
 # Keywords that check nothing: next to a $ref they are merged into its target.
 _ANNOTATIONS = frozenset(
     {"title", "description", "default", "examples", "deprecated", "readOnly", "writeOnly", "$comment", "$schema", "$id"}
 )
 _DYNAMIC = ("$dynamicRef", "$recursiveRef")
-# Keywords whose value maps names to subschemas.
-_NAMED = frozenset({"properties", "patternProperties", "$defs", "definitions", "dependentSchemas", "dependencies"})
 # Drafts before 2019-09 ignore the keywords beside a $ref.
 _REF_OVERRIDES = (Draft3Validator, Draft4Validator, Draft6Validator, Draft7Validator)
 
@@ -53,8 +60,11 @@ class Prepared:
             return ""
         try:
             error = next(iter(self.validator.iter_errors(arguments)), None)
-        except Exception as exc:  # e.g. RecursionError comparing deeply nested values
-            return f"they could not be checked ({type(exc).__name__}); send simpler arguments"
+        except RecursionError:  # comparing deeply nested values (enum, const, uniqueItems)
+            return "they are nested too deeply to be checked; send simpler arguments"
+        except Exception:  # the schema's fault (a $ref aimed at a non-schema): don't block the tool
+            log.warning("arguments could not be checked against %.200r", self.schema, exc_info=True)
+            return ""
         if error is None:
             return ""
         where = "/".join(str(p) for p in error.absolute_path)
@@ -63,68 +73,71 @@ class Prepared:
 
 def prepare(parameters: Any) -> Prepared:
     """The offered schema and validator for one tool's ``parameters``; never raises."""
-    if not isinstance(parameters, Mapping):
-        return permissive("the schema is not a JSON object")
-    if _too_big(parameters):
-        return permissive(f"the schema has more than {MAX_NODES} values")
-    problems: list[str] = []
     try:
-        cls = validators.validator_for(parameters, default=Draft202012Validator)
-        inliner = _Inliner(parameters, merge_siblings=cls not in _REF_OVERRIDES)
-        try:
-            schema = inliner(parameters, (), 0)
-        finally:
-            problems += inliner.problems
-        if not isinstance(schema, dict):
-            raise TypeError("its $ref names a boolean schema")
-        orjson.dumps(schema)  # what the upstream will be sent must serialise
-        cls.check_schema(schema)
-        # No retrieval is possible: an unknown reference fails instead of fetching.
-        validator = cls(schema, registry=Registry())
+        # A plain JSON copy: what the upstream can be sent, and no cycles to walk.
+        document = orjson.loads(orjson.dumps(parameters))
+    except (TypeError, orjson.JSONEncodeError) as exc:
+        return permissive(f"the schema is not JSON ({exc})")
+    if not isinstance(document, dict):
+        return permissive("the schema is not a JSON object")
+    values, depth = _size(document)
+    if values > MAX_VALUES:
+        return permissive(f"the schema has more than {MAX_VALUES} values")
+    if depth > MAX_DEPTH:  # checking it against its metaschema would recurse too deep
+        return permissive(f"the schema is nested deeper than {MAX_DEPTH} levels")
+    try:
+        cls = validators.validator_for(document, default=Draft202012Validator)
+        # The schema as given, so the cost does not grow with what inlining repeats;
+        # inlining a valid schema keeps it valid.
+        cls.check_schema(document)
     except Exception as exc:
         detail = getattr(exc, "message", None) or str(exc) or type(exc).__name__
-        return permissive(*problems, f"the schema is not valid ({str(detail)[:200]})")
-    return Prepared(schema, validator, tuple(problems))
+        return permissive(f"the schema is not valid ({str(detail)[:200]})")
+    inliner = _Inliner(document, merge_siblings=cls not in _REF_OVERRIDES)
+    schema = inliner(document, (), 0)
+    if not isinstance(schema, dict):
+        return permissive(*inliner.problems, "the schema's $ref names a boolean schema")
+    # No retrieval is possible: a reference left over fails instead of fetching.
+    return Prepared(schema, cls(schema, registry=Registry()), tuple(inliner.problems))
 
 
 def permissive(*problems: str) -> Prepared:
     """A schema taking any object, offered in place of one that cannot be used."""
-    return Prepared({"type": "object", "properties": {}}, None, (*problems[:-1], f"{problems[-1]}; any arguments are accepted"))
+    *before, last = problems
+    return Prepared({"type": "object", "properties": {}}, None, (*before, f"{last}; any arguments are accepted"))
 
 
-def _too_big(node: Any) -> bool:
-    # Iterative and capped, so a self-containing Python object ends too.
-    stack, seen = [node], 0
-    while stack:
-        item = stack.pop()
-        seen += 1
-        if seen > MAX_NODES:
-            return True
-        if isinstance(item, Mapping):
-            stack.extend(item.values())
-        elif isinstance(item, (list, tuple)):
-            stack.extend(item)
-    return False
+def _size(node: Any) -> tuple[int, int]:
+    """How many values, and how deeply nested, counting stopped past the caps."""
+    stack, seen, deepest = [(node, 0)], 0, 0
+    while stack and seen <= MAX_VALUES and deepest <= MAX_DEPTH:
+        item, depth = stack.pop()
+        seen, deepest = seen + 1, max(deepest, depth)
+        if isinstance(item, dict):
+            stack.extend((value, depth + 1) for value in item.values())
+        elif isinstance(item, list):
+            stack.extend((value, depth + 1) for value in item)
+    return seen, deepest
 
 
 class _Inliner:
-    """A copy of a schema with local references inlined, within the budget."""
+    """A copy of a JSON schema with local references inlined, within the budget."""
 
-    def __init__(self, root: Mapping[str, Any], *, merge_siblings: bool) -> None:
+    def __init__(self, root: dict[str, Any], *, merge_siblings: bool) -> None:
         self.root = root
         self.merge_siblings = merge_siblings
-        self.budget = MAX_NODES
+        self.budget = MAX_INLINED
         self.problems: dict[str, None] = {}  # ordered, each said once
 
     def __call__(self, node: Any, path: tuple[str, ...], depth: int, names: bool = False) -> Any:
         """``node`` copied; ``names``: its keys are property names, not keywords."""
         self.budget -= 1
-        if not isinstance(node, (Mapping, list, tuple)):
+        if not isinstance(node, (dict, list)):
             return node
         if depth >= MAX_DEPTH or len(path) >= MAX_DEPTH:
             self.problems[f"parts nested deeper than {MAX_DEPTH} levels are not checked"] = None
             return {}
-        if not isinstance(node, Mapping):
+        if isinstance(node, list):
             return [self(item, path, depth + 1) for item in node]
         if names:
             return {key: self(value, path, depth + 1) for key, value in node.items()}
@@ -164,22 +177,25 @@ class _Inliner:
         if ref in path:
             return _CUT
         if self.budget <= 0:
-            self.problems[f"$refs expand past {MAX_NODES} values; the rest are not checked"] = None
+            self.problems[f"$refs expand past {MAX_INLINED} values; the rest are not checked"] = None
             return _CUT
-        node: Any = self.root
         pointer = unquote(ref[1:])
         if pointer and not pointer.startswith("/"):
             self.problems[f"$ref {ref[:100]!r} (an anchor) is not supported; that part is not checked"] = None
             return _CUT
+        node: Any = self.root
         for part in pointer.split("/")[1:]:
             part = part.replace("~1", "/").replace("~0", "~")
-            if isinstance(node, Mapping) and part in node:
+            if isinstance(node, dict) and part in node:
                 node = node[part]
-            elif isinstance(node, (list, tuple)) and part.isdigit() and int(part) < len(node):
+            elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
                 node = node[int(part)]
             else:
                 self.problems[f"$ref {ref[:100]!r} points at nothing; that part is not checked"] = None
                 return _CUT
+        if not isinstance(node, (dict, bool)):
+            self.problems[f"$ref {ref[:100]!r} points at something that is not a schema; that part is not checked"] = None
+            return _CUT
         return node
 
 
