@@ -149,7 +149,7 @@ class Settings:
     warnings: tuple[str, ...] = ()
 
     def secrets(self) -> list[str]:
-        """Every secret value the config knows, for the process's redactor::
+        """Every secret value the config knows (tool sources' expanded against `environ`), for the redactor::
 
             SECRETS.add(*settings.secrets())
 
@@ -163,7 +163,7 @@ class Settings:
         for source in self.sources:
             report = getattr(source, "secrets", None)
             if report is not None:
-                found += report()
+                found += report(self.environ)
         return [value for value in dict.fromkeys(found) if value]
 
     def describe(self) -> dict[str, Any]:
