@@ -288,3 +288,11 @@ def test_refs_into_arrays_and_to_boolean_schemas():
     assert prepared.schema["properties"] == {"n": {"type": "integer"}, "never": {"title": "Never", "allOf": [False]}}
     assert prepared.check({"n": 1}) == ""
     assert prepared.check({"never": 1}).startswith("never: False schema")
+
+
+def test_a_catastrophic_pattern_cannot_stop_the_process():
+    # (a+)+$ against "aaaa…!" backtracks for minutes in Python's re; the gateway leaves patterns to the tool.
+    prepared = prepare({"type": "object", "properties": {"s": {"type": "string", "pattern": "^(a+)+$"}}})
+    assert prepared.schema["properties"]["s"]["pattern"] == "^(a+)+$"  # still offered to the model
+    assert prepared.check({"s": "a" * 64 + "!"}) == ""
+    assert "is not of type" in prepared.check({"s": 5})

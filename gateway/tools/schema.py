@@ -21,6 +21,7 @@ prepares each distinct definition once per process.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote
@@ -97,8 +98,15 @@ def prepare(parameters: Any) -> Prepared:
     schema = inliner(document, (), 0)
     if not isinstance(schema, dict):
         return permissive(*inliner.problems, "the schema's $ref names a boolean schema")
-    # No retrieval is possible: a reference left over fails instead of fetching.
-    return Prepared(schema, cls(schema, registry=Registry()), tuple(inliner.problems))
+    # No retrieval is possible: a reference left over fails instead of fetching. `pattern` is
+    # left to the tool: Python's re holds the GIL, and one catastrophic pattern with a crafted
+    # argument would stop the whole process, worker thread or not.
+    checker = validators.extend(cls, {"pattern": _unchecked})
+    return Prepared(schema, checker(schema, registry=Registry()), tuple(inliner.problems))
+
+
+def _unchecked(validator: Any, value: Any, instance: Any, schema: Any) -> Iterator[Any]:
+    return iter(())
 
 
 def permissive(*problems: str) -> Prepared:
