@@ -51,6 +51,7 @@ from gateway.tools.base import SourceContext, SourceStatus, Tool, ToolError
 from gateway.tools.builtin import Options
 from gateway.tools.builtin.fetch_url import read_capped
 from gateway.tools.builtin.netguard import Guard, Refused
+from gateway.tools.schema import follow
 from gateway.tools.workers import WORKERS, WorkersBusy
 
 logger = logging.getLogger("toolgate.openapi")
@@ -348,16 +349,10 @@ def _refuse_external_refs(node: Any) -> None:
 
 
 def _pointer(document: dict[str, Any], ref: str) -> Any:
-    node: Any = document
-    for part in ref[1:].lstrip("/").split("/") if ref != "#" else []:
-        part = part.replace("~1", "/").replace("~0", "~")
-        if isinstance(node, dict) and part in node:
-            node = node[part]
-        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
-            node = node[int(part)]
-        else:
-            raise LoadError(f"$ref {ref[:100]!r} points at nothing")
-    return node
+    try:
+        return follow(document, "" if ref == "#" else "/" + ref[1:].lstrip("/"))
+    except LookupError:
+        raise LoadError(f"$ref {ref[:100]!r} points at nothing") from None
 
 
 class _Inliner:

@@ -191,16 +191,11 @@ class _Inliner:
         if pointer and not pointer.startswith("/"):
             self.problems[f"$ref {ref[:100]!r} (an anchor) is not supported; that part is not checked"] = None
             return _CUT
-        node: Any = self.root
-        for part in pointer.split("/")[1:]:
-            part = part.replace("~1", "/").replace("~0", "~")
-            if isinstance(node, dict) and part in node:
-                node = node[part]
-            elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
-                node = node[int(part)]
-            else:
-                self.problems[f"$ref {ref[:100]!r} points at nothing; that part is not checked"] = None
-                return _CUT
+        try:
+            node = follow(self.root, pointer)
+        except LookupError:
+            self.problems[f"$ref {ref[:100]!r} points at nothing; that part is not checked"] = None
+            return _CUT
         if not isinstance(node, (dict, bool)):
             self.problems[f"$ref {ref[:100]!r} points at something that is not a schema; that part is not checked"] = None
             return _CUT
@@ -208,3 +203,17 @@ class _Inliner:
 
 
 _CUT = object()
+
+
+def follow(document: Any, pointer: str) -> Any:
+    """The value a JSON pointer (``/a/b/0``, unescaped) names in ``document``; LookupError if none."""
+    node = document
+    for part in pointer.split("/")[1:] if pointer else ():
+        part = part.replace("~1", "/").replace("~0", "~")
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+        else:
+            raise LookupError(pointer)
+    return node
