@@ -199,7 +199,7 @@ class OpenApiSource:
     async def _document(self) -> tuple[dict[str, Any], httpx.URL | None]:
         """The parsed spec and, when fetched, the URL it came from."""
         if self.settings.spec is not None:
-            raw = await WORKERS.run(Path(self.settings.spec).read_bytes)
+            raw = await WORKERS.run(_read_capped_file, Path(self.settings.spec))
             origin = None
         else:
             assert self._client is not None and self.settings.url is not None
@@ -346,6 +346,14 @@ def _refuse_external_refs(node: Any) -> None:
         elif isinstance(item, list):
             stack.extend(item)
     raise LoadError("spec too large")
+
+
+def _read_capped_file(path: Path) -> bytes:
+    with path.open("rb") as file:
+        raw = file.read(MAX_SPEC_BYTES + 1)
+    if len(raw) > MAX_SPEC_BYTES:
+        raise LoadError(f"spec larger than {MAX_SPEC_BYTES} bytes")
+    return raw
 
 
 def _pointer(document: dict[str, Any], ref: str) -> Any:
