@@ -5,16 +5,22 @@
 
 HTTP listens on 127.0.0.1 only. Tools cover what the client must handle: plain
 results, errors, images, embedded resources, slow calls, abrupt death, a tool
-list that grows or changes at runtime, and the child's environment.
+list that grows or changes at runtime, the child's environment, floods and
+secrets on stderr, garbage on stdout, and children of its own. With --stubborn
+it ignores SIGTERM and outlives its stdin.
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import os
+import signal
 import socket
+import subprocess
 import sys
+import time
 
 import anyio
 from mcp.server.mcpserver import Context, Image, MCPServer
@@ -33,6 +39,7 @@ PNG = base64.b64decode(
 
 server = MCPServer("toolgate-test")
 active_sleeps = 0
+stdout_inode = 0
 sessions: set[str] = set()
 
 
@@ -129,6 +136,37 @@ def shout(kib: int) -> str:
     return "done"
 
 
+@server.tool(description="Write a line to stderr: the text, then an environment variable's value.")
+def say(text: str, env: str = "") -> str:
+    sys.stderr.write(text + os.environ.get(env, "") + "\n")
+    sys.stderr.flush()
+    return "said"
+
+
+def _wire() -> int:
+    """The descriptor the protocol goes out on: the SDK moves it off fd 1, so prints go to stderr."""
+    for fd in range(3, 256):
+        with contextlib.suppress(OSError):
+            if os.fstat(fd).st_ino == stdout_inode:
+                return fd
+    raise RuntimeError("protocol stdout not found")
+
+
+@server.tool(description="Write lines to the protocol's stdout that are not JSON-RPC (or not UTF-8).")
+def garbage(lines: int, binary: bool = False) -> str:
+    os.write(_wire(), (b"\xff\xfe not text\n" if binary else b"this is not JSON\n") * lines)
+    return "dumped"
+
+
+children: list[subprocess.Popen[bytes]] = []
+
+
+@server.tool(description="Start a long sleep that inherits stdio; its process id.")
+def spawn() -> int:
+    children.append(subprocess.Popen(["sleep", "300"]))
+    return children[-1].pid
+
+
 @server.tool(description="Add a tool named 'grown' and announce the change.")
 async def grow(ctx: Context) -> str:
     def grown() -> str:
@@ -166,9 +204,16 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--transport", choices=["stdio", "http"], default="stdio")
     parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--stubborn", action="store_true", help="ignore SIGTERM and stdin's end")
     args = parser.parse_args()
+    global stdout_inode
+    stdout_inode = os.fstat(1).st_ino
+    if args.stubborn:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
     if args.transport == "stdio":
         server.run("stdio")
+        if args.stubborn:
+            time.sleep(300)
     else:
         anyio.run(serve_http, args.port)
 

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
+import re
 import signal
 import socket
+import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +21,12 @@ import pytest
 import pytest_asyncio
 
 from gateway.errors import Problems
+from gateway.redact import SECRETS
 from gateway.tools.base import SourceContext, ToolError
 from gateway.tools.mcp import McpSource, McpTool, build
 from gateway.tools.mcp import _source as mcp_source
+from gateway.tools.mcp import _stderr, _watch
+from gateway.tools.mcp._throttle import Throttle
 from gateway.tools.mcp._convert import to_output
 
 SERVER = str(Path(__file__).with_name("mcp_server.py"))
@@ -260,9 +266,10 @@ async def test_tool_globs_filter(make_source: Factory) -> None:
 # Crashes and restarts
 
 
-async def test_stdio_crash_fails_in_flight_calls_then_restarts(make_source: Factory) -> None:
+async def test_stdio_crash_fails_in_flight_calls_then_restarts(make_source: Factory, spawned: list[int]) -> None:
     source = await make_source(stdio_table())
     pid = int(await call(source, "pid"))
+    spawned.append(grandchild := int(await call(source, "spawn")))
     sleeping = asyncio.ensure_future(call(source, "sleep", seconds=30))
     await asyncio.sleep(0)  # let the sleep request go out first
     began = time.monotonic()
@@ -278,7 +285,7 @@ async def test_stdio_crash_fails_in_flight_calls_then_restarts(make_source: Fact
     await wait_until(lambda: source.status().ready, 15)
     assert await call(source, "echo", text="back") == "back"
     assert int(await call(source, "pid")) != pid
-    await wait_until(lambda: not alive(pid), 5)
+    await wait_until(lambda: not alive(pid) and not alive(grandchild), 5)
 
 
 async def test_http_crash_fails_in_flight_calls_then_reconnects(make_source: Factory, http_server: HttpServer) -> None:
@@ -334,16 +341,27 @@ async def test_unset_variable_is_a_startup_failure(make_source: Factory) -> None
     assert "TOOLGATE_NOT_SET_ANYWHERE is not set" in source.status().detail
 
 
-async def test_stop_leaves_no_child(make_source: Factory) -> None:
+async def test_stop_leaves_no_child(make_source: Factory, spawned: list[int]) -> None:
     source = await make_source(stdio_table())
     pid = int(await call(source, "pid"))
-    assert alive(pid)
+    spawned.append(grandchild := int(await call(source, "spawn")))
+    assert alive(pid) and alive(grandchild)
     began = time.monotonic()
     await source.stop()
     assert time.monotonic() - began < 5
-    assert not alive(pid)
+    assert not alive(pid) and not alive(grandchild)
     assert not source.status().ready and source.tools() == []
     await source.stop()  # idempotent
+
+
+async def test_stop_of_a_server_deaf_to_eof_and_sigterm(make_source: Factory, spawned: list[int]) -> None:
+    source = await make_source(stdio_table(args=[SERVER, "--stubborn"]))
+    pid = int(await call(source, "pid"))
+    spawned.append(grandchild := int(await call(source, "spawn")))
+    began = time.monotonic()
+    await source.stop()  # stdin closed, 2 s; SIGTERM, then SIGKILL from the supervisor
+    assert time.monotonic() - began < 5
+    assert not alive(pid) and not alive(grandchild)
 
 
 async def test_missing_command_is_not_ready_and_start_returns(make_source: Factory) -> None:
@@ -366,16 +384,115 @@ async def test_silent_server_times_out_at_startup(make_source: Factory) -> None:
     assert "no answer within 0.3 s" in source.status().detail
 
 
-async def test_stderr_flood_never_blocks(make_source: Factory, caplog: pytest.LogCaptureFixture) -> None:
+def stderr_records(caplog: pytest.LogCaptureFixture, server: str) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "toolgate.mcp" and r.getMessage().startswith(f"[{server}] ")]
+
+
+def dropped(caplog: pytest.LogCaptureFixture, server: str) -> int:
+    pattern = re.compile(rf"dropped (\d+) stderr lines of server '{server}'")
+    return sum(int(m.group(1)) for r in caplog.records if (m := pattern.fullmatch(r.getMessage())))
+
+
+async def test_stderr_flood_is_drained_and_throttled(make_source: Factory, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, "toolgate.mcp")
     source = await make_source(stdio_table())
-    # 1 MiB is far past a pipe's buffer: an undrained stderr would block the server.
-    assert await asyncio.wait_for(call(source, "shout", kib=1024), 10) == "done"
-    assert "[srv] xxxx" in caplog.text
+    # 20 MiB is far past a pipe's buffer: an undrained stderr would block the server.
+    assert await asyncio.wait_for(call(source, "shout", kib=20 * 1024), 30) == "done"
+    assert await call(source, "echo", text="still here") == "still here"
+    await source.stop()  # reports what the throttle dropped
+    logged = [line for line in stderr_records(caplog, "srv") if line.startswith("[srv] xxxx")]
+    assert 0 < len(logged) <= _stderr.BURST + 20
+    assert all(len(line) <= len("[srv] ") + _stderr.LINE_MAX for line in logged)
+    assert len(logged) + dropped(caplog, "srv") >= 20 * 1024
 
 
-def test_children_die_with_the_gateway() -> None:
-    """SIGKILL the gateway: its MCP server must not outlive it."""
+async def test_stderr_is_redacted(make_source: Factory, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, "toolgate.mcp")
+    canary, known = "canary-7f3a9c1e5d", "gateway-known-4b2e8d"
+    SECRETS.add(known)  # what the app registers at start
+    environ = {**os.environ, "TOOLGATE_TEST_CANARY": canary}
+    source = await make_source(stdio_table(env={"TOKEN": "${TOOLGATE_TEST_CANARY}"}), environ=environ)
+    assert canary in source.secrets()
+    await asyncio.wait_for(call(source, "say", text="Traceback: KeyError token=", env="TOKEN"), 5)
+    await asyncio.wait_for(call(source, "say", text=f"upstream said: bad key {known}"), 5)
+    await wait_until(lambda: "upstream said" in caplog.text)
+    assert "[srv] Traceback: KeyError token=***" in caplog.text
+    assert "[srv] upstream said: bad key ***" in caplog.text
+    assert canary not in caplog.text and known not in caplog.text
+
+
+def test_secrets_are_the_expanded_env_and_header_values() -> None:
+    environ = {"T": "sk-token-123456", "U": "user-abcdef"}
+    stdio = build("s", {"command": "x", "env": {"A": "${T}", "B": "${U}:${NOPE}", "C": "plain-literal"}}, Problems("x"), "k")
+    assert isinstance(stdio, McpSource)
+    assert stdio.secrets(environ) == ["sk-token-123456", "user-abcdef", "plain-literal"]
+    http = build("s", {"url": "http://h/mcp", "headers": {"Authorization": "Bearer ${T}"}}, Problems("x"), "k")
+    assert isinstance(http, McpSource)
+    assert http.secrets(environ) == ["Bearer sk-token-123456", "sk-token-123456"]
+
+
+def no_tracebacks(caplog: pytest.LogCaptureFixture) -> None:
+    assert "Traceback" not in caplog.text
+    assert not [r for r in caplog.records if r.exc_info], [r.getMessage() for r in caplog.records if r.exc_info]
+
+
+async def test_stray_stdout_lines_are_warned_about_and_skipped(
+    make_source: Factory, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    banner = f"echo 'Server starting...'; echo; echo '{{\"hello\": 1}}'; exec {sys.executable} {SERVER}"
+    source = await make_source({"command": "sh", "args": ["-c", banner]})
+    assert source.status().ready
+    pid = await call(source, "pid")
+    assert await asyncio.wait_for(call(source, "garbage", lines=2), 5) == "dumped"
+    # Not UTF-8: the SDK's strict decoding used to stop reading, and every later call hung.
+    assert await asyncio.wait_for(call(source, "garbage", lines=1, binary=True), 5) == "dumped"
+    assert await call(source, "pid") == pid  # no restart
+    warnings = [r.getMessage() for r in caplog.records if "not JSON-RPC" in r.getMessage()]
+    assert warnings == [
+        "MCP server 'srv' sent a message that is not JSON-RPC, ignored: 'Server starting...'",
+        "MCP server 'srv' sent a message that is not JSON-RPC, ignored: {'hello': 1}",
+        "MCP server 'srv' sent a message that is not JSON-RPC, ignored: 'this is not JSON'",
+        "MCP server 'srv' sent a message that is not JSON-RPC, ignored: 'this is not JSON'",
+        "MCP server 'srv' sent a message that is not JSON-RPC, ignored: '\ufffd\ufffd not text'",
+    ]
+    no_tracebacks(caplog)
+
+
+async def test_a_stdout_full_of_garbage_is_a_crash(make_source: Factory, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    source = await make_source(stdio_table())
+    pid = await call(source, "pid")
+    with pytest.raises(ToolError, match="connection closed"):
+        await asyncio.wait_for(call(source, "garbage", lines=5000), 10)
+    await wait_until(lambda: source.status().ready, 15)
+    assert await call(source, "pid") != pid
+    assert "MCP server 'srv': 51 bad messages in a row; restarting it" in caplog.text
+    warnings = [r for r in caplog.records if "not JSON-RPC" in r.getMessage()]
+    assert len(warnings) == _watch.WARN_BURST
+    assert "dropped 41 warnings about bad messages of server 'srv'" in caplog.text
+    no_tracebacks(caplog)
+
+
+def gone(*pids: int, timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while any(alive(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return not any(alive(pid) for pid in pids)
+
+
+@pytest.fixture
+def spawned() -> Iterator[list[int]]:
+    """Pids of processes a test's servers started: killed afterwards should the test fail."""
+    pids: list[int] = []
+    yield pids
+    for pid in pids:
+        if alive(pid):
+            os.kill(pid, signal.SIGKILL)
+
+
+def test_the_process_tree_dies_with_the_gateway(spawned: list[int]) -> None:
+    """SIGKILL the gateway: neither its MCP server nor the server's own children outlive it."""
     script = f"""
 import asyncio, os, sys
 sys.path.insert(0, {ROOT!r})
@@ -386,27 +503,91 @@ from gateway.tools.mcp import build
 async def main():
     source = build("t", {{"command": sys.executable, "args": [{SERVER!r}]}}, Problems("x"), "k")
     await source.start(SourceContext(environ=dict(os.environ)))
-    pid = await asyncio.wait_for({{t.name: t for t in source.tools()}}["pid"].call({{}}), 10)
-    print(pid, flush=True)
+    tools = {{t.name: t for t in source.tools()}}
+    print(await asyncio.wait_for(tools["pid"].call({{}}), 10), flush=True)
+    print(await asyncio.wait_for(tools["spawn"].call({{}}), 10), flush=True)
     await asyncio.sleep(60)
 
 asyncio.run(main())
 """
-    import subprocess
-
     gateway = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE)
     try:
         assert gateway.stdout is not None
-        child = int(gateway.stdout.readline())  # bounded by the source's startup timeout
-        assert alive(child)
+        server = int(gateway.stdout.readline())  # bounded by the source's startup timeout
+        spawned.append(server)
+        grandchild = int(gateway.stdout.readline())
+        spawned.append(grandchild)
+        assert alive(server) and alive(grandchild)
     finally:
         gateway.send_signal(signal.SIGKILL)
         gateway.wait(10)
         gateway.stdout.close()  # type: ignore[union-attr]
-    deadline = time.monotonic() + 5
-    while alive(child) and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert not alive(child)
+    assert gone(server, grandchild)
+
+
+# stderr lines and their throttle, with a clock of the test's own
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_throttle_bursts_then_stays_shut_until_half_full() -> None:
+    clock, reports = Clock(), []
+    throttle = Throttle(burst=4, per_s=2, report=reports.append, clock=clock)
+    assert [throttle.admit() for _ in range(6)] == [True] * 4 + [False] * 2
+    assert throttle.due() == 1.0  # two tokens at two per second
+    clock.now = 0.5
+    assert not throttle.admit()  # one token back, but shut until half full
+    assert throttle.due() == 0.5
+    throttle.refuse(10)
+    assert reports == []
+    clock.now = 1.0
+    assert throttle.admit() and reports == [13]  # reopened: the drops reported first
+    assert throttle.due() == math.inf
+    throttle.flush()
+    assert reports == [13]  # nothing dropped since
+
+
+def test_stderr_lines_are_cut_redacted_and_counted(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, "toolgate.mcp")
+    clock = Clock()
+    secret = "sk-stderr-secret-0123"
+    lines = _stderr.StderrLines("s", secrets=[secret], clock=clock)
+    for byte in b"one\n\n  \ntw":  # split anywhere, blank lines skipped
+        lines.feed(bytes([byte]))
+    lines.feed(b"o\n" + b"a" * (_stderr.LINE_MAX - 5) + secret.encode() + b" tail\n")
+    lines.feed(b"b" * 3 * _stderr.LINE_MAX)  # no end yet: its start is logged, the rest skipped
+    lines.feed(b"bbb\nafter\nunfinished")
+    lines.close()
+    logged = stderr_records(caplog, "s")
+    assert logged[:2] == ["[s] one", "[s] two"]
+    assert logged[2] == "[s] " + ("a" * (_stderr.LINE_MAX - 5) + "*** tail")[: _stderr.LINE_MAX]
+    assert logged[3] == "[s] " + "b" * _stderr.LINE_MAX
+    assert logged[4:] == ["[s] after", "[s] unfinished"]
+    assert secret[:5] not in caplog.text
+
+
+def test_stderr_lines_beyond_the_burst_are_counted_not_logged(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, "toolgate.mcp")
+    clock = Clock()
+    lines = _stderr.StderrLines("s", clock=clock)
+    flood = b"".join(b"line %d\n" % i for i in range(1000))
+    for start in range(0, len(flood), 777):
+        lines.feed(flood[start : start + 777])
+    assert len(stderr_records(caplog, "s")) == _stderr.BURST
+    assert dropped(caplog, "s") == 0  # reported when the bucket reopens
+    clock.now = lines.throttle.due()
+    lines.feed(b"later\n")
+    assert dropped(caplog, "s") == 1000 - _stderr.BURST
+    assert stderr_records(caplog, "s")[-1] == "[s] later"
+    lines.feed(b"x\n" * 1000)
+    lines.close()  # at the end, whatever the bucket holds
+    assert dropped(caplog, "s") == (1000 - _stderr.BURST) + (1000 - (_stderr.BURST // 2 - 1))
 
 
 # HTTP specifics

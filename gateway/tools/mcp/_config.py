@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping
+from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,6 +44,19 @@ def expand(value: str, environ: Mapping[str, str]) -> str:
         return environ[name]
 
     return _REFERENCE.sub(substitute, value)
+
+
+def secret_values(spec: ServerSpec, environ: Mapping[str, str]) -> list[str]:
+    """Every value of the ``env`` and ``headers`` tables, expanded, and each variable they name.
+
+    Unset variables are skipped: such a server does not start, so nothing can leak them.
+    """
+    values: list[str] = []
+    for value in (*spec.env.values(), *spec.headers.values()):
+        with suppress(UnsetVariable):
+            values.append(expand(value, environ))
+        values.extend(environ[name] for name in _REFERENCE.findall(value) if name in environ)
+    return list(dict.fromkeys(values))
 
 
 def _is_str(value: Any) -> bool:

@@ -15,19 +15,20 @@ import logging
 import math
 import os
 import random
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import suppress
 from fnmatch import fnmatchcase
 from typing import Any
 
 import anyio
 import mcp_types as types
-from mcp.client.session import ClientSession, IncomingMessage
+from mcp.client.session import ClientSession
 
 from gateway.tools.base import SourceContext, SourceStatus, Tool, ToolError, ToolOutput
-from gateway.tools.mcp._config import ServerSpec
+from gateway.tools.mcp._config import ServerSpec, secret_values
 from gateway.tools.mcp._convert import connection_gone, describe, to_output, tool_error
 from gateway.tools.mcp._transport import TRANSPORTS
+from gateway.tools.mcp._watch import Signals, Watched
 
 logger = logging.getLogger("toolgate.mcp")
 
@@ -53,72 +54,6 @@ class McpTool(Tool):
         return await self._source.call_tool(self.remote_name, arguments)
 
 
-class _Signals:
-    """What the serving loop wakes up for: the tool list changed, or the connection is gone."""
-
-    def __init__(self, on_lost: Callable[[], None]) -> None:
-        self.changed = False
-        self.lost = False
-        self._on_lost = on_lost
-        self._wake = anyio.Event()
-
-    def change(self) -> None:
-        self.changed = True
-        self._wake.set()
-
-    def lose(self) -> None:
-        if not self.lost:
-            self.lost = True
-            self._on_lost()  # at once: calls must not reach a dead session while it closes
-        self._wake.set()
-
-    async def wait(self) -> None:
-        await self._wake.wait()
-        self._wake = anyio.Event()
-
-    async def on_message(self, message: IncomingMessage) -> None:
-        if isinstance(message, types.ToolListChangedNotification):
-            self.change()
-        elif isinstance(message, Exception):
-            logger.debug("transport reported %s", type(message).__name__)
-
-
-class _Watched:
-    """The transport's read stream, reporting its end: the server exited or hung up."""
-
-    def __init__(self, stream: Any, signals: _Signals) -> None:
-        self._stream = stream
-        self._signals = signals
-
-    def __getattr__(self, name: str) -> Any:  # e.g. last_context, read by the dispatcher
-        return getattr(self._stream, name)
-
-    async def receive(self) -> Any:
-        try:
-            return await self._stream.receive()
-        except (anyio.EndOfStream, anyio.ClosedResourceError, anyio.BrokenResourceError):
-            self._signals.lose()
-            raise
-
-    def __aiter__(self) -> _Watched:
-        return self
-
-    async def __anext__(self) -> Any:
-        try:
-            return await self.receive()
-        except anyio.EndOfStream:
-            raise StopAsyncIteration from None
-
-    async def aclose(self) -> None:
-        await self._stream.aclose()
-
-    async def __aenter__(self) -> _Watched:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.aclose()
-
-
 def _digest(tool: types.Tool) -> str:
     definition = {"description": tool.description or "", "inputSchema": tool.input_schema}
     return hashlib.sha256(json.dumps(definition, sort_keys=True).encode()).hexdigest()
@@ -137,7 +72,7 @@ async def _list_tools(session: ClientSession) -> list[types.Tool]:
     return tools
 
 
-async def _ping(session: ClientSession, signals: _Signals) -> None:
+async def _ping(session: ClientSession, signals: Signals) -> None:
     # Only a dead connection counts: a busy server may answer late, an old one not at all.
     with anyio.move_on_after(KEEPALIVE_S):
         try:
@@ -158,11 +93,12 @@ class McpSource:
         self._digests: dict[str, str] = {}  # first definition seen, per tool name
         self._disabled: set[str] = set()
         self._status = SourceStatus(False, "not started")
-        self._live: tuple[ClientSession, _Signals] | None = None
+        self._live: tuple[ClientSession, Signals] | None = None
         self._task: asyncio.Task[None] | None = None
         self._scope: anyio.CancelScope | None = None
         self._settled = asyncio.Event()  # the first attempt ended, either way
         self._stopping = False
+        self._environ: Mapping[str, str] | None = None  # what start() was given
 
     def tools(self) -> Sequence[Tool]:
         return self._tools
@@ -170,11 +106,21 @@ class McpSource:
     def status(self) -> SourceStatus:
         return self._status
 
+    def secrets(self, environ: Mapping[str, str] | None = None) -> list[str]:
+        """The values of the ``env`` and ``headers`` tables, expanded, for the redaction layer::
+
+            SECRETS.add(*source.secrets())
+
+        Expanded against ``environ``, else what ``start()`` was given, else the process's.
+        """
+        return secret_values(self.spec, environ or self._environ or os.environ)
+
     async def start(self, ctx: SourceContext) -> None:
         """Connects, or records why not and keeps trying in the background; never raises."""
         if self._task is not None:
             return
         environ: Mapping[str, str] = ctx.environ or os.environ
+        self._environ = environ
         self._stopping = False
         self._settled = asyncio.Event()
         self._status = SourceStatus(False, "starting")
@@ -237,12 +183,12 @@ class McpSource:
 
     async def _connect(self, environ: Mapping[str, str]) -> None:
         """One connection: open, handshake and list within the startup timeout, then serve."""
-        signals = _Signals(on_lost=lambda: self._lost(signals))
+        signals = Signals(on_lost=lambda: self._lost(signals))
         open_transport = TRANSPORTS[self.spec.transport]
         with anyio.CancelScope(deadline=anyio.current_time() + self.spec.startup_timeout_s) as startup:
             async with open_transport(self.spec, environ) as (read_stream, write_stream):
                 async with ClientSession(
-                    _Watched(read_stream, signals),
+                    Watched(read_stream, signals, self.name, self.secrets(environ)),
                     write_stream,
                     message_handler=signals.on_message,
                     client_info=CLIENT_INFO,
@@ -255,7 +201,7 @@ class McpSource:
         if startup.cancelled_caught:
             raise TimeoutError(f"no answer within {self.spec.startup_timeout_s:g} s")
 
-    async def _serve(self, session: ClientSession, signals: _Signals) -> None:
+    async def _serve(self, session: ClientSession, signals: Signals) -> None:
         while not signals.lost:
             with anyio.move_on_after(KEEPALIVE_S) as idle:
                 await signals.wait()
@@ -278,14 +224,14 @@ class McpSource:
             return
         self._offer(listing)
 
-    def _up(self, session: ClientSession, signals: _Signals, listing: list[types.Tool]) -> None:
+    def _up(self, session: ClientSession, signals: Signals, listing: list[types.Tool]) -> None:
         self._offer(listing)
         self._live = (session, signals)
         self._status = SourceStatus(True, f"{len(self._tools)} tools")
         self._settled.set()
         logger.info("MCP server %r is up with %d tools", self.name, len(self._tools))
 
-    def _lost(self, signals: _Signals) -> None:
+    def _lost(self, signals: Signals) -> None:
         if self._live is not None and self._live[1] is signals:
             self._down("connection lost")
 

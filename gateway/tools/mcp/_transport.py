@@ -2,7 +2,8 @@
 
 ``TRANSPORTS[spec.transport](spec, environ)`` is an async context manager yielding the SDK's
 stream pair; leaving it stops the subprocess (the SDK closes stdin, waits, terminates the
-process group, then kills it) or closes the HTTP session.
+process group, then kills it; ``_supervisor`` makes that reach the server's whole tree) or
+closes the HTTP session. A server's stderr goes to the log through ``_stderr``.
 """
 
 from __future__ import annotations
@@ -11,40 +12,21 @@ import logging
 import os
 import shutil
 import sys
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 import anyio
 import httpx2
-from mcp.client.stdio import StdioServerParameters, stdio_client
+from mcp.client.stdio import FORCE_KILL_TIMEOUT, StdioServerParameters, stdio_client
 from mcp.client.streamable_http import streamable_http_client
 
-from gateway.tools.mcp._config import ServerSpec, UnsetVariable, expand
-
-logger = logging.getLogger("toolgate.mcp")
+from gateway.tools.mcp._config import ServerSpec, UnsetVariable, expand, secret_values
+from gateway.tools.mcp import _supervisor
+from gateway.tools.mcp._stderr import StderrLines, drain
 
 # What a child inherits from the gateway: enough to run, nothing secret. Anything else
 # must be named in the server's `env` table.
 INHERITED = ("PATH", "HOME", "USER", "LOGNAME", "SHELL", "TERM", "LANG", "LANGUAGE", "LC_ALL", "LC_CTYPE", "TMPDIR", "TZ")
-
-# Runs in the child between fork and the server's exec: asks Linux to SIGKILL the child
-# when the gateway dies (even by SIGKILL), then execs the server in the same process, so
-# no extra process stays around. The SDK spawns children itself and takes no preexec_fn,
-# hence this trampoline. The ppid check closes the race where the gateway died before
-# prctl ran.
-_LAUNCHER = """\
-import ctypes, os, signal, sys
-ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-if os.getppid() != int(sys.argv[1]):
-    sys.exit(1)
-try:
-    os.execv(sys.argv[2], sys.argv[2:])
-except OSError as exc:
-    sys.stderr.write(f"cannot start {sys.argv[2]}: {exc.strerror}\\n")
-    sys.exit(127)
-"""
-
-_STDERR_LINE_MAX = 2000
 
 
 class StartError(Exception):
@@ -72,48 +54,29 @@ def resolve_command(command: str, path: str | None, cwd: str | None) -> str:
     return os.path.abspath(found)
 
 
-async def _read(fd: int) -> bytes:
-    for _ in range(100):  # wakeups with nothing to read are rare; b"" ends the drain
-        await anyio.wait_readable(fd)
-        try:
-            return os.read(fd, 65536)
-        except BlockingIOError:
-            continue
-    return b""
+def command_line(executable: str, args: Sequence[str]) -> tuple[str, list[str]]:
+    """What the SDK runs: on Linux the server under ``_supervisor``, elsewhere the server itself.
+
+    Elsewhere a server learns of the gateway's death only from stdin's EOF.
+    """
+    if sys.platform.startswith("linux") and sys.executable:
+        # Half the SDK's SIGTERM-to-SIGKILL wait: the supervisor must kill the tree first.
+        grace = str(FORCE_KILL_TIMEOUT / 2)
+        return sys.executable, ["-I", "-S", _supervisor.__file__, str(os.getpid()), grace, executable, *args]
+    return executable, list(args)
 
 
-def _log_lines(server: str, data: bytes, final: bool) -> bytes:
-    """Logs the complete lines in data; returns the unfinished rest."""
-    lines = data.split(b"\n")
-    rest = b"" if final else lines.pop()
-    if len(rest) > _STDERR_LINE_MAX:  # a line without end: log what there is
-        lines.append(rest)
-        rest = b""
-    for line in lines:
-        if line.strip():
-            logger.info("[%s] %s", server, line[:_STDERR_LINE_MAX].decode(errors="replace").rstrip())
-    return rest
+class _QuietParseErrors(logging.Filter):
+    """Drops the SDK's traceback for a stdout line that is not JSON-RPC.
+
+    The read-stream watcher (``_watch``) logs one line for it instead, naming the server.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.msg != "Failed to parse JSONRPC message from server"
 
 
-async def _log_stderr(fd: int, server: str) -> None:
-    """Reads the child's stderr into the log, so a chatty server never blocks on a full pipe."""
-    os.set_blocking(fd, False)
-    pending = b""
-    try:
-        while chunk := await _read(fd):
-            pending = _log_lines(server, pending + chunk, final=False)
-    finally:
-        # Cancelled when the connection closes: take what the dead child left in the pipe.
-        for _ in range(64):
-            try:
-                chunk = os.read(fd, 65536)
-            except OSError:
-                break
-            if not chunk:
-                break
-            pending = _log_lines(server, pending + chunk, final=False)
-        _log_lines(server, pending, final=True)
-        os.close(fd)
+_QUIET = _QuietParseErrors()
 
 
 @asynccontextmanager
@@ -122,15 +85,16 @@ async def open_stdio(spec: ServerSpec, environ: Mapping[str, str]) -> AsyncItera
     if spec.cwd is not None and not os.path.isdir(spec.cwd):
         raise StartError(f"cwd is not a directory: {spec.cwd}")
     executable = resolve_command(spec.command, env.get("PATH"), spec.cwd)
-    if sys.platform.startswith("linux") and sys.executable:
-        command = sys.executable
-        args = ["-I", "-S", "-c", _LAUNCHER, str(os.getpid()), executable, *spec.args]
-    else:  # elsewhere the child only learns of the gateway's death from stdin's EOF
-        command, args = executable, list(spec.args)
-    params = StdioServerParameters(command=command, args=args, env=env, cwd=spec.cwd)
+    command, args = command_line(executable, spec.args)
+    # "replace": with the default "strict", bytes that are not UTF-8 kill the SDK's stdout
+    # reader while its shielded drain keeps the stream open, and every call hangs. Replaced,
+    # they make a line that is not JSON-RPC, which the read-stream watcher handles.
+    params = StdioServerParameters(command=command, args=args, env=env, cwd=spec.cwd, encoding_error_handler="replace")
+    logging.getLogger("mcp.client.stdio").addFilter(_QUIET)  # once: addFilter skips a repeat
+    lines = StderrLines(spec.name, secrets=secret_values(spec, environ))
     read_fd, write_fd = os.pipe()
     async with anyio.create_task_group() as tg:
-        tg.start_soon(_log_stderr, read_fd, spec.name)
+        tg.start_soon(drain, read_fd, lines)
         try:
             with open(write_fd, "w") as errlog:
                 async with stdio_client(params, errlog=errlog) as streams:
