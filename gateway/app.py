@@ -26,6 +26,8 @@ from gateway import routes
 from gateway.config import Settings
 from gateway.middleware import GatewayMiddleware
 from gateway.redact import SECRETS
+from gateway.responses.routes import CreateResponse, StoreSlot, store_routes
+from gateway.store import DEFAULT_MAX_BYTES, DEFAULT_TTL_S, open_store
 from gateway.tools.base import SourceContext, ToolSource
 from gateway.tools.toolbox import Toolbox
 from gateway.tools.workers import WORKERS
@@ -51,6 +53,7 @@ def create_app(
         max_description_chars=loop.max_description_chars,
     )
     runtime = routes.Runtime(settings, toolbox)
+    store = StoreSlot(store_opener(settings))
 
     SECRETS.add(*settings.secrets())
     WORKERS.threads = loop.tool_threads
@@ -75,15 +78,22 @@ def create_app(
             stack.push_async_callback(_cancel, runtime.starting)
             runtime.probe = lambda: _probe_upstreams(upstream, runtime)
             stack.push_async_callback(runtime.stop_probing)
+            stack.push_async_callback(store.close)
             yield
             runtime.started = False
 
     chat = routes.ChatCompletions(runtime)
-    chat = routes.ChatCompletions(runtime)
+    responses = CreateResponse(runtime, store)
+    stored = store_routes(store)
     app = Starlette(
         routes=[
             Route("/v1/chat/completions", chat, methods=["POST"]),
             Route("/chat/completions", chat, methods=["POST"]),
+            Route("/v1/responses", responses, methods=["POST"]),
+            Route("/responses", responses, methods=["POST"]),
+            Route("/v1/responses/{response_id}", stored["retrieve"], methods=["GET"]),
+            Route("/v1/responses/{response_id}", stored["delete"], methods=["DELETE"]),
+            Route("/v1/responses/{response_id}/input_items", stored["input_items"], methods=["GET"]),
             Route("/v1/models", routes.models(runtime), methods=["GET"]),
             Route("/models", routes.models(runtime), methods=["GET"]),
             Route("/healthz", routes.healthz, methods=["GET"]),
@@ -96,9 +106,19 @@ def create_app(
     app.state.runtime = runtime
     runtime.demo = demo
     keys = tuple(k.value for k in settings.api_keys)
-    direct = {"/v1/chat/completions": chat, "/chat/completions": chat}
+    direct = {"/v1/chat/completions": chat, "/chat/completions": chat, "/v1/responses": responses, "/responses": responses}
     app.add_middleware(GatewayMiddleware, api_keys=keys, direct=direct)
     return app
+
+
+def store_opener(settings: Settings):
+    """How to open the response store (on first use). Read from the environment until the
+    config has a [store] table: TOOLGATE_STORE_URL, TOOLGATE_STORE_TTL_S, TOOLGATE_STORE_MAX_BYTES."""
+    env = settings.environ
+    url = env.get("TOOLGATE_STORE_URL", "sqlite:///./toolgate-responses.db")
+    ttl_s = float(env.get("TOOLGATE_STORE_TTL_S") or DEFAULT_TTL_S)
+    max_bytes = int(env.get("TOOLGATE_STORE_MAX_BYTES") or DEFAULT_MAX_BYTES)
+    return lambda: open_store(url, ttl_s=ttl_s, max_bytes=max_bytes)
 
 
 async def _start_sources(sources: Sequence[ToolSource], context: SourceContext, runtime: routes.Runtime) -> None:
