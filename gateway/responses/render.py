@@ -276,14 +276,15 @@ class Items:
     def _final(self, final: Final) -> None:
         self.final = final
         message = final.message
+        refusal = message.get("refusal") if self.streamed else None
         if not self.streamed:
             self._unstreamed_text(final)
-        if self.message is None and message.get("refusal"):
+        if self.message is None and refusal:
             item = {"id": new_id("msg"), "type": "message", "role": "assistant", "status": "in_progress", "content": []}
             self.message = self.add(item, final.rounds)
             item["content"].append({"type": "output_text", "text": "", "annotations": [], "logprobs": []})
             self.emit("response.content_part.added", item_id=item["id"], output_index=self.message, content_index=0, part=_copy(item["content"][0]))
-        self._close_text(message.get("refusal"))
+        self._close_text(refusal)
         for call in final.client_tool_calls or ():
             function = call["function"]
             item = {"id": new_id("fc"), "type": "function_call", "call_id": call["id"], "name": function["name"], "arguments": "", "status": "in_progress"}
