@@ -26,6 +26,8 @@ from gateway.server import Server, serve_workers, server_config
 
 log = logging.getLogger("toolgate")
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+# How the supervisor hands `--log-level` to the workers it spawns.
+WORKER_LOG_LEVEL = "TOOLGATE_WORKER_LOG_LEVEL"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -120,6 +122,7 @@ def _serve(args: argparse.Namespace) -> None:
         # Each worker loads the config itself; metrics are summed over them.
         if args.config:
             os.environ["TOOLGATE_CONFIG"] = args.config
+        os.environ[WORKER_LOG_LEVEL] = args.log_level.upper()
         with tempfile.TemporaryDirectory(prefix="toolgate-metrics-") as metrics_dir:
             os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", metrics_dir)
             config = server_config("gateway.cli:worker_app", settings, factory=True, **options)
@@ -133,7 +136,7 @@ def _serve(args: argparse.Namespace) -> None:
 def worker_app():
     from gateway.app import create_app
 
-    logs.setup()
+    logs.setup(os.environ.get(WORKER_LOG_LEVEL, "INFO"))
     return create_app(_load(None))
 
 

@@ -97,11 +97,11 @@ _listener: logging.handlers.QueueListener | None = None
 _handler: _Dropping | None = None
 
 
-def setup(level: str = "INFO", stream: Any = None) -> _Dropping:
+def setup(level: str = "INFO", stream: Any = None, *, queue_lines: int = QUEUE_LINES) -> _Dropping:
     """Route every logger (uvicorn's included) through one bounded queue to `stream` (stderr)."""
     global _listener, _handler
     stop()
-    q: queue.Queue = queue.Queue(QUEUE_LINES)
+    q: queue.Queue = queue.Queue(queue_lines)
     _handler = _Dropping(q)
     writer = _Writer(stream or sys.stderr, _handler)
     writer.setFormatter(JSONFormatter())

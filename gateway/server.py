@@ -45,6 +45,8 @@ access = logging.getLogger("toolgate.access")
 
 # After the grace period, what ended requests get to write their last event.
 LAST_WORDS_S = 2.0
+# After the grace period, how often requests that started late are ended too.
+LATE_CHECK_S = 0.1
 
 
 @dataclass(frozen=True)
@@ -200,7 +202,16 @@ class Server(uvicorn.Server):
             pass
         ended = drain.end_all()
         log.warning("grace period of %g s over: ending %d open request(s)", self.grace_s, ended)
-        await super()._wait_tasks_to_complete()
+        # A request whose body was still arriving starts serving after that: end it too,
+        # rather than let uvicorn cancel it mid-stream at its own timeout.
+        waiting = asyncio.ensure_future(super()._wait_tasks_to_complete())
+        try:
+            while not waiting.done():
+                await asyncio.wait({waiting}, timeout=LATE_CHECK_S)
+                drain.end_all()
+            await waiting
+        finally:
+            waiting.cancel()
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
