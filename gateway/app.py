@@ -104,6 +104,7 @@ def create_app(
         exception_handlers={404: routes.not_found_json, 405: routes.not_found_json},
     )
     app.state.runtime = runtime
+    app.state.responses_store = store
     runtime.demo = demo
     keys = tuple(k.value for k in settings.api_keys)
     direct = {"/v1/chat/completions": chat, "/chat/completions": chat, "/v1/responses": responses, "/responses": responses}
