@@ -115,12 +115,25 @@ def turn_from_completion(body: Any) -> Turn:
     return Turn(message, finish if isinstance(finish, str) and finish else "stop", _usage(body.get("usage")), logprobs if isinstance(logprobs, dict) else None)
 
 
-def _keep(pieces: list[str], text: str) -> None:
-    # Fold every 32 pieces into one string: a long answer held as one small str
-    # per token costs ~55 bytes each for the whole stream.
-    pieces.append(text)
-    if len(pieces) >= 32:
-        pieces[:] = ["".join(pieces)]
+class _Text:
+    """Streamed text held compactly: every 32 pieces are joined into one block, so a long
+    answer is not one small str per token (~55 bytes each), and nothing is joined twice
+    until the end (linear in the answer's length)."""
+
+    __slots__ = ("blocks", "pieces")
+
+    def __init__(self) -> None:
+        self.blocks: list[str] = []
+        self.pieces: list[str] = []
+
+    def add(self, text: str) -> None:
+        self.pieces.append(text)
+        if len(self.pieces) >= 32:
+            self.blocks.append("".join(self.pieces))
+            self.pieces.clear()
+
+    def value(self) -> str | None:
+        return "".join(self.blocks) + "".join(self.pieces) or None
 
 
 class StreamAssembler:
@@ -132,8 +145,8 @@ class StreamAssembler:
     )  # fmt: skip
 
     def __init__(self, *, max_repeats: int = 0) -> None:
-        self._content: list[str] = []
-        self._reasoning: list[str] = []
+        self._content = _Text()
+        self._reasoning = _Text()
         self._refusal: list[str] = []
         self._calls: dict[int, dict[str, Any]] = {}  # in order of first fragment
         self._ids: dict[str, int] = {}  # tool-call id -> its call
@@ -183,11 +196,11 @@ class StreamAssembler:
         content = _text(delta.get("content"), "content")
         reasoning = _text(delta.get("reasoning_content") or delta.get("reasoning"), "reasoning")
         if content:
-            _keep(self._content, content)
+            self._content.add(content)
             if self._max_repeats:
                 self._count_repeat(content)
         if reasoning:
-            _keep(self._reasoning, reasoning)
+            self._reasoning.add(reasoning)
         if content or reasoning:
             logprobs = choice.get("logprobs")
             tokens = logprobs.get("content") if isinstance(logprobs, dict) else None
@@ -266,10 +279,10 @@ class StreamAssembler:
             for call in self._calls.values()
         ]
         message = _message(
-            "".join(self._content) or None,
+            self._content.value(),
             calls,
             "".join(self._refusal) or None,
-            "".join(self._reasoning) or None,
+            self._reasoning.value(),
         )
         if self._annotations:
             message["annotations"] = self._annotations

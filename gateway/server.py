@@ -145,7 +145,16 @@ class GuardedHttp(HttpToolsProtocol):
     def _start_head(self) -> None:
         self._head_bytes, self._head_fields = 0, 0
         if self._head_timer is None:
-            self._head_timer = self.loop.call_later(self._limits.header_timeout_s, self._refuse, _TOO_SLOW)
+            self._head_timer = self.loop.call_later(self._limits.header_timeout_s, self._head_late)
+
+    def _head_late(self) -> None:
+        self._head_timer = None
+        if self.cycle is not None and not self.cycle.response_complete:
+            # A pipelined request's head waits behind a response still being written: its
+            # time starts when that one ends, not now (a 408 here would cut the response).
+            self._head_timer = self.loop.call_later(self._limits.header_timeout_s, self._head_late)
+            return
+        self._refuse(_TOO_SLOW)
 
     def _refuse(self, why: tuple[int, bytes, str, str]) -> None:
         status, reason, message, code = why

@@ -465,3 +465,12 @@ def test_logprobs_are_kept():
     assert asm.feed_many([chunk({"content": "Hi"}) | {"choices": [{"index": 0, "delta": {"content": "Hi"}, "logprobs": {"content": lp}, "finish_reason": None}]}]) == Delta("Hi", None, lp)
     body = {"choices": [{"message": {"role": "assistant", "content": "Hi"}, "finish_reason": "stop", "logprobs": {"content": lp}}]}
     assert turn_from_completion(body).logprobs == {"content": lp}
+
+
+def test_a_long_stream_is_gathered_in_linear_time():
+    # Joined once at the end, not re-joined as it grows: 40,000 1 KiB pieces would take minutes otherwise.
+    asm = StreamAssembler()
+    piece = "x" * 1023 + "\n"
+    for _ in range(40_000):
+        asm.feed(chunk({"content": piece}))
+    assert len(asm.finish().message["content"]) == 40_000 * 1024

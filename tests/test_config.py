@@ -637,7 +637,7 @@ class ReportingSource:
     def tools(self):
         return []
 
-    def secrets(self):
+    def secrets(self, environ=None):
         return ["source-secret-1", ""]
 
 
