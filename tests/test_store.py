@@ -1,0 +1,454 @@
+"""The response store: one suite over both backends, against a real SQLite file and a real redis-server."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import socket
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+import redis.asyncio
+from openai.types.responses import ResponseItemList
+
+from gateway.store import BACKENDS, Stored, StoreUnavailable, TooLargeToStore, open_store
+from gateway.store._schema import MIGRATIONS, migrate
+from gateway.store._thread import OneThread, Refused
+from gateway.store.base import encode
+
+TIMEOUT = 0.3  # every store in these tests gives up after this long
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def redis_url() -> Iterator[str]:
+    server = shutil.which("redis-server")
+    if server is None:
+        pytest.skip("redis-server is not installed: apt-get install redis-server")
+    port = _free_port()
+    process = subprocess.Popen(
+        [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        for _ in range(200):
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.1).close()
+                break
+            except OSError:
+                if process.poll() is not None:
+                    pytest.fail(f"redis-server exited with {process.returncode}")
+                time.sleep(0.025)
+        else:
+            pytest.fail("redis-server did not listen within 5s")
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+class Backend:
+    """Opens stores on one database, closes them at the end, and peeks at what the database holds."""
+
+    def __init__(self, name: str, url: str) -> None:
+        self.name = name
+        self.url = url
+        self.opened: list[Any] = []
+
+    async def open(self, *, ttl_s: float = 60.0, max_bytes: int = 1 << 20, url: str | None = None):
+        store = await open_store(url or self.url, ttl_s=ttl_s, max_bytes=max_bytes, timeout_s=TIMEOUT)
+        self.opened.append(store)
+        return store
+
+    async def held(self) -> int:
+        """How many records the database holds, expired ones included."""
+        if self.name == "sqlite":
+            with sqlite3.connect(self.url.removeprefix("sqlite:///")) as db:
+                return db.execute("SELECT count(*) FROM responses").fetchone()[0]
+        client = redis.asyncio.Redis.from_url(self.url)
+        try:
+            return await client.zcard("toolgate:store:index")
+        finally:
+            await client.aclose()
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+async def backend(request, tmp_path) -> AsyncIterator[Backend]:
+    if request.param == "redis":
+        url = request.getfixturevalue("redis_url")
+        client = redis.asyncio.Redis.from_url(url)
+        await client.flushdb()
+        await client.aclose()
+    else:
+        url = f"sqlite:///{tmp_path}/not/yet/there/responses.db"  # tmp_path is absolute: sqlite:////...
+    found = Backend(request.param, url)
+    yield found
+    for store in found.opened:
+        await store.close()
+
+
+@pytest.fixture
+async def store(backend):
+    return await backend.open()
+
+
+def message(item_id: str, text: str = "hello") -> dict[str, Any]:
+    return {"id": item_id, "type": "message", "role": "user", "status": "completed", "content": [{"type": "input_text", "text": text}]}
+
+
+def record(response_id: str = "resp_1", owner: str = "owner-a", items: int = 3, text: str = "hello") -> Stored:
+    response = {"id": response_id, "object": "response", "created_at": 1700000000, "status": "completed", "output": []}
+    return Stored(response_id, owner, response, [message(f"msg_{i}", text) for i in range(items)], 1700000000.5)
+
+
+def ids(items: list[dict[str, Any]]) -> list[str]:
+    return [item["id"] for item in items]
+
+
+async def test_put_then_get_round_trips(store):
+    stored = record()
+    await store.put(stored)
+    assert await store.get("resp_1", "owner-a") == stored
+
+
+async def test_another_owner_sees_nothing(store):
+    await store.put(record(owner="owner-a"))
+    assert await store.get("resp_1", "owner-b") is None
+    assert await store.input_items("resp_1", "owner-b") is None
+    assert await store.delete("resp_1", "owner-b") is False
+    assert await store.get("resp_1", "owner-a") is not None
+
+
+async def test_an_empty_owner_is_an_owner_too(store):
+    await store.put(record(owner=""))
+    assert (await store.get("resp_1", "")).owner == ""
+    assert await store.get("resp_1", "owner-a") is None
+
+
+async def test_missing_is_none_everywhere(store):
+    assert await store.get("resp_none", "owner-a") is None
+    assert await store.input_items("resp_none", "owner-a") is None
+    assert await store.delete("resp_none", "owner-a") is False
+
+
+async def test_delete(store):
+    await store.put(record())
+    assert await store.delete("resp_1", "owner-a") is True
+    assert await store.get("resp_1", "owner-a") is None
+    assert await store.input_items("resp_1", "owner-a") is None
+    assert await store.delete("resp_1", "owner-a") is False
+
+
+async def test_put_replaces_a_record_with_the_same_id(store):
+    await store.put(record(items=5))
+    await store.put(record(items=2, text="again"))
+    got = await store.get("resp_1", "owner-a")
+    assert ids(got.input_items) == ["msg_0", "msg_1"] and got.input_items[0]["content"][0]["text"] == "again"
+    assert await store.input_items("resp_1", "owner-a", limit=100) == (got.input_items[::-1], False)
+
+
+async def test_input_items_pages_newest_first_by_default(store):
+    await store.put(record(items=5))
+    pages = []
+    after = None
+    for _ in range(5):
+        items, more = await store.input_items("resp_1", "owner-a", after=after, limit=2)
+        pages.append((ids(items), more))
+        if not more:
+            break
+        after = items[-1]["id"]
+    assert pages == [(["msg_4", "msg_3"], True), (["msg_2", "msg_1"], True), (["msg_0"], False)]
+
+
+async def test_input_items_pages_oldest_first(store):
+    await store.put(record(items=5))
+    assert await _ids(store, limit=2, order="asc") == (["msg_0", "msg_1"], True)
+    assert await _ids(store, after="msg_1", limit=2, order="asc") == (["msg_2", "msg_3"], True)
+    assert await _ids(store, after="msg_2", limit=2, order="asc") == (["msg_3", "msg_4"], False)
+    assert await _ids(store, after="msg_4", order="asc") == ([], False)
+    assert await _ids(store, after="msg_0", order="desc") == ([], False)
+    assert await _ids(store, after="msg_3", limit=100, order="desc") == (["msg_2", "msg_1", "msg_0"], False)
+    assert await _ids(store, limit=5, order="asc") == (["msg_0", "msg_1", "msg_2", "msg_3", "msg_4"], False)
+    assert await _ids(store, after="not-an-item") == ([], False)
+
+
+async def _ids(store, **page) -> tuple[list[str], bool]:
+    items, more = await store.input_items("resp_1", "owner-a", **page)
+    return ids(items), more
+
+
+async def test_a_page_is_an_input_items_list(store):
+    await store.put(record(items=3))
+    items, more = await store.input_items("resp_1", "owner-a", limit=2)
+    page = ResponseItemList(data=items, first_id=items[0]["id"], last_id=items[-1]["id"], has_more=more, object="list")
+    assert [item.id for item in page.data] == ["msg_2", "msg_1"] and page.has_more
+
+
+async def test_a_response_without_input_items(store):
+    await store.put(record(items=0))
+    assert (await store.get("resp_1", "owner-a")).input_items == []
+    assert await store.input_items("resp_1", "owner-a") == ([], False)
+
+
+async def test_bad_arguments_are_value_errors(store):
+    await store.put(record())
+    for page in ({"limit": 0}, {"limit": 101}, {"limit": 2.5}, {"order": "up"}):
+        with pytest.raises(ValueError):
+            await store.input_items("resp_1", "owner-a", **page)
+    bad = Stored("resp_2", "owner-a", {"id": "resp_2"}, [{"type": "message"}], 0.0)
+    with pytest.raises(ValueError, match="input item 0 of resp_2 has no string id"):
+        await store.put(bad)
+    assert await store.get("resp_2", "owner-a") is None
+
+
+async def test_expired_is_invisible_at_once(backend):
+    store = await backend.open(ttl_s=0.25)
+    started = time.monotonic()
+    await store.put(record())
+    if time.monotonic() - started < 0.2:  # a stalled machine may already be past the ttl
+        assert await store.get("resp_1", "owner-a") is not None
+    await asyncio.sleep(0.3)
+    assert await store.get("resp_1", "owner-a") is None
+    assert await store.input_items("resp_1", "owner-a") is None
+    assert await store.delete("resp_1", "owner-a") is False
+
+
+async def test_writes_purge_expired_records(backend):
+    brief = await backend.open(ttl_s=0.2)
+    for n in range(3):
+        await brief.put(record(f"resp_{n}"))
+    await asyncio.sleep(0.25)
+    assert await backend.held() == 3  # invisible, not yet purged
+    lasting = await backend.open(ttl_s=60)
+    await lasting.put(record("resp_new"))
+    assert await backend.held() == 1
+    assert await lasting.get("resp_new", "owner-a") is not None
+
+
+async def test_the_size_cap_evicts_the_oldest(backend):
+    size = encode(record("resp_0"), 1 << 20).size
+    store = await backend.open(max_bytes=3 * size + size // 2)
+    for n in range(5):
+        await store.put(record(f"resp_{n}"))
+    kept = [n for n in range(5) if await store.get(f"resp_{n}", "owner-a") is not None]
+    assert kept == [2, 3, 4]
+    assert await backend.held() == 3
+
+
+async def test_replacing_and_deleting_keep_the_size_count(backend):
+    size = encode(record("resp_0"), 1 << 20).size
+    store = await backend.open(max_bytes=3 * size + size // 2)
+    await store.put(record("resp_a"))
+    for _ in range(10):  # if a replacement counted twice, resp_a would be evicted
+        await store.put(record("resp_b"))
+    assert await store.delete("resp_b", "owner-a")
+    await store.put(record("resp_c"))
+    await store.put(record("resp_d"))
+    assert [await store.get(f"resp_{n}", "owner-a") is not None for n in "abcd"] == [True, False, True, True]
+
+
+async def test_one_response_larger_than_the_cap_is_refused(backend):
+    store = await backend.open(max_bytes=100)
+    with pytest.raises(TooLargeToStore, match="more than the response store's whole cap of 100") as caught:
+        await store.put(record(items=5))
+    assert caught.value.status == 413
+    assert await store.get("resp_1", "owner-a") is None
+
+
+async def test_concurrent_puts_from_many_tasks(store):
+    async with asyncio.TaskGroup() as group:
+        for n in range(60):
+            group.create_task(store.put(record(f"resp_{n}", owner=f"owner-{n % 3}", items=n % 4)))
+    for n in range(60):
+        got = await store.get(f"resp_{n}", f"owner-{n % 3}")
+        assert got is not None and len(got.input_items) == n % 4
+
+
+@pytest.fixture
+async def stuck(backend) -> AsyncIterator[Any]:
+    """A store whose database does not answer: SQLite locked by another connection,
+    or Redis behind a listener that never replies."""
+    if backend.name == "sqlite":
+        store = await backend.open()
+        holder = sqlite3.connect(backend.url.removeprefix("sqlite:///"), isolation_level=None)
+        holder.execute("BEGIN EXCLUSIVE")
+        yield store
+        holder.execute("ROLLBACK")
+        holder.close()
+    else:
+        with socket.socket() as silent:
+            silent.bind(("127.0.0.1", 0))
+            silent.listen(16)
+            yield await backend.open(url=f"redis://127.0.0.1:{silent.getsockname()[1]}/0")
+
+
+async def test_a_stuck_database_is_unavailable_and_the_loop_runs_on(stuck):
+    ticks = 0
+
+    async def tick() -> None:
+        nonlocal ticks
+        for _ in range(1000):
+            await asyncio.sleep(0.01)
+            ticks += 1
+
+    ticker = asyncio.create_task(tick())
+    started = time.monotonic()
+    results = await asyncio.gather(*(stuck.put(record(f"resp_{n}")) for n in range(3)), return_exceptions=True)
+    waited = time.monotonic() - started
+    ticker.cancel()
+    assert all(isinstance(r, StoreUnavailable) and r.status == 503 for r in results), results
+    assert waited < TIMEOUT * 3
+    assert ticks >= waited / 0.01 / 3  # the loop kept ticking all along
+
+
+async def test_an_unreachable_redis_is_unavailable():
+    store = await open_store(f"redis://127.0.0.1:{_free_port()}/0", ttl_s=60, max_bytes=1 << 20, timeout_s=TIMEOUT)
+    try:
+        for operation in (store.put(record()), store.get("resp_1", "a"), store.input_items("resp_1", "a"), store.delete("resp_1", "a")):
+            with pytest.raises(StoreUnavailable, match="the response store failed: .*[Cc]onnect"):
+                await operation
+    finally:
+        await store.close()
+
+
+async def test_a_write_failing_midway_changes_nothing(tmp_path):
+    path = tmp_path / "r.db"
+    store = await open_store(f"sqlite:///{path}", ttl_s=60, max_bytes=1 << 20, timeout_s=TIMEOUT)
+    try:
+        await store.put(record(items=2))
+        with sqlite3.connect(path) as db:  # the database itself refuses one item, after the old record was deleted
+            db.execute(
+                "CREATE TRIGGER refuse BEFORE INSERT ON items WHEN NEW.item_id = 'poison'"
+                " BEGIN SELECT RAISE(ABORT, 'refused by the test'); END"
+            )
+        db.close()
+        poisoned = Stored("resp_1", "owner-a", {"id": "resp_1"}, [message("msg_0"), message("poison")], 0.0)
+        with pytest.raises(StoreUnavailable, match="refused by the test"):
+            await store.put(poisoned)
+        assert await store.get("resp_1", "owner-a") == record(items=2)
+        with sqlite3.connect(path) as db:
+            assert db.execute("SELECT bytes FROM totals").fetchone()[0] == encode(record(items=2), 1 << 20).size
+        db.close()
+    finally:
+        await store.close()
+
+
+async def test_a_closed_sqlite_store_refuses_at_once(tmp_path):
+    store = await open_store(f"sqlite:///{tmp_path}/r.db", ttl_s=60, max_bytes=1 << 20, timeout_s=TIMEOUT)
+    await store.close()
+    with pytest.raises(StoreUnavailable, match="the response store is closed"):
+        await store.get("resp_1", "a")
+    await store.close()  # twice is fine
+
+
+async def test_opening_a_version_1_database_upgrades_it(tmp_path):
+    path = tmp_path / "old.db"
+    stored = record(items=4)
+    with sqlite3.connect(path, isolation_level=None) as db:
+        migrate(db, upto=1)
+        encoded = encode(stored, 1 << 20)
+        db.execute(
+            "INSERT INTO responses (id, owner, created_at, expires_at, response) VALUES (?, ?, ?, ?, ?)",
+            (stored.id, stored.owner, stored.created_at, time.time() + 60, encoded.response),
+        )
+        db.executemany(
+            "INSERT INTO items VALUES (?, ?, ?, ?)", [(stored.id, seq, i, blob) for seq, (i, blob) in enumerate(encoded.items)]
+        )
+    db.close()
+    store = await open_store(f"sqlite:///{path}", ttl_s=60, max_bytes=1 << 20, timeout_s=TIMEOUT)
+    try:
+        assert await store.get(stored.id, stored.owner) == stored
+        with sqlite3.connect(path) as db:
+            assert db.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS) == 2
+            assert db.execute("SELECT bytes FROM totals").fetchone()[0] == encoded.size
+            assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        db.close()
+        await store.put(record("resp_2"))
+        await store.delete(stored.id, stored.owner)
+        with sqlite3.connect(path) as db:
+            assert db.execute("SELECT bytes FROM totals").fetchone()[0] == encode(record("resp_2"), 1 << 20).size
+        db.close()
+    finally:
+        await store.close()
+    again = await open_store(f"sqlite:///{path}", ttl_s=60, max_bytes=1 << 20, timeout_s=TIMEOUT)
+    assert await again.get("resp_2", "owner-a") is not None  # reopening an up-to-date file changes nothing
+    await again.close()
+
+
+async def test_a_database_from_a_newer_toolgate_is_refused(tmp_path):
+    path = tmp_path / "new.db"
+    with sqlite3.connect(path) as db:
+        db.execute("PRAGMA user_version = 99")
+    db.close()
+    with pytest.raises(StoreUnavailable, match="schema version 99, newer than this toolgate's 2"):
+        await open_store(f"sqlite:///{path}", ttl_s=60, max_bytes=1 << 20, timeout_s=TIMEOUT)
+
+
+async def test_an_unopenable_sqlite_file_is_unavailable(tmp_path):
+    (tmp_path / "file").write_text("not a directory")
+    with pytest.raises(StoreUnavailable, match=r"\(opening .*file/r.db\)"):
+        await open_store(f"sqlite:///{tmp_path}/file/r.db", ttl_s=60, max_bytes=1 << 20, timeout_s=TIMEOUT)
+
+
+async def test_bad_urls_and_settings_are_value_errors():
+    assert sorted(BACKENDS) == ["redis", "rediss", "sqlite"]
+    for url, problem in [
+        ("memory://", "unknown response store URL scheme 'memory'"),
+        ("postgres://db/x", "expected one of: sqlite, redis, rediss"),
+        ("sqlite://host/x.db", "sqlite:///relative/path.db"),
+        ("sqlite:///", "sqlite:////absolute/path.db"),
+    ]:
+        with pytest.raises(ValueError, match=problem):
+            await open_store(url, ttl_s=60, max_bytes=1 << 20)
+    with pytest.raises(ValueError, match="must be positive"):
+        await open_store("sqlite:///x.db", ttl_s=0, max_bytes=1 << 20)
+
+
+async def test_redis_without_its_package_says_what_to_install(monkeypatch):
+    monkeypatch.delitem(sys.modules, "gateway.store._redis", raising=False)
+    for name in [name for name in sys.modules if name == "redis" or name.startswith("redis.")]:
+        monkeypatch.setitem(sys.modules, name, None)
+    with pytest.raises(ImportError, match=r"pip install 'toolgate\[redis\]'"):
+        await open_store("redis://127.0.0.1:6379/0", ttl_s=60, max_bytes=1 << 20)
+
+
+async def test_the_store_thread_bounds_its_queue_and_skips_abandoned_jobs():
+    thread = OneThread("test-store", queued=3)
+    release, ran = threading.Event(), []
+    try:
+        blocked = asyncio.create_task(thread.run(release.wait, 5))
+        await asyncio.sleep(0.01)
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.05):
+                await thread.run(ran.append, "abandoned")
+        queued = asyncio.create_task(thread.run(ran.append, "queued"))
+        await asyncio.sleep(0)
+        with pytest.raises(Refused, match="is busy: 3 operations are already waiting"):
+            await thread.run(ran.append, "refused")
+        release.set()
+        assert await blocked is True
+        await queued
+        assert ran == ["queued"]
+        with pytest.raises(ZeroDivisionError):
+            await thread.run(lambda: 1 / 0)
+    finally:
+        release.set()
+        thread.stop()
+    with pytest.raises(Refused, match="is closed"):
+        await thread.run(ran.append, "late")
