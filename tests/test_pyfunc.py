@@ -13,7 +13,8 @@ import pytest
 
 from gateway.errors import Problems
 from gateway.redact import SECRETS
-from gateway.tools import pyfunc, workers
+from gateway.threads import Threads
+from gateway.tools import pyfunc
 from gateway.tools.base import ToolError
 from gateway.tools.toolbox import Toolbox
 from tests import sample_functions
@@ -183,7 +184,7 @@ async def run_calls(toolbox, *calls):
 @pytest.fixture
 def pool(monkeypatch):
     """A small tool-thread pool of three, with no queue; hung calls are released afterwards."""
-    small = workers.Workers(threads=3, queued=0)
+    small = Threads("toolgate-tool", threads=3, queued=0)
     monkeypatch.setattr(pyfunc, "WORKERS", small, raising=False)  # raising: the test predates WORKERS
     yield small
     sample_functions.RELEASE.set()

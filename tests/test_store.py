@@ -19,7 +19,6 @@ from openai.types.responses import ResponseItemList
 
 from gateway.store import BACKENDS, Stored, StoreUnavailable, TooLargeToStore, open_store
 from gateway.store._schema import MIGRATIONS, migrate
-from gateway.store._thread import OneThread, Refused
 from gateway.store.base import encode
 
 TIMEOUT = 0.3  # every store in these tests gives up after this long
@@ -352,7 +351,7 @@ async def test_a_write_failing_midway_changes_nothing(tmp_path):
 async def test_a_closed_sqlite_store_refuses_at_once(tmp_path):
     store = await open_store(f"sqlite:///{tmp_path}/r.db", ttl_s=60, max_bytes=1 << 20, timeout_s=TIMEOUT)
     await store.close()
-    with pytest.raises(StoreUnavailable, match="the response store is closed"):
+    with pytest.raises(StoreUnavailable, match="the response store is unavailable: toolgate-store is stopped"):
         await store.get("resp_1", "a")
     await store.close()  # twice is fine
 
@@ -426,29 +425,3 @@ async def test_redis_without_its_package_says_what_to_install(monkeypatch):
         monkeypatch.setitem(sys.modules, name, None)
     with pytest.raises(ImportError, match=r"pip install 'toolgate\[redis\]'"):
         await open_store("redis://127.0.0.1:6379/0", ttl_s=60, max_bytes=1 << 20)
-
-
-async def test_the_store_thread_bounds_its_queue_and_skips_abandoned_jobs():
-    thread = OneThread("test-store", queued=3)
-    release, ran = threading.Event(), []
-    try:
-        blocked = asyncio.create_task(thread.run(release.wait, 5))
-        await asyncio.sleep(0.01)
-        with pytest.raises(TimeoutError):
-            async with asyncio.timeout(0.05):
-                await thread.run(ran.append, "abandoned")
-        queued = asyncio.create_task(thread.run(ran.append, "queued"))
-        await asyncio.sleep(0)
-        with pytest.raises(Refused, match="is busy: 3 operations are already waiting"):
-            await thread.run(ran.append, "refused")
-        release.set()
-        assert await blocked is True
-        await queued
-        assert ran == ["queued"]
-        with pytest.raises(ZeroDivisionError):
-            await thread.run(lambda: 1 / 0)
-    finally:
-        release.set()
-        thread.stop()
-    with pytest.raises(Refused, match="is closed"):
-        await thread.run(ran.append, "late")

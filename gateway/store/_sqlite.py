@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 import orjson
 
 from gateway.store._schema import SchemaTooNew, migrate
-from gateway.store._thread import OneThread, Refused
+from gateway.threads import Busy, Threads
 from gateway.store.base import CLEANUP_BATCH, Stored, StoreUnavailable, check_page, encode
 
 T = TypeVar("T")
@@ -41,7 +41,7 @@ class SqliteStore:
         self.ttl_s = ttl_s
         self.max_bytes = max_bytes
         self.timeout_s = timeout_s
-        self._thread = OneThread("toolgate-store")
+        self._thread = Threads("toolgate-store", threads=1, queued=256)
         self._conn: sqlite3.Connection | None = None  # touched only on self._thread
 
     @classmethod
@@ -87,8 +87,8 @@ class SqliteStore:
                 return await self._thread.run(func, *args)
         except TimeoutError:
             raise StoreUnavailable(f"the response store did not answer within {self.timeout_s:g}s") from None
-        except Refused as exc:
-            raise StoreUnavailable(f"the response store {exc}") from None
+        except Busy as exc:
+            raise StoreUnavailable(f"the response store is unavailable: {exc}") from None
         except (sqlite3.Error, SchemaTooNew, OSError) as exc:
             raise StoreUnavailable(f"the response store failed: {exc}") from exc
 
