@@ -30,7 +30,7 @@ class Busy(Exception):
 
 
 class Threads:
-    def __init__(self, name: str, *, threads: int = 8, queued: int = 64) -> None:
+    def __init__(self, name: str = "toolgate-pool", *, threads: int = 8, queued: int = 64) -> None:
         self.name = name
         self.threads = max(1, threads)
         self.queued = max(0, queued)
