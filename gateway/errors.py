@@ -6,12 +6,15 @@
     ├── InvalidRequest          400 invalid_request_error
     │   ├── RequestTooLarge     413
     │   ├── Unprocessable       422 (an upstream's 422, kept)
+    │   ├── TooLargeToStore     413 (one response is larger than the store's cap)
     │   ├── BodyTimeout         408 (the body did not arrive in time)
     │   └── ClientGone          499 (logged; nobody is left to answer)
     ├── Unauthorized            401 authentication_error
     ├── ModelNotFound           404 model_not_found
     ├── Overloaded              429 rate_limit_exceeded (gateway's own cap)
     ├── LoopLimit               422 max_rounds_exceeded (on_max_rounds = "error")
+    ├── ShuttingDown            503 (the grace period after SIGTERM is over)
+    ├── StoreUnavailable        503 (the response store did not answer, or failed)
     └── UpstreamError           502 upstream_error
         ├── UpstreamTimeout     504
         ├── UpstreamBusy        503 (its connection slots stayed taken; carries Retry-After)
@@ -139,6 +142,30 @@ class UpstreamRateLimited(UpstreamError):
 
 class UpstreamStatus(UpstreamError):
     """A non-2xx answer from the upstream, with its status mapped for the client."""
+
+
+class ShuttingDown(GatewayError):
+    """The grace period after SIGTERM is over and the request was still running."""
+
+    status = 503
+    type = "server_error"
+    code = "shutting_down"
+
+
+class StoreUnavailable(GatewayError):
+    """The store did not answer in time, or failed: the database is locked, slow,
+    unreachable or unreadable."""
+
+    status = 503
+    type = "server_error"
+    code = "store_unavailable"
+
+
+class TooLargeToStore(InvalidRequest):
+    """One response alone is larger than the store's whole size cap."""
+
+    status = 413
+    code = "too_large_to_store"
 
 
 class ConfigError(Exception):

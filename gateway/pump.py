@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from gateway import drain
-from gateway.errors import GatewayError, UpstreamTimeout, error_json
+from gateway.errors import ShuttingDown, UpstreamTimeout, error_json
 from gateway.events import Event, Final, Opening, RoundUsage, ToolStarted
 from gateway.usage import add_usage
 
@@ -85,12 +85,6 @@ class Outcome:
 
 class _Ended(Exception):
     """The loop's producer task ended without an answer (it was cancelled from inside)."""
-
-
-class ShuttingDown(GatewayError):
-    status = 503
-    type = "server_error"
-    code = "shutting_down"
 
 
 _END = object()

@@ -34,7 +34,8 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
-from gateway.store.base import ResponseStore, Stored, StoreUnavailable, TooLargeToStore
+from gateway.errors import StoreUnavailable, TooLargeToStore
+from gateway.store.base import ResponseStore, Stored
 
 __all__ = [
     "BACKENDS",

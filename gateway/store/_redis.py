@@ -28,7 +28,8 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from gateway.store.base import CLEANUP_BATCH, Stored, StoreUnavailable, check_page, encode
+from gateway.errors import StoreUnavailable
+from gateway.store.base import CLEANUP_BATCH, Stored, check_page, encode
 
 T = TypeVar("T")
 

@@ -22,9 +22,10 @@ from typing import Any, TypeVar
 
 import orjson
 
+from gateway.errors import StoreUnavailable
 from gateway.store._schema import SchemaTooNew, migrate
+from gateway.store.base import CLEANUP_BATCH, Stored, check_page, encode
 from gateway.threads import Busy, Threads
-from gateway.store.base import CLEANUP_BATCH, Stored, StoreUnavailable, check_page, encode
 
 T = TypeVar("T")
 

@@ -7,7 +7,7 @@ from typing import Any, Protocol
 
 import orjson
 
-from gateway.errors import GatewayError, InvalidRequest
+from gateway.errors import TooLargeToStore
 
 ORDERS = ("asc", "desc")
 MAX_LIMIT = 100
@@ -50,22 +50,6 @@ class ResponseStore(Protocol):
         """True when the owner's live record was deleted."""
 
     async def close(self) -> None: ...
-
-
-class StoreUnavailable(GatewayError):
-    """The store did not answer in time, or failed: the database is locked, slow,
-    unreachable or unreadable."""
-
-    status = 503
-    type = "server_error"
-    code = "store_unavailable"
-
-
-class TooLargeToStore(InvalidRequest):
-    """One response alone is larger than the store's whole size cap."""
-
-    status = 413
-    code = "too_large_to_store"
 
 
 @dataclass(frozen=True)
