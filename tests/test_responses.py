@@ -467,3 +467,24 @@ async def test_an_approved_call_must_be_the_last_turn(tmp_path):
         unknown = await create(client, input=[{"type": "mcp_approval_response", "approval_request_id": "mcpr_9", "approve": True}], store=False)
     assert r.status_code == 400 and r.json()["error"]["param"] == "input"
     assert unknown.status_code == 400 and unknown.json()["error"]["param"] == "input[0].approval_request_id"
+
+
+async def test_a_failed_store_write_is_logged_never_a_late_error(tmp_path, caplog):
+    up = ScriptedUpstream(completion("a long enough answer to pass the tiny cap"))
+    async with gateway(config(tmp_path, environ={"TOOLGATE_STORE_MAX_BYTES": "64"}), up) as client:
+        r = await client.post("/responses", json={"model": "m", "input": "x"})
+        assert r.status_code == 200
+        assert (await client.get(f"/v1/responses/{r.json()['id']}")).status_code == 404
+    assert any("was not stored" in rec.getMessage() for rec in caplog.records)
+
+
+async def test_tool_choice_required_needs_no_server_tools(tmp_path):
+    up = ScriptedUpstream(completion(None, tool_calls=[call("f", {})]))
+    cfg = config(tmp_path, extra={"models": [{"name": "m", "upstream_model": "up", "tools": []}]})
+    async with gateway(cfg, up) as client:
+        ok = await create(client, input="x", tools=[{"type": "function", "name": "f"}], tool_choice="required", store=False)
+        assert ok.json()["output"][-1]["type"] == "function_call"
+    async with gateway(config(tmp_path), ScriptedUpstream()) as client:
+        bad = await create(client, input="x", tool_choice="required")
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "tool_choice"
+    assert up.bodies[0]["tool_choice"] == "required"

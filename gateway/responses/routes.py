@@ -236,6 +236,9 @@ class CreateResponse:
             clash = {t["function"]["name"] for t in request.client_tools} & offer.tools.keys()
             if clash:
                 raise InvalidRequest(f"Function tool names clash with server tools: {', '.join(sorted(clash))}.", param="tools")
+        if request.params.get("tool_choice") == "required" and offer.tools:
+            # The loop sends its parameters every round: "required" would force a call in each one.
+            raise InvalidRequest("tool_choice 'required' is supported only when no server tools are offered.", param="tool_choice")
         offered = bool(offer.tools or request.client_tools)
         messages = conversation.messages
         if request.instructions:
