@@ -19,8 +19,9 @@ from gateway.tools import builtin
 from gateway.tools.base import SourceContext, ToolError
 from gateway.tools.builtin.calculate import Calculate
 from gateway.tools.builtin.current_time import CurrentTime
-from gateway.tools.builtin.fetch_url import FetchUrl, html_to_text
+from gateway.tools.builtin.fetch_url import FetchUrl
 from gateway.tools.builtin.netguard import Guard
+from tests.test_html import PAGE
 from tests.tool_servers import serve
 
 
@@ -214,48 +215,6 @@ def test_calculate_max_length_option():
 
 
 # --- fetch_url ---------------------------------------------------------------------
-
-PAGE = """<!doctype html><html><head><title> The  Page </title>
-<style>body { color: red }</style><script>let a = 1 < 2;</script></head>
-<body><nav><a href="/">Home</a> <a href="/about">About</a></nav>
-<h1>Hello <em>world</em></h1>
-<p>Some   text with a <a href="/docs/x">link here</a> and <strong>bold</strong>.<br>Next line.</p>
-<div hidden>invisible</div><noscript>enable js</noscript>
-<ul><li>one</li><li>two<ol><li>a</li><li>b</li></ol></li></ul>
-<h2>Code</h2><pre>def f():
-    return 1</pre>
-<table><tr><th>A</th><th>B</th></tr><tr><td>1</td><td>2</td></tr></table>
-<p>Tom &amp; Jerry <img src="/cat.png" alt="a cat"> <a href="javascript:void(0)">click</a></p>
-</body></html>"""
-
-
-def test_html_to_markdown():
-    title, text = html_to_text(PAGE, "https://site.test/a/b")
-    assert title == "The Page"
-    assert text == (
-        "# Hello *world*\n\n"
-        "Some text with a [link here](https://site.test/docs/x) and **bold**.\nNext line.\n\n"
-        "- one\n- two\n  1. a\n  2. b\n\n"
-        "## Code\n\n```\ndef f():\n    return 1\n```\n\n"
-        "A | B\n1 | 2\n\n"
-        "Tom & Jerry ![a cat](https://site.test/cat.png) click"
-    )
-
-
-def test_html_to_text():
-    _, text = html_to_text(PAGE, "https://site.test/", markdown=False)
-    assert text == (
-        "Hello world\n\nSome text with a link here and bold.\nNext line.\n\n"
-        "- one\n- two\n  1. a\n  2. b\n\nCode\n\ndef f():\n    return 1\n\nA | B\n1 | 2\n\nTom & Jerry a cat click"
-    )
-    for dropped in ("color", "let a", "Home", "About", "invisible", "enable js"):
-        assert dropped not in text
-
-
-def test_html_reducer_survives_broken_markup():
-    _, text = html_to_text("<p>open <b>bold <a href='x'>link<div>block</p></i><h3>t", "http://h/")
-    assert "open" in text and "block" in text and "### t" in text
-
 
 class Chunks(httpx.AsyncByteStream):
     """A streamed body that counts how much of it was pulled."""

@@ -3,7 +3,9 @@
 Every hop is checked by ``netguard`` and the request goes to the address that
 was checked (``Host`` header and SNI carry the name), so a DNS answer that
 changes between check and connect cannot redirect us. Redirects are followed
-here, one checked hop at a time; the body is decoded and capped while it is read.
+here, one checked hop at a time; the body is decoded and capped while it is read,
+then rendered on the tools' worker threads (``html.py`` does the HTML), so a
+hostile page costs the event loop nothing and the tool's timeout still fires.
 """
 
 from __future__ import annotations
@@ -12,16 +14,16 @@ import asyncio
 import codecs
 import re
 import zlib
-from html.parser import HTMLParser
 from typing import Any
-from urllib.parse import urljoin
 
 import httpx
 
 from gateway.errors import Problems
 from gateway.tools.base import SourceContext, Tool, ToolError
 from gateway.tools.builtin import Options
+from gateway.tools.builtin.html import html_to_text
 from gateway.tools.builtin.netguard import Guard, Target, system_resolve
+from gateway.tools.workers import WORKERS, WorkersBusy
 
 PARAMETERS = {
     "type": "object",
@@ -116,7 +118,10 @@ class FetchUrl(Tool):
                 body, truncated = await read_capped(response, self.max_bytes)
             finally:
                 await response.aclose()
-            return _render(url, response, body, truncated, fmt, self.max_bytes)
+            try:
+                return await WORKERS.run(_render, url, response, body, truncated, fmt, self.max_bytes)
+            except WorkersBusy:
+                raise ToolError("the gateway is busy: every tool worker thread is in use; try again") from None
         raise ToolError(f"too many redirects (more than {self.max_redirects})")
 
 
@@ -159,6 +164,7 @@ async def read_capped(response: httpx.Response, cap: int) -> tuple[bytes, bool]:
 
 
 def _render(url: httpx.URL, response: httpx.Response, body: bytes, truncated: bool, fmt: str, cap: int) -> str:
+    """The tool's answer for a read response; runs on a worker thread (CPU-bound on big pages)."""
     mime = response.headers.get("content-type", "").partition(";")[0].strip().lower()
     is_html = mime in HTML_TYPES or (not mime and body.lstrip()[:15].lower().startswith((b"<!doctype html", b"<html")))
     text = body.decode(_charset(response, body if is_html else b""), errors="replace")
@@ -197,179 +203,6 @@ def _charset(response: httpx.Response, html: bytes) -> str:
         return codecs.lookup(found or "utf-8").name
     except LookupError:
         return "utf-8"
-
-
-# --- HTML to text --------------------------------------------------------------
-
-SKIP = frozenset(
-    {"script", "style", "noscript", "template", "svg", "math", "canvas", "iframe", "object", "nav", "select", "button"}
-)
-VOID = frozenset({"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"})
-PARAGRAPHS = frozenset({"p", "blockquote", "table", "figure", "ul", "ol", "dl", "form", "details"})
-LINES = frozenset(
-    {"div", "section", "article", "main", "header", "footer", "aside", "tr", "dt", "dd", "figcaption",
-     "summary", "address", "fieldset", "caption", "center", "hgroup", "li"}
-)
-EMPHASIS = {"strong": "**", "b": "**", "em": "*", "i": "*", "code": "`"}
-
-
-def html_to_text(html: str, base_url: str = "", *, markdown: bool = True) -> tuple[str, str]:
-    """``(title, text)`` of an HTML document: headings, paragraphs, lists and links kept
-    (as Markdown when ``markdown``), scripts, styles, navigation and hidden parts dropped."""
-    reducer = _Reducer(base_url, markdown)
-    reducer.feed(html)
-    reducer.close()
-    return reducer.result()
-
-
-class _Reducer(HTMLParser):
-    def __init__(self, base_url: str, markdown: bool) -> None:
-        super().__init__(convert_charrefs=True)
-        self.base_url = base_url
-        self.md = markdown
-        self.out: list[str] = []
-        self.title: list[str] = []
-        self.in_title = False
-        self.skip_tag: str | None = None
-        self.skip_depth = 0
-        self.pre = 0
-        self.lists: list[list[Any]] = []  # [tag, items so far]
-        self.open: list[tuple[str, int, str]] = []  # (tag, start in out, href) for a, h1-6, emphasis
-
-    # structure
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        if self.skip_tag is not None:
-            self.skip_depth += tag == self.skip_tag
-            return
-        attr = dict(attrs)
-        if tag in SKIP or "hidden" in attr or attr.get("aria-hidden") == "true":
-            if tag not in VOID:
-                self.skip_tag, self.skip_depth = tag, 1
-            return
-        if tag == "title":
-            self.in_title = True
-        elif tag in PARAGRAPHS or tag in LINES or tag == "pre":
-            self._break(2 if (tag in PARAGRAPHS and not self.lists) or tag == "pre" else 1)
-        if tag in ("ul", "ol"):
-            self.lists.append([tag, 0])
-        elif tag == "li":
-            self._list_item()
-        elif len(tag) == 2 and tag[0] == "h" and tag[1] in "123456":
-            self._break(2)
-            self.open.append((tag, len(self.out), ""))
-        elif tag == "a":
-            self.open.append((tag, len(self.out), attr.get("href") or ""))
-        elif tag in EMPHASIS and not self.pre:
-            self.open.append((tag, len(self.out), ""))
-        elif tag == "pre":
-            self.pre += 1
-            if self.md:
-                self.out.append("```\n")
-        elif tag == "br":
-            self.out.append("\n")
-        elif tag == "hr":
-            self._break(2)
-            self.out.append("---" if self.md else "")
-            self._break(2)
-        elif tag in ("td", "th") and self._tail()[-1:] not in ("\n", ""):
-            self.out.append(" | ")
-        elif tag == "img" and attr.get("alt"):
-            alt = " ".join((attr["alt"] or "").split())
-            src = attr.get("src")
-            self.out.append(f"![{alt}]({urljoin(self.base_url, src)})" if self.md and src else alt)
-
-    def handle_endtag(self, tag: str) -> None:
-        if self.skip_tag is not None:
-            if tag == self.skip_tag:
-                self.skip_depth -= 1
-                if self.skip_depth == 0:
-                    self.skip_tag = None
-            return
-        if tag == "title":
-            self.in_title = False
-        elif tag in ("ul", "ol"):
-            if self.lists and self.lists[-1][0] == tag:
-                self.lists.pop()
-            self._break(2 if not self.lists else 1)
-        elif tag == "pre" and self.pre:
-            self.pre -= 1
-            if self.md:
-                self._break(1)
-                self.out.append("```")
-            self._break(2)
-        elif tag in PARAGRAPHS or tag in LINES:
-            self._break(2 if tag in PARAGRAPHS and not self.lists else 1)
-        if any(t == tag for t, _, _ in self.open):
-            while self.open:
-                open_tag, start, href = self.open.pop()
-                self._close(open_tag, start, href)
-                if open_tag == tag:
-                    break
-
-    def handle_data(self, data: str) -> None:
-        if self.skip_tag is not None:
-            return
-        if self.in_title:
-            self.title.append(data)
-        elif self.pre:
-            self.out.append(data)
-        else:
-            text = re.sub(r"\s+", " ", data)
-            if self._tail()[-1:] in (" ", "\n", ""):
-                text = text.lstrip(" ")
-            if text:
-                self.out.append(text)
-
-    def result(self) -> tuple[str, str]:
-        while self.open:
-            self._close(*self.open.pop())
-        text = "".join(self.out)
-        text = re.sub(r"[ \t]+\n", "\n", text)
-        text = re.sub(r"\n{3,}", "\n\n", text)
-        return " ".join("".join(self.title).split()), text.strip()
-
-    # helpers
-
-    def _close(self, tag: str, start: int, href: str) -> None:
-        inner = "".join(self.out[start:])
-        text = " ".join(inner.split())
-        if tag[0] == "h" and tag != "a":
-            self.out[start:] = [("#" * int(tag[1]) + " " if self.md and text else "") + text]
-            self._break(2)
-        elif tag == "a":
-            usable = href and not href.startswith(("#", "javascript:", "data:"))
-            if self.md and usable and text:
-                self.out[start:] = [f"{' ' if inner[:1].isspace() else ''}[{text}]({urljoin(self.base_url, href)})"]
-        elif self.md and text:
-            mark = EMPHASIS[tag]
-            self.out[start:] = [f"{' ' if inner[:1].isspace() else ''}{mark}{text}{mark}"]
-
-    def _list_item(self) -> None:
-        self._break(1)
-        if not self.lists:
-            self.out.append("- ")
-            return
-        self.lists[-1][1] += 1
-        kind, number = self.lists[-1]
-        marker = f"{number}. " if kind == "ol" else "- "
-        self.out.append("  " * (len(self.lists) - 1) + marker)
-
-    def _tail(self) -> str:
-        return "".join(self.out[-3:])
-
-    def _break(self, lines: int) -> None:
-        """End the current line, leaving ``lines`` newlines (1: new line, 2: new paragraph)."""
-        if not self.out:
-            return
-        while self.out and self.out[-1].strip(" ") == "" and "\n" not in self.out[-1]:
-            self.out.pop()
-        if self.out:
-            self.out[-1] = self.out[-1].rstrip(" ")
-        tail = "".join(self.out[-3:])
-        have = len(tail) - len(tail.rstrip("\n"))
-        if have < lines:
-            self.out.append("\n" * (lines - have))
 
 
 def build(options: dict[str, Any], problems: Problems, key: str) -> FetchUrl | None:
