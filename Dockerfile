@@ -8,12 +8,14 @@ FROM python:3.11-slim
 # (exit 2) instead of serving the demo model; `serve --demo` asks for the demo.
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 \
     TOOLGATE_HOST=0.0.0.0 TOOLGATE_PORT=8080 TOOLGATE_CONFIG=/app/config/toolgate.toml \
-    TOOLGATE_REQUIRE_UPSTREAM=1
+    TOOLGATE_REQUIRE_UPSTREAM=1 TOOLGATE_STORE_URL=sqlite:////app/data/responses.db
 
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY gateway ./gateway
-RUN pip install . && useradd --system --uid 10001 --home-dir /app toolgate
+# /app/data holds the Responses API's SQLite store (mount a volume there to keep it).
+RUN pip install . && useradd --system --uid 10001 --home-dir /app toolgate \
+    && mkdir -p /app/data && chown 10001 /app/data
 # Mount your own config over this directory.
 COPY config ./config
 

@@ -27,7 +27,7 @@ from gateway.config import Settings
 from gateway.middleware import GatewayMiddleware
 from gateway.redact import SECRETS
 from gateway.responses.routes import CreateResponse, StoreSlot, store_routes
-from gateway.store import DEFAULT_MAX_BYTES, DEFAULT_TTL_S, open_store
+from gateway.store import open_store
 from gateway.tools.base import SourceContext, ToolSource
 from gateway.tools.toolbox import Toolbox
 from gateway.tools.workers import WORKERS
@@ -113,13 +113,9 @@ def create_app(
 
 
 def store_opener(settings: Settings):
-    """How to open the response store (on first use). Read from the environment until the
-    config has a [store] table: TOOLGATE_STORE_URL, TOOLGATE_STORE_TTL_S, TOOLGATE_STORE_MAX_BYTES."""
-    env = settings.environ
-    url = env.get("TOOLGATE_STORE_URL", "sqlite:///./toolgate-responses.db")
-    ttl_s = float(env.get("TOOLGATE_STORE_TTL_S") or DEFAULT_TTL_S)
-    max_bytes = int(env.get("TOOLGATE_STORE_MAX_BYTES") or DEFAULT_MAX_BYTES)
-    return lambda: open_store(url, ttl_s=ttl_s, max_bytes=max_bytes)
+    """How to open the response store (`[store]`), on first use."""
+    store = settings.store
+    return lambda: open_store(store.url, ttl_s=store.ttl_s, max_bytes=store.max_bytes, timeout_s=store.timeout_s)
 
 
 async def _start_sources(sources: Sequence[ToolSource], context: SourceContext, runtime: routes.Runtime) -> None:

@@ -135,9 +135,29 @@ class LoopSettings:
 
 
 @dataclass(frozen=True)
+class StoreSettings:
+    """The Responses API's response store: SQLite embedded, or Redis shared by replicas."""
+
+    url: str = "sqlite:///toolgate-responses.db"  # or "redis://host:6379/0"; TOOLGATE_STORE_URL overrides
+    ttl_s: float = 30 * 24 * 3600.0  # a stored response expires after
+    max_bytes: int = 1 << 30  # oldest responses are evicted past it
+    timeout_s: float = 5.0  # one store operation, at most
+
+
+_STORE_SCHEMES = ("sqlite", "redis", "rediss")
+
+
+def _shown_store_url(url: str) -> str:
+    # A Redis password is masked; a sqlite:/// path is kept as written (it has no host to rebuild).
+    password = urlsplit(url).password
+    return url.replace(f":{password}@", f":{MASK}@") if password else url
+
+
+@dataclass(frozen=True)
 class Settings:
     server: ServerSettings = field(default_factory=ServerSettings)
     loop: LoopSettings = field(default_factory=LoopSettings)
+    store: StoreSettings = field(default_factory=StoreSettings)
     upstreams: Mapping[str, Upstream] = field(default_factory=dict)
     models: Mapping[str, ModelAlias] = field(default_factory=dict)
     sources: tuple[ToolSource, ...] = ()
@@ -158,6 +178,7 @@ class Settings:
         password of a URL, and whatever a tool source reports through ``secrets()``.
         """
         found = [key.value for key in self.api_keys]
+        found.append(urlsplit(self.store.url).password or "")
         for upstream in self.upstreams.values():
             found += _upstream_secrets(upstream)
         for source in self.sources:
@@ -181,6 +202,7 @@ class Settings:
             "path": self.path,
             "server": _plain(self.server),
             "loop": _plain(self.loop),
+            "store": {**_plain(self.store), "url": _shown_store_url(self.store.url)},
             "auth": {"api_keys": len(self.api_keys)},
             "upstreams": upstreams,
             "models": _plain(self.models),
@@ -564,6 +586,9 @@ def _surprises(settings: Settings, keys_env: str, warnings: Problems) -> None:
 
 def _apply_env(raw: dict[str, Any], environ: Mapping[str, str], problems: Problems) -> None:
     """Container overrides: TOOLGATE_UPSTREAM_* set the default upstream, and so on."""
+    store = raw.setdefault("store", {})
+    if isinstance(store, dict) and environ.get("TOOLGATE_STORE_URL"):
+        store["url"] = environ["TOOLGATE_STORE_URL"]
     server = raw.setdefault("server", {})
     if isinstance(server, dict):
         if environ.get("TOOLGATE_HOST"):
@@ -611,8 +636,8 @@ def settings_from_dict(raw: dict[str, Any], environ: Mapping[str, str], path: st
     problems, warnings = Problems(path), Problems(path)
     _apply_env(raw, environ, problems)
     for name in raw:
-        if name not in {"server", "loop", "auth", "upstreams", "models", "tools"}:
-            problems.add(name, "unknown section; expected server, loop, auth, upstreams, models or tools")
+        if name not in {"server", "loop", "store", "auth", "upstreams", "models", "tools"}:
+            problems.add(name, "unknown section; expected server, loop, store, auth, upstreams, models or tools")
 
     def table(name: str) -> dict[str, Any]:
         value = raw.get(name, {})
@@ -629,6 +654,10 @@ def settings_from_dict(raw: dict[str, Any], environ: Mapping[str, str], path: st
     loop = _dataclass_from(LoopSettings, table("loop"), "loop", problems)
     if loop.on_max_rounds not in _ON_MAX_ROUNDS:
         problems.add("loop.on_max_rounds", f"expected one of {', '.join(_ON_MAX_ROUNDS)}, got {loop.on_max_rounds!r}")
+
+    store = _dataclass_from(StoreSettings, table("store"), "store", problems)
+    if urlsplit(store.url).scheme not in _STORE_SCHEMES or not urlsplit(store.url).path.strip("/") and not urlsplit(store.url).netloc:
+        problems.add("store.url", f"expected sqlite:///PATH or redis://HOST:PORT/DB, got {_shown_store_url(store.url)!r}")
 
     upstreams: dict[str, Upstream] = {}
     for name, entry in table("upstreams").items():
@@ -666,6 +695,7 @@ def settings_from_dict(raw: dict[str, Any], environ: Mapping[str, str], path: st
     settings = Settings(
         server=server,
         loop=loop,
+        store=store,
         upstreams=upstreams,
         models=models,
         sources=tuple(sources),

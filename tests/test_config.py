@@ -697,3 +697,17 @@ def test_describe_runs_every_string_through_the_redactor():
     assert canary not in text and "sk-own-key-4" not in text and "pw-secret-3" not in text
     assert described["models"]["m"]["system_prompt"] == "Say *** and *** never."
     assert described["upstreams"]["default"]["url"] == "https://u:***@x.example/v1"
+
+
+def test_the_store_table_its_env_override_and_its_secret():
+    settings = settings_from_dict({"upstreams": {"default": {"url": "http://u.test/v1"}}, "store": {"ttl_s": 60}}, {})
+    assert (settings.store.url, settings.store.ttl_s) == ("sqlite:///toolgate-responses.db", 60.0)
+    env = {"TOOLGATE_STORE_URL": "redis://:store-password-1234@127.0.0.1:6379/0"}
+    settings = settings_from_dict({"upstreams": {"default": {"url": "http://u.test/v1"}}}, env)
+    assert settings.store.url.startswith("redis://") and "store-password-1234" in settings.secrets()
+    assert "store-password-1234" not in str(settings.describe())
+    with pytest.raises(ConfigError) as info:
+        settings_from_dict({"upstreams": {"default": {"url": "http://u.test/v1"}}, "store": {"url": "mysql://db", "max_bytes": 0}}, {})
+    lines = "\n".join(info.value.problems)
+    assert "store.url: expected sqlite:///PATH or redis://HOST:PORT/DB, got 'mysql://db'" in lines
+    assert "store.max_bytes" in lines

@@ -471,7 +471,7 @@ async def test_an_approved_call_must_be_the_last_turn(tmp_path):
 
 async def test_a_failed_store_write_is_logged_never_a_late_error(tmp_path, caplog):
     up = ScriptedUpstream(completion("a long enough answer to pass the tiny cap"))
-    async with gateway(config(tmp_path, environ={"TOOLGATE_STORE_MAX_BYTES": "64"}), up) as client:
+    async with gateway(config(tmp_path, extra={"store": {"max_bytes": 64}}), up) as client:
         r = await client.post("/responses", json={"model": "m", "input": "x"})
         assert r.status_code == 200
         assert (await client.get(f"/v1/responses/{r.json()['id']}")).status_code == 404

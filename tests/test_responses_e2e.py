@@ -12,6 +12,7 @@ import httpx
 import openai
 import pytest
 
+from gateway.config import StoreSettings
 from gateway.fakellm import Calls, Fail, FakeLLM, Reply
 from gateway.tools.base import StaticSource
 from tests.test_e2e import Sleeper, _left_tasks, sdk, serve, settings_for
@@ -20,7 +21,7 @@ from tests.test_responses import Add
 
 def config(fake: FakeLLM, tmp_path, **kw):
     cfg = settings_for(fake, **kw)
-    return dataclasses.replace(cfg, environ={**cfg.environ, "TOOLGATE_STORE_URL": f"sqlite:///{tmp_path}/responses.db"})
+    return dataclasses.replace(cfg, store=StoreSettings(url=f"sqlite:///{tmp_path}/responses.db"))
 
 
 async def test_create_retrieve_list_and_delete(tmp_path):
