@@ -21,11 +21,10 @@ from typing import Any
 from gateway.assemble import StreamAssembler, Turn, turn_from_completion
 from gateway.config import Upstream
 from gateway.errors import LoopLimit
-from gateway.events import Delta, Event, Final, RoundUsage, ToolFinished, ToolStarted
+from gateway.events import Event, Final, RoundUsage, ToolFinished, ToolStarted
 from gateway.tools.toolbox import Offer, Toolbox
 from gateway.upstream import UpstreamClient
 from gateway.usage import add_usage
-from gateway.upstream import UpstreamClient
 
 
 @dataclass(slots=True)
@@ -52,6 +51,9 @@ class LoopJob:
     ask_first: Callable[[str], bool] | None = None
     # Calls held for approval earlier, with the client's answer: run (or refused) before round 1.
     resume: list[tuple[dict[str, Any], bool]] | None = None
+    # The client's tool_choice ("required", a named function): for the first round only; sent
+    # in every round, it would force a call in each until the round cap.
+    first_tool_choice: Any = None
 
 
 _TOKEN_PARAMS = ("max_completion_tokens", "max_tokens")
@@ -129,6 +131,8 @@ async def run_loop(job: LoopJob, upstream: UpstreamClient, toolbox: Toolbox) -> 
         budget.apply(body)
         if last_call and tools:
             body["tool_choice"] = "none"
+        elif round_no == 0 and job.first_tool_choice is not None:
+            body["tool_choice"] = job.first_tool_choice
 
         if job.stream:
             assembler = StreamAssembler(max_repeats=job.max_repeated_deltas)

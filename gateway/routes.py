@@ -42,6 +42,40 @@ class Runtime:
         self._probing: asyncio.Future | None = None
         self._probed = 0.0
 
+    def loop_job(
+        self,
+        alias: ModelAlias,
+        messages: list[dict[str, Any]],
+        params: dict[str, Any],
+        offer: Offer,
+        *,
+        scope: dict,
+        request_id: str,
+        client_tools: list[dict[str, Any]] | None = None,
+        **job: Any,
+    ) -> LoopJob:
+        """One request's loop job, with the alias's and the config's bounds (any ingress)."""
+        upstream = self.settings.upstreams[alias.upstream]
+        loop = self.settings.loop
+        offered = bool(offer.tools or client_tools)
+        return LoopJob(
+            upstream=upstream,
+            model=alias.upstream_model,
+            messages=lead_messages(messages, alias.system_prompt, loop.tool_instruction if offered else ""),
+            params=params,
+            offer=offer,
+            client_tools=client_tools,
+            max_rounds=alias.max_rounds if alias.max_rounds is not None else loop.max_rounds,
+            on_max_rounds=alias.on_max_rounds or loop.on_max_rounds,
+            repeat_limit=loop.repeat_limit,
+            max_tool_calls=loop.max_tool_calls,
+            max_repeated_deltas=loop.max_repeated_deltas,
+            max_output_tokens=alias.max_output_tokens if alias.max_output_tokens is not None else upstream.max_output_tokens,
+            request_id=request_id,
+            client_auth=_bearer(_header(scope, b"authorization")) if upstream.forward_client_auth else "",
+            **job,
+        )
+
     def probe_soon(self) -> None:
         """Probe the upstreams in the background when the last probe is older than PROBE_EVERY_S:
         the readiness checker's own polling paces it, and nobody asking costs the host nothing."""
@@ -188,34 +222,27 @@ class ChatCompletions:
             logs.request_line(line)
 
     def _job(self, request: ChatRequest, scope: dict, request_id: str) -> tuple[LoopJob, str]:
-        settings = self.rt.settings
-        alias = self.rt.alias(request.model)
-        upstream = settings.upstreams[alias.upstream]
-        offer = _NO_TOOLS if request.tool_choice == "none" else self.rt.toolbox.select(alias.tools)
+        rt = self.rt
+        alias = rt.alias(request.model)
+        upstream = rt.settings.upstreams[alias.upstream]
+        offer = _NO_TOOLS if request.tool_choice == "none" else rt.toolbox.select(alias.tools)
         if request.client_tools:
             clash = {t["function"]["name"] for t in request.client_tools} & offer.tools.keys()
             if clash:
                 raise InvalidRequest(f"Client tool names clash with server tools: {', '.join(sorted(clash))}.", param="tools")
-        offered = bool(offer.tools or request.client_tools)
-        loop = settings.loop
-        job = LoopJob(
-            upstream=upstream,
-            model=alias.upstream_model,
-            messages=lead_messages(request.messages, alias.system_prompt, loop.tool_instruction if offered else ""),
-            params=upstream_params(request, alias.defaults, alias.overrides, upstream.accepted_extras),
-            offer=offer,
-            client_tools=request.client_tools if request.tool_choice != "none" else None,
-            stream=request.stream,
-            max_rounds=alias.max_rounds if alias.max_rounds is not None else loop.max_rounds,
-            on_max_rounds=alias.on_max_rounds or loop.on_max_rounds,
-            repeat_limit=loop.repeat_limit,
-            max_tool_calls=loop.max_tool_calls,
-            max_repeated_deltas=loop.max_repeated_deltas,
-            max_output_tokens=alias.max_output_tokens if alias.max_output_tokens is not None else upstream.max_output_tokens,
+        job = rt.loop_job(
+            alias,
+            request.messages,
+            upstream_params(request, alias.defaults, alias.overrides, upstream.accepted_extras),
+            offer,
+            scope=scope,
             request_id=request_id,
-            client_auth=_bearer(_header(scope, b"authorization")) if upstream.forward_client_auth else "",
+            stream=request.stream,
+            client_tools=request.client_tools if request.tool_choice != "none" else None,
+            # "required" or a named function: the first round's; later rounds are the loop's.
+            first_tool_choice=request.tool_choice if request.tool_choice not in (None, "none", "auto") else None,
         )
-        known = alias.name if alias.name in settings.models else "(passthrough)"
+        known = alias.name if alias.name in rt.settings.models else "(passthrough)"
         return job, known
 
 

@@ -369,3 +369,11 @@ async def test_streaming_error_after_a_silent_tool_round_keeps_its_status():
         r = await post(client, stream=True)
     assert r.status_code == 400
     assert "context too long" in r.json()["error"]["message"]
+
+
+async def test_a_client_tool_choice_holds_for_the_first_round_only():
+    up = ScriptedUpstream(completion(None, tool_calls=[call("calculate", {"expression": "1+1"})]), completion("2"))
+    async with gateway(settings(), up) as client:
+        r = await post(client, tool_choice="required")
+    assert r.status_code == 200
+    assert up.bodies[0]["tool_choice"] == "required" and "tool_choice" not in up.bodies[1]

@@ -478,13 +478,9 @@ async def test_a_failed_store_write_is_logged_never_a_late_error(tmp_path, caplo
     assert any("was not stored" in rec.getMessage() for rec in caplog.records)
 
 
-async def test_tool_choice_required_needs_no_server_tools(tmp_path):
-    up = ScriptedUpstream(completion(None, tool_calls=[call("f", {})]))
-    cfg = config(tmp_path, extra={"models": [{"name": "m", "upstream_model": "up", "tools": []}]})
-    async with gateway(cfg, up) as client:
-        ok = await create(client, input="x", tools=[{"type": "function", "name": "f"}], tool_choice="required", store=False)
-        assert ok.json()["output"][-1]["type"] == "function_call"
-    async with gateway(config(tmp_path), ScriptedUpstream()) as client:
-        bad = await create(client, input="x", tool_choice="required")
-    assert bad.status_code == 400 and bad.json()["error"]["param"] == "tool_choice"
-    assert up.bodies[0]["tool_choice"] == "required"
+async def test_tool_choice_required_holds_for_the_first_round_only(tmp_path):
+    up = ScriptedUpstream(completion(None, tool_calls=[call("calculate", {"expression": "6*7"})]), completion("42"))
+    async with gateway(config(tmp_path), up) as client:
+        r = await create(client, input="x", tool_choice="required", store=False)
+    assert r.status_code == 200 and r.json()["output"][-1]["type"] == "message"
+    assert up.bodies[0]["tool_choice"] == "required" and "tool_choice" not in up.bodies[1]

@@ -29,10 +29,9 @@ from gateway.pump import Timing, pump
 from gateway.redact import SECRETS
 from gateway.responses.render import ResponsesJSON, ResponsesSSE, ResponseView
 from gateway.responses.wire import McpTool, ResponsesRequest, new_id, parse_request, to_messages
-from gateway.routes import Runtime, _bearer, _header, _read_body, reject
+from gateway.routes import Runtime, _read_body, reject
 from gateway.store import ResponseStore, Stored, StoreUnavailable
 from gateway.tools.toolbox import Offer
-from gateway.wire import lead_messages
 
 log = logging.getLogger("toolgate")
 
@@ -224,9 +223,7 @@ class CreateResponse:
 
     def _job(self, request: ResponsesRequest, history: list[dict[str, Any]], scope: dict, request_id: str) -> tuple[LoopJob, ResponseView, list[dict[str, Any]]]:
         rt = self.rt
-        settings = rt.settings
         alias = rt.alias(request.model)
-        upstream = settings.upstreams[alias.upstream]
         items = _with_ids([*history, *request.input])
         conversation = to_messages(items)
         if not conversation.messages:
@@ -236,39 +233,28 @@ class CreateResponse:
             clash = {t["function"]["name"] for t in request.client_tools} & offer.tools.keys()
             if clash:
                 raise InvalidRequest(f"Function tool names clash with server tools: {', '.join(sorted(clash))}.", param="tools")
-        if request.params.get("tool_choice") == "required" and offer.tools:
-            # The loop sends its parameters every round: "required" would force a call in each one.
-            raise InvalidRequest("tool_choice 'required' is supported only when no server tools are offered.", param="tool_choice")
-        offered = bool(offer.tools or request.client_tools)
         messages = conversation.messages
         if request.instructions:
             # For this request only: not an input item, so a later previous_response_id does not carry it.
             messages = [{"role": "system", "content": request.instructions}, *messages]
-        loop = settings.loop
         params = {**alias.defaults, **request.params, **alias.overrides}
+        first_tool_choice = params.pop("tool_choice", None)
         owners = rt.toolbox.owners()
         labels = {name: owners.get(name, "toolgate") for name in offer.tools}
         used = dict.fromkeys([*(m.label for m in request.mcp), *labels.values()])
         list_tools = [self._listing(label, offer, labels) for label in used if label not in conversation.listed]
-        max_rounds = alias.max_rounds if alias.max_rounds is not None else loop.max_rounds
-        job = LoopJob(
-            upstream=upstream,
-            model=alias.upstream_model,
-            messages=lead_messages(messages, alias.system_prompt, loop.tool_instruction if offered else ""),
-            params=params,
-            offer=offer,
-            client_tools=None if request.no_tools else request.client_tools,
-            stream=request.stream,
-            max_rounds=max_rounds,
-            on_max_rounds=alias.on_max_rounds or loop.on_max_rounds,
-            repeat_limit=loop.repeat_limit,
-            max_tool_calls=loop.max_tool_calls,
-            max_repeated_deltas=loop.max_repeated_deltas,
-            max_output_tokens=alias.max_output_tokens if alias.max_output_tokens is not None else upstream.max_output_tokens,
+        job = rt.loop_job(
+            alias,
+            messages,
+            params,
+            offer,
+            scope=scope,
             request_id=request_id,
-            client_auth=_bearer(_header(scope, b"authorization")) if upstream.forward_client_auth else "",
+            stream=request.stream,
+            client_tools=None if request.no_tools else request.client_tools,
             ask_first=asks,
             resume=conversation.resume or None,
+            first_tool_choice=first_tool_choice,
         )
         echo = {**request.echo, "tool_choice": request.tool_choice}
         view = ResponseView(
@@ -278,7 +264,7 @@ class CreateResponse:
             labels=labels,
             list_tools=list_tools,
             approvals={call["id"] for call, yes in conversation.resume if yes},
-            max_rounds=max_rounds,
+            max_rounds=job.max_rounds,
             logprobs=request.logprobs,
         )
         return job, view, items
