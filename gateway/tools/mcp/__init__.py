@@ -18,6 +18,11 @@ One ``[tools.mcp.NAME]`` table per server::
 ``build(name, table, problems, key)`` returns an unstarted ``McpSource`` (or None when the
 table is unusable or ``enabled = false``). ``start()`` never raises: a server that is down
 makes the source not ready (``status().detail`` says why) and is retried with backoff.
+``secrets()`` lists the expanded ``env`` and ``headers`` values, for the redaction layer.
+
+A stdio server's stderr is logged line by line, redacted and throttled; lines on its stdout
+that are not JSON-RPC are warned about and skipped, and a stream of them counts as a crash.
+On Linux the server's whole process tree dies with the gateway, even on SIGKILL.
 """
 
 from __future__ import annotations

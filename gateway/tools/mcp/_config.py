@@ -7,6 +7,7 @@ from collections.abc import Callable, Mapping
 from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
 from gateway.errors import Problems
 
@@ -47,7 +48,8 @@ def expand(value: str, environ: Mapping[str, str]) -> str:
 
 
 def secret_values(spec: ServerSpec, environ: Mapping[str, str]) -> list[str]:
-    """Every value of the ``env`` and ``headers`` tables, expanded, and each variable they name.
+    """Every value of the ``env`` and ``headers`` tables, expanded, and each variable they name;
+    the credentials and query values of ``url`` (``?token=...``), which the SDK logs at debug.
 
     Unset variables are skipped: such a server does not start, so nothing can leak them.
     """
@@ -56,6 +58,10 @@ def secret_values(spec: ServerSpec, environ: Mapping[str, str]) -> list[str]:
         with suppress(UnsetVariable):
             values.append(expand(value, environ))
         values.extend(environ[name] for name in _REFERENCE.findall(value) if name in environ)
+    if spec.url:
+        parts = urlsplit(spec.url)
+        values.extend(v for v in (parts.username, parts.password) if v)
+        values.extend(v for _, v in parse_qsl(parts.query) if v)
     return list(dict.fromkeys(values))
 
 

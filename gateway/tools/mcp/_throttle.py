@@ -41,7 +41,7 @@ class Throttle:
         now = self._clock()
         self._tokens = min(self._burst, self._tokens + (now - self._stamp) * self._per_s)
         self._stamp = now
-        if self._shut and self._tokens >= self._burst / 2:
+        if self._shut and self._tokens >= self._burst / 2 - 1e-9:  # due()'s wait, float-rounded
             self._shut = False
             self.flush()
         return self._shut

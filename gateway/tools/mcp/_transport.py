@@ -62,7 +62,8 @@ def command_line(executable: str, args: Sequence[str]) -> tuple[str, list[str]]:
     if sys.platform.startswith("linux") and sys.executable:
         # Half the SDK's SIGTERM-to-SIGKILL wait: the supervisor must kill the tree first.
         grace = str(FORCE_KILL_TIMEOUT / 2)
-        return sys.executable, ["-I", "-S", _supervisor.__file__, str(os.getpid()), grace, executable, *args]
+        script = os.path.abspath(_supervisor.__file__)
+        return sys.executable, ["-I", "-S", script, str(os.getpid()), grace, executable, *args]
     return executable, list(args)
 
 
