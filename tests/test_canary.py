@@ -92,8 +92,12 @@ def echo_auth(request: httpx.Request) -> httpx.Response:
     return httpx.Response(401, json={"error": {"message": said}})
 
 
+LOGGERS = ("", "toolgate", "uvicorn", "uvicorn.error", "uvicorn.access")
+
+
 async def test_no_secret_reaches_a_log_a_client_or_the_model():
     sink = Sink()
+    saved = {name: (logging.getLogger(name).level, list(logging.getLogger(name).handlers), logging.getLogger(name).propagate) for name in LOGGERS}
     logs.setup("DEBUG", stream=sink)
     try:
         async with serve(ECHO_APP) as openapi_base:
@@ -119,7 +123,11 @@ async def test_no_secret_reaches_a_log_a_client_or_the_model():
     finally:
         logging.getLogger("toolgate").debug("end of the canary run")
         logs.stop()
-        logging.getLogger().handlers[:] = []
+        for name, (level, handlers, propagate) in saved.items():  # leave logging as the other tests expect it
+            logger = logging.getLogger(name)
+            logger.setLevel(level)
+            logger.handlers[:] = handlers
+            logger.propagate = propagate
     text = sink.text()
     assert statuses == [200, 502, 502, 502, 401], statuses
     # The paths were driven: the tools ran, the stderr line and the errors were logged.

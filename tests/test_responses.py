@@ -11,6 +11,7 @@ import pytest
 from openai.types.responses import Response, ResponseItem, ResponseStreamEvent
 from pydantic import TypeAdapter
 
+from gateway.responses.wire import to_messages
 from gateway.tools.base import StaticSource, Tool
 from tests.support import ScriptedUpstream, call, chunk, completion, gateway, settings, sse_body
 
@@ -484,3 +485,26 @@ async def test_tool_choice_required_holds_for_the_first_round_only(tmp_path):
         r = await create(client, input="x", tool_choice="required", store=False)
     assert r.status_code == 200 and r.json()["output"][-1]["type"] == "message"
     assert up.bodies[0]["tool_choice"] == "required" and "tool_choice" not in up.bodies[1]
+
+
+def test_a_function_call_the_client_never_answered_gets_a_placeholder_reply():
+    items = [
+        {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "go"}]},
+        {"type": "function_call", "call_id": "c1", "name": "f", "arguments": "{}"},
+        {"type": "function_call", "call_id": "c2", "name": "f", "arguments": "{}"},
+        {"type": "function_call_output", "call_id": "c2", "output": "two"},
+        {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "never mind"}]},
+    ]
+    messages = to_messages(items).messages
+    assert [m["role"] for m in messages] == ["user", "assistant", "tool", "tool", "user"]
+    assert messages[3] == {"role": "tool", "tool_call_id": "c1", "content": "Error: the client sent no output for this call."}
+
+
+async def test_max_tool_calls_lowers_the_loops_cap(tmp_path):
+    calls = [call("calculate", {"expression": f"{i}+1"}, f"c{i}") for i in range(3)]
+    up = ScriptedUpstream(completion(None, tool_calls=calls), completion("done"))
+    async with gateway(config(tmp_path), up) as client:
+        r = await create(client, input="x", max_tool_calls=1, store=False)
+    assert r.status_code == 200 and r.json()["max_tool_calls"] == 1
+    replies = [m["content"] for m in up.bodies[1]["messages"] if m["role"] == "tool"]
+    assert replies[0] == "1" and all("limit of 1 tool calls" in text for text in replies[1:])

@@ -256,6 +256,9 @@ class CreateResponse:
             resume=conversation.resume or None,
             first_tool_choice=first_tool_choice,
         )
+        asked = request.echo.get("max_tool_calls")
+        if isinstance(asked, int) and not isinstance(asked, bool) and asked >= 0:
+            job.max_tool_calls = min(job.max_tool_calls, asked)  # the client may ask for fewer, never more
         echo = {**request.echo, "tool_choice": request.tool_choice}
         view = ResponseView(
             id=new_id("resp"),

@@ -33,7 +33,7 @@ _UNSUPPORTED_PARAMS = {
     "prompt": "Stored prompt templates are not supported; send instructions and input.",
     "context_management": "Context management is not supported.",
 }
-# Accepted and echoed; they change nothing the gateway does.
+# Accepted and echoed (`max_tool_calls` also lowers the loop's own cap).
 _ECHOED = ("metadata", "service_tier", "prompt_cache_key", "safety_identifier", "max_tool_calls", "top_logprobs")
 # `include` values whose items the gateway never produces: accepted and ignored.
 IGNORED_INCLUDES = frozenset(
@@ -492,6 +492,25 @@ def _output_text(output: Any) -> str:
     return "\n".join(pieces)
 
 
+NO_OUTPUT = "Error: the client sent no output for this call."
+
+
+def _answer_the_unanswered(messages: list[dict[str, Any]], resumed: set[str]) -> None:
+    """A function call the client never answered gets a placeholder reply after its turn's
+    replies: hosts refuse a conversation with a call left open."""
+    answered = {m["tool_call_id"] for m in messages if m["role"] == "tool"}
+    at = 0
+    while at < len(messages):
+        calls = messages[at].get("tool_calls") or ()
+        missing = [c["id"] for c in calls if c["id"] not in answered and c["id"] not in resumed]
+        at += 1
+        if missing:
+            while at < len(messages) and messages[at]["role"] == "tool":
+                at += 1
+            messages[at:at] = [{"role": "tool", "tool_call_id": call_id, "content": NO_OUTPUT} for call_id in missing]
+            at += len(missing)
+
+
 def to_messages(items: list[dict[str, Any]]) -> Conversation:
     """The conversation so far, as chat messages: calls of one turn share one assistant message,
     every call gets exactly one tool message, and approved held calls go to the loop to run."""
@@ -544,6 +563,7 @@ def to_messages(items: list[dict[str, Any]]) -> Conversation:
         elif kind == "item_reference":
             raise _invalid(f"The item {item['id']!r} was not found.", f"input[{i}].id")
         # reasoning items: the upstream does not take reasoning back (hosts.send_reasoning)
+    _answer_the_unanswered(messages, {call["id"] for call, _ in resume})
     if resumed_turn is not None:
         # The loop runs approved calls before its first round and appends their results last.
         at = next(i for i, m in enumerate(messages) if m is resumed_turn)
