@@ -13,8 +13,10 @@ ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 \
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY gateway ./gateway
+# tini as PID 1 reaps what stdio MCP servers leave orphaned and forwards SIGTERM.
 # /app/data holds the Responses API's SQLite store (mount a volume there to keep it).
-RUN pip install . && useradd --system --uid 10001 --home-dir /app toolgate \
+RUN apt-get update && apt-get install -y --no-install-recommends tini && rm -rf /var/lib/apt/lists/* \
+    && pip install . && useradd --system --uid 10001 --home-dir /app toolgate \
     && mkdir -p /app/data && chown 10001 /app/data
 # Mount your own config over this directory.
 COPY config ./config
@@ -23,5 +25,5 @@ USER 10001
 EXPOSE 8080
 HEALTHCHECK --interval=15s --timeout=3s --start-period=10s \
     CMD python -c "import os, urllib.request; urllib.request.urlopen(f\"http://127.0.0.1:{os.environ.get('TOOLGATE_PORT', '8080')}/healthz\", timeout=2)"
-ENTRYPOINT ["toolgate"]
+ENTRYPOINT ["tini", "--", "toolgate"]
 CMD ["serve"]
