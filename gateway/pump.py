@@ -43,6 +43,8 @@ LAST_SEND_S = 2.0
 # Waiting for the loop to clean up after it was cancelled, at most.
 CLEANUP_S = 5.0
 QUEUE_SIZE = 64
+# Statuses below 500 that the OpenAI SDKs retry on their own.
+_SDK_RETRIES = frozenset({408, 409, 429})
 
 
 class Renderer(Protocol):
@@ -173,8 +175,8 @@ class _Pump:
         outcome = self.outcome
         outcome.error = exc
         status, body, headers = error_json(exc, *self.timing.secrets)
-        if outcome.tools_ran and status >= 500:
-            # An SDK would retry a 5xx and run every tool again.
+        if outcome.tools_ran and (status >= 500 or status in _SDK_RETRIES):
+            # An SDK would retry this and run every tool again.
             headers = {**headers, "x-should-retry": "false"}
         if outcome.started:
             outcome.status = status

@@ -199,3 +199,11 @@ async def test_streamed_text_of_separate_rounds_is_kept_apart():
     await pump(client.send, client.receive, stream, renderers(True), Timing(10))
     text = "".join(p["choices"][0]["delta"].get("content") or "" for p in sse_events(client.body.decode()) if p != "[DONE]" and p["choices"])
     assert text == "Let me look.\n\nFound it."
+
+
+async def test_a_429_after_tools_ran_is_not_to_be_retried_either():
+    client = Client()
+    limited = UpstreamError("slow down", status=429)
+    await pump(client.send, client.receive, events(ToolStarted(1, "c", "t", "{}"), limited), renderers(False), Timing(10))
+    start = next(m for m in client.messages if m["type"] == "http.response.start")
+    assert start["status"] == 429 and (b"x-should-retry", b"false") in start["headers"]
