@@ -3,6 +3,8 @@
     python -m bench.load closed --url http://127.0.0.1:8080/v1/chat/completions --body body.json \
         -c 16 --warmup 1 --duration 10 --max-requests 200000 [--stream]
     python -m bench.load hold --url ... --body body.json -n 500 --timeout 60
+    python -m bench.load closed --url http://127.0.0.1:8080/v1/responses --body body.json \
+        --done "event: response.completed"
 
 ``closed``: ``-c`` keep-alive connections, each sending its next request when the last one
 has been read to the end. Stdout says ``GO`` when the measured window opens (after the
@@ -13,6 +15,9 @@ count of ``x-toolgate-rounds`` / ``x-toolgate-tool-calls`` values seen.
 ``hold``: ``-n`` streams opened at once; ``OPEN k`` once all have sent their first body
 byte (or the open timeout passed), then ``RESULT`` when all have ended. Used to measure
 memory per open stream.
+
+A stream counts as complete when it carries ``--done`` (default ``data: [DONE]``, the chat
+stream's last line; a Responses stream ends with its ``event: response.completed`` instead).
 
 wrk is faster for plain POSTs; this one exists for streams (first-byte timing), tool loops,
 many open streams, and as the fallback where wrk is not installed.
@@ -33,8 +38,9 @@ _WATCHED = (b"x-toolgate-rounds", b"x-toolgate-tool-calls")
 
 
 class Target:
-    def __init__(self, url: str, body: bytes, headers: Sequence[str] = ()) -> None:
+    def __init__(self, url: str, body: bytes, headers: Sequence[str] = (), done: bytes = b"data: [DONE]") -> None:
         parts = urlsplit(url)
+        self.done = done
         self.host = parts.hostname or "127.0.0.1"
         self.port = parts.port or 80
         extra = "".join(f"{h}\r\n" for h in headers)
@@ -103,8 +109,12 @@ async def exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, t
             result.ttfb = time.perf_counter()
             if on_first_byte is not None:
                 on_first_byte()
-        tail = (tail + data[:-2])[-64:]
-    result.done = b"data: [DONE]" in tail if sse else True
+        if not result.done:
+            payload = data[:-2]
+            # The marker may straddle two chunks: search the end of the last one with this one.
+            result.done = target.done in tail + payload
+            tail = payload[-len(target.done) :]
+    result.done = result.done or not sse
     return result
 
 
@@ -262,6 +272,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         p.add_argument("--url", required=True)
         p.add_argument("--body", required=True, help="file with the JSON body")
         p.add_argument("--header", action="append", default=[], help="'Name: value', repeatable")
+        p.add_argument("--done", default="data: [DONE]", help="the bytes that mark a stream complete")
     c = sub.choices["closed"]
     c.add_argument("-c", "--concurrency", type=int, default=1)
     c.add_argument("--warmup", type=float, default=0.5, help="seconds not measured")
@@ -273,7 +284,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     h.add_argument("--timeout", type=float, default=120.0, help="for all streams to end")
     args = parser.parse_args(argv)
     with open(args.body, "rb") as f:
-        target = Target(args.url, f.read(), args.header)
+        target = Target(args.url, f.read(), args.header, args.done.encode())
     run = closed if args.mode == "closed" else hold
     try:
         import uvloop

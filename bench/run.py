@@ -39,6 +39,8 @@ HERE = Path(__file__).resolve().parent
 CONFIGS = HERE / "configs"
 PY = sys.executable
 CHAT = "/v1/chat/completions"
+RESPONSES = "/v1/responses"
+RESPONSES_DONE = "event: response.completed"  # a Responses stream's last event ([DONE] is chat's)
 README = HERE / "README.md"
 README_START = "<!-- results:start -->"
 README_END = "<!-- results:end -->"
@@ -83,6 +85,16 @@ def body(model: str, *, stream: bool = False, text: str = "Say hello.") -> bytes
     data: dict[str, Any] = {"model": model, "messages": [{"role": "user", "content": text}], "max_tokens": 64}
     if stream:
         data["stream"] = True
+    return json.dumps(data).encode()
+
+
+def responses_body(model: str, *, stream: bool = False, store: bool = True, text: str = "Say hello.") -> bytes:
+    """The Responses API request `body()` makes for chat: same model, question and token cap."""
+    data: dict[str, Any] = {"model": model, "input": text, "max_output_tokens": 64}
+    if stream:
+        data["stream"] = True
+    if not store:
+        data["store"] = False
     return json.dumps(data).encode()
 
 
@@ -153,7 +165,8 @@ class Harness:
         argv += ["serve", "--config", str(CONFIGS / config), "--port", str(port), "--log-level", "warning"]
         if workers > 1:
             argv += ["--workers", str(workers)]
-        env = {"TOOLGATE_UPSTREAM_URL": self.fake.extra["base"], "PYTHONPATH": str(ROOT), "TOOLGATE_API_KEYS": ""}
+        env = {"TOOLGATE_UPSTREAM_URL": self.fake.extra["base"], "PYTHONPATH": str(ROOT), "TOOLGATE_API_KEYS": "",
+               "TOOLGATE_STORE_URL": f"sqlite:///{self.tmp / name}-responses.db"}  # S8's store; gone after the run
         proc = self._track(procs.start(name, argv, cpus=cpus or self.gw_cpus, env=env, log=self.logs / f"{name}.log"))
         proc.url = f"http://127.0.0.1:{port}"
         proc.extra["workers"] = workers
@@ -249,6 +262,8 @@ class Harness:
         warmup = self.plan.warmup_s / 2 if warmup is None else warmup
         argv = [PY, "-m", "bench.load", "closed", "--url", url, "--body", str(self.body_file(data)), "-c", str(c),
                 "--warmup", f"{warmup:g}", "--duration", f"{seconds:g}", "--max-requests", str(int(self.plan.max_rps * seconds))]  # fmt: skip
+        if url.endswith(RESPONSES):
+            argv += ["--done", RESPONSES_DONE]
         side = [self.fake] if target is not self.fake else []
         popen = self._spawn_load(argv, cpus or self.side_cpus)
         marks: dict[str, dict] = {}
@@ -366,6 +381,10 @@ class Harness:
             model = "fake-model" if name in ("direct", "floor", "floor-aiohttp") else "bench"
             self.attempt("warmup", name, lambda: self.post_run(proc, proc.url + CHAT, body(model), p.c_s2, p.warmup_s))
             self.attempt("warmup", name, lambda: self.load_run(proc, proc.url + CHAT, body(model, stream=True), p.c_s3, p.warmup_s, warmup=0))
+        for name in ("toolgate", "toolgate-calc") if p.name != "smoke" else ():
+            if name in gateways:
+                proc, model = gateways[name], "bench" if name == "toolgate" else "bench-calc"
+                self.attempt("warmup", name, lambda: self.load_run(proc, proc.url + RESPONSES, responses_body(model), p.c_s3, p.warmup_s, warmup=0))
         self.raw.pop("warmup", None)
 
         for r in range(p.rounds):
@@ -391,6 +410,7 @@ class Harness:
             if "toolgate-nap" in gateways:
                 proc = gateways["toolgate-nap"]
                 self.attempt("S7", "toolgate-nap", lambda: self.load_run(proc, proc.url + CHAT, body("bench-nap", text="Nap."), 1, p.s7_s))
+            self.run_s8(gateways)
 
         if self.profile and "toolgate" in gateways:
             self.run_profiles(gateways)
@@ -404,6 +424,23 @@ class Harness:
         self.stop_all()
         self.elapsed_s = time.monotonic() - started
         return self.raw
+
+    def run_s8(self, gateways: dict[str, Proc]) -> None:
+        """The Responses API on the processes that served chat this round, at the same concurrency:
+        pass-through (S2's and S3's shapes) and S4's two-round `calculate` loop, store on and off."""
+        p = self.plan
+        for store in (True, False):
+            tag = "store" if store else "nostore"
+            if "toolgate" in gateways:
+                proc = gateways["toolgate"]
+                url = proc.url + RESPONSES
+                self.attempt(f"S8-post-{tag}", "toolgate", lambda: self.post_run(proc, url, responses_body("bench", store=store), p.c_s2, p.s2_s))
+                stream = responses_body("bench", stream=True, store=store)
+                self.attempt(f"S8-stream-{tag}", "toolgate", lambda: self.load_run(proc, url, stream, p.c_s3, p.s3_cpu_s))
+            if "toolgate-calc" in gateways:
+                proc = gateways["toolgate-calc"]
+                loop = responses_body("bench-calc", store=store, text="What is 2+3?")
+                self.attempt(f"S8-loop-{tag}", "toolgate-calc", lambda: self.load_run(proc, proc.url + RESPONSES, loop, p.c_s4, p.s4_s))
 
     def run_s5(self) -> None:
         """Memory: a fresh gateway, idle; warmed; then n slow streams open at once."""
@@ -576,6 +613,10 @@ def _function(frame: str) -> str:
 # -- figures, table, files --------------------------------------------------------------------
 
 
+# S8's kinds: (name, the toolgate process, the chat scenario it is compared with).
+S8_KINDS = (("post", "toolgate", "S2"), ("stream", "toolgate", "S3-cpu"), ("loop", "toolgate-calc", "S4-0ms"))
+
+
 def med(values: Sequence[float | None]) -> float | None:
     values = [v for v in values if v is not None]
     return statistics.median(values) if values else None
@@ -663,6 +704,17 @@ def figures(raw: dict, plan: Plan) -> dict[str, dict[str, Any]]:
         "p90_ms": per("S7", "toolgate-nap", lambda m: m["latency_ms"]["p90"]),
         "watched": (runs("S7", "toolgate-nap") or [{}])[-1].get("watched"),
     }
+    # S8: each Responses figure against the chat figure of the same process, same round.
+    f["responses"] = {}
+    for kind, gw, chat in S8_KINDS:
+        for tag in ("store", "nostore"):
+            key = f"S8-{kind}-{tag}"
+            f["responses"][f"{kind}-{tag}"] = {
+                "rps": per(key, gw, rps), "cpu_ms": per(key, gw, cpu), "chat_rps": per(chat, gw, rps), "chat_cpu_ms": per(chat, gw, cpu),
+                "rps_ratio": paired(values(key, gw, rps), values(chat, gw, rps), ratio),
+                "cpu_ratio": paired(values(key, gw, cpu), values(chat, gw, cpu), ratio),
+                "watched": (runs(key, gw) or [{}])[-1].get("watched"),
+            }  # fmt: skip
     for t in ("toolgate", "floor", "floor-aiohttp"):
         s5 = runs("S5", t)
         f[f"{t}-s5"] = {
@@ -771,6 +823,18 @@ def rows(f: dict, plan: Plan, failures: dict[str, str]) -> list[dict[str, Any]]:
     limit = plan.nap_ms * 1.1
     add("S7", f"request with one round of 8 parallel {plan.nap_ms} ms tool calls, p50 (ms)", nap["p50_ms"], None,
         f"≤ {limit:g} ms (not {8 * plan.nap_ms})", le(nap["p50_ms"], limit), ratio=None)
+    shapes = {
+        "post": f"non-streamed pass-through, c={plan.c_s2} (vs S2)",
+        "stream": f"100-chunk stream, c={plan.c_s3} (vs S3)",
+        "loop": f"2-round `calculate` loop, c={plan.c_s4} (vs S4)",
+    }
+    for kind, _, _ in S8_KINDS:
+        for tag, store in (("store", "store on"), ("nostore", "store: false")):
+            r = f["responses"][f"{kind}-{tag}"]
+            add("S8", f"Responses {shapes[kind]}, {store}: CPU per request (ms) (floor column: chat completions, same process)",
+                r["cpu_ms"], r["chat_cpu_ms"], "≤ 1.2× chat", le(r["cpu_ratio"], 1.2), ratio=r["cpu_ratio"])
+            add("S8", f"Responses {shapes[kind]}, {store}: req/s (floor column: chat completions)", r["rps"], r["chat_rps"], "", None,
+                ratio=r["rps_ratio"])
     return out
 
 
@@ -831,8 +895,9 @@ def markdown(table: list[dict], f: dict, meta: dict, notes: list[str], failures:
         f"{_fmt(None if tg['s2_util'] is None else 100 * tg['s2_util'], 0)}% busy, core 1 (fake + load generator) "
         f"{_fmt(None if tg['s2_side_util'] is None else 100 * tg['s2_side_util'], 0)}%.",
     ]
-    for gw in ("toolgate-calc-0ms", "toolgate-mcp-0ms", "toolgate-nap"):
-        watched = f.get(gw, {}).get("watched")
+    watch = [(gw, f.get(gw, {}).get("watched")) for gw in ("toolgate-calc-0ms", "toolgate-mcp-0ms", "toolgate-nap")]
+    watch += [(f"S8 Responses {key}", r.get("watched")) for key, r in f.get("responses", {}).items() if key.startswith("loop")]
+    for gw, watched in watch:
         if watched:
             lines.append(f"{gw}: response headers seen: {', '.join(f'{k} ×{v}' for k, v in sorted(watched.items()))}.")
     if notes or failures:
