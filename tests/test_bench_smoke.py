@@ -22,7 +22,7 @@ def test_bench_smoke(tmp_path: Path) -> None:
     assert run.returncode == 0, run.stderr[-4000:]
     data = json.loads((tmp_path / "latest.json").read_text())
     table = (tmp_path / "latest.md").read_text()
-    for scenario in ("S1", "S2", "S3", "S4", "S5", "S6", "S7"):
+    for scenario in ("S1", "S2", "S3", "S4", "S5", "S6", "S7", "S8"):
         assert f"| {scenario} |" in table
 
     # Only the stdio MCP scenario may be missing (its server lives in tests/, and is then reported).

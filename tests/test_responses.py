@@ -508,3 +508,10 @@ async def test_max_tool_calls_lowers_the_loops_cap(tmp_path):
     assert r.status_code == 200 and r.json()["max_tool_calls"] == 1
     replies = [m["content"] for m in up.bodies[1]["messages"] if m["role"] == "tool"]
     assert replies[0] == "1" and all("limit of 1 tool calls" in text for text in replies[1:])
+
+
+async def test_prompt_cache_settings_the_agents_sdk_sends_are_accepted_and_echoed(tmp_path):
+    async with gateway(config(tmp_path), ScriptedUpstream(completion("hi"))) as client:
+        r = await create(client, input="x", prompt_cache_retention="24h", store=False)
+    assert r.status_code == 200 and r.json()["prompt_cache_retention"] == "24h"
+    valid(r.json())

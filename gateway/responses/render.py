@@ -22,7 +22,7 @@ import orjson
 
 from gateway import sse
 from gateway.events import Delta, Event, Final, Opening, RoundUsage, ToolFinished, ToolStarted
-from gateway.responses.wire import new_id
+from gateway.responses.wire import ECHOED, new_id
 from gateway.usage import add_usage
 
 
@@ -132,7 +132,7 @@ class Items:
             "truncation": "disabled",
             "background": False,
         }
-        for key in ("instructions", "metadata", "temperature", "top_p", "max_output_tokens", "previous_response_id", "text", "reasoning", "user", "store", "service_tier", "max_tool_calls", "top_logprobs", "safety_identifier", "prompt_cache_key"):
+        for key in ("instructions", "temperature", "top_p", "max_output_tokens", "previous_response_id", "text", "reasoning", "user", "store", *ECHOED):
             body[key] = echo.get(key)
         if status in ("completed", "incomplete", "failed"):
             body["completed_at"] = time.time()

@@ -34,7 +34,10 @@ _UNSUPPORTED_PARAMS = {
     "context_management": "Context management is not supported.",
 }
 # Accepted and echoed (`max_tool_calls` also lowers the loop's own cap).
-_ECHOED = ("metadata", "service_tier", "prompt_cache_key", "safety_identifier", "max_tool_calls", "top_logprobs")
+ECHOED = (
+    "metadata", "service_tier", "prompt_cache_key", "prompt_cache_retention", "prompt_cache_options",
+    "safety_identifier", "max_tool_calls", "top_logprobs",
+)  # fmt: skip
 # `include` values whose items the gateway never produces: accepted and ignored.
 IGNORED_INCLUDES = frozenset(
     {
@@ -48,7 +51,7 @@ _KNOWN_FIELDS = frozenset(
     {
         "model", "input", "instructions", "stream", "stream_options", "store", "previous_response_id",
         "include", "tools", "tool_choice", "parallel_tool_calls", "temperature", "top_p",
-        "max_output_tokens", "text", "reasoning", "user", "background", "truncation", *_ECHOED,
+        "max_output_tokens", "text", "reasoning", "user", "background", "truncation", *ECHOED,
     }
 )  # fmt: skip
 APPROVAL_POLICIES = ("always", "never")
@@ -134,7 +137,7 @@ def parse_request(body: bytes, *, max_items: int = 2048) -> ResponsesRequest:
     _tools(raw, request)
     _include(raw, request)
     echo = request.echo
-    for key in ("temperature", "top_p", "max_output_tokens", "user", "instructions", "previous_response_id", *_ECHOED):
+    for key in ("temperature", "top_p", "max_output_tokens", "user", "instructions", "previous_response_id", *ECHOED):
         if raw.get(key) is not None:
             echo[key] = raw[key]
     echo["parallel_tool_calls"] = _flag(raw, "parallel_tool_calls", True)
