@@ -2,8 +2,9 @@
 
     python tests/mcp_server.py --transport stdio
     python tests/mcp_server.py --transport http --port 0    # prints "READY <port>" once serving
+    python tests/mcp_server.py --transport sse --port 0     # HTTP+SSE: GET /sse, POST /messages/
 
-HTTP listens on 127.0.0.1 only. Tools cover what the client must handle: plain
+HTTP and SSE listen on 127.0.0.1 only. Tools cover what the client must handle: plain
 results, errors, images, embedded resources, slow calls, abrupt death, a tool
 list that grows or changes at runtime, the child's environment, floods and
 secrets on stderr, garbage on stdout, and children of its own. With --stubborn
@@ -185,7 +186,7 @@ async def mutate(ctx: Context) -> str:
     return "mutated"
 
 
-async def serve_http(port: int) -> None:
+async def serve_http(port: int, transport: str) -> None:
     import uvicorn
 
     class Announcing(uvicorn.Server):
@@ -196,13 +197,14 @@ async def serve_http(port: int) -> None:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", port))
-    config = uvicorn.Config(server.streamable_http_app(), log_level="warning", lifespan="on")
+    app = server.streamable_http_app() if transport == "http" else server.sse_app()
+    config = uvicorn.Config(app, log_level="warning", lifespan="on")
     await Announcing(config).serve(sockets=[sock])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--transport", choices=["stdio", "http"], default="stdio")
+    parser.add_argument("--transport", choices=["stdio", "http", "sse"], default="stdio")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--stubborn", action="store_true", help="ignore SIGTERM and stdin's end")
     args = parser.parse_args()
@@ -215,7 +217,7 @@ def main() -> None:
         if args.stubborn:
             time.sleep(300)
     else:
-        anyio.run(serve_http, args.port)
+        anyio.run(serve_http, args.port, args.transport)
 
 
 if __name__ == "__main__":

@@ -64,20 +64,28 @@ async def call(source: McpSource, name: str, /, **arguments: Any) -> Any:
 
 
 class HttpServer:
-    def __init__(self) -> None:
+    """tests/mcp_server.py over streamable HTTP, or over HTTP+SSE with ``transport="sse"``."""
+
+    def __init__(self, transport: str = "http") -> None:
         self.proc: asyncio.subprocess.Process | None = None
         self.port = 0
+        self.transport = transport
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/mcp"
+        return f"http://127.0.0.1:{self.port}/{'mcp' if self.transport == 'http' else 'sse'}"
+
+    def table(self, **extra: Any) -> dict[str, Any]:
+        """The ``[tools.mcp.NAME]`` table that reaches this server."""
+        transport = {"transport": "sse"} if self.transport == "sse" else {}
+        return {"url": self.url, **transport, **extra}
 
     async def start(self) -> None:
         self.proc = await asyncio.create_subprocess_exec(
             sys.executable,
             SERVER,
             "--transport",
-            "http",
+            self.transport,
             "--port",
             str(self.port),
             stdout=asyncio.subprocess.PIPE,
@@ -133,10 +141,10 @@ def stdio_table(**extra: Any) -> dict[str, Any]:
 
 async def open_source(transport: str) -> tuple[McpSource, HttpServer | None]:
     server = None
-    if transport == "http":
-        server = HttpServer()
+    if transport != "stdio":
+        server = HttpServer(transport)
         await server.start()
-    table = stdio_table() if server is None else {"url": server.url}
+    table = stdio_table() if server is None else server.table()
     source = build("srv", table, Problems("test.toml"), "tools.mcp.srv")
     assert isinstance(source, McpSource)
     await source.start(SourceContext(environ=dict(os.environ)))
@@ -157,7 +165,7 @@ async def fresh(request: pytest.FixtureRequest) -> AsyncIterator[McpSource]:
     await close_source(source, server)
 
 
-@pytest_asyncio.fixture(params=["stdio", "http"], scope="module", loop_scope="module")
+@pytest_asyncio.fixture(params=["stdio", "http", "sse"], scope="module", loop_scope="module")
 async def source(request: pytest.FixtureRequest) -> AsyncIterator[McpSource]:
     """One server per transport for the tests that leave it as it was."""
     source, server = await open_source(request.param)
@@ -627,16 +635,63 @@ async def test_http_unreachable_is_not_ready(make_source: Factory, caplog: pytes
     assert SECRET in source.secrets()
 
 
+# SSE specifics
+
+
+@pytest.fixture
+async def sse_server() -> AsyncIterator[HttpServer]:
+    server = HttpServer("sse")
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
+async def test_sse_headers_are_sent_with_variables(
+    make_source: Factory, sse_server: HttpServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TOOLGATE_MCP_TOKEN", SECRET)
+    source = await make_source(sse_server.table(headers={"Authorization": "Bearer ${TOOLGATE_MCP_TOKEN}"}))
+    assert await call(source, "header", name="authorization") == f"Bearer {SECRET}"
+    assert SECRET in source.secrets()
+
+
+async def test_sse_server_killed_mid_call_is_a_tool_error_then_reconnects(
+    make_source: Factory, sse_server: HttpServer
+) -> None:
+    source = await make_source(sse_server.table())
+    assert source.status().ready
+    sleeping = asyncio.ensure_future(call(source, "sleep", seconds=30))
+    await asyncio.sleep(0.1)
+    began = time.monotonic()
+    assert sse_server.proc is not None
+    sse_server.proc.kill()
+    with pytest.raises(ToolError):
+        await asyncio.wait_for(sleeping, 5)
+    assert time.monotonic() - began < 3
+    await wait_until(lambda: not source.status().ready, 5)
+    await sse_server.start()  # same port
+    await wait_until(lambda: source.status().ready, 20)
+    assert await call(source, "add", a=2, b=3) == "5"
+
+
+async def test_sse_unset_variable_is_a_startup_failure(make_source: Factory, sse_server: HttpServer) -> None:
+    source = await make_source(sse_server.table(headers={"X-Key": "${TOOLGATE_NOT_SET_ANYWHERE}"}), environ={})
+    assert not source.status().ready
+    assert "TOOLGATE_NOT_SET_ANYWHERE" in source.status().detail
+
+
 # Configuration
 
 
 @pytest.mark.parametrize(
     ("table", "expected"),
     [
-        ({}, ["tools.mcp.s: expected exactly one of command (stdio) or url (streamable HTTP)"]),
+        ({}, ["tools.mcp.s: expected exactly one of command (stdio) or url (streamable HTTP or SSE)"]),
         (
             {"command": "x", "url": "http://h/mcp"},
-            ["tools.mcp.s: expected exactly one of command (stdio) or url (streamable HTTP)"],
+            ["tools.mcp.s: expected exactly one of command (stdio) or url (streamable HTTP or SSE)"],
         ),
         ({"command": ""}, ["tools.mcp.s.command: expected a non-empty string"]),
         ({"command": ["x"]}, ["tools.mcp.s.command: expected a non-empty string"]),
@@ -658,7 +713,11 @@ async def test_http_unreachable_is_not_ready(make_source: Factory, caplog: pytes
                 "tools.mcp.s.tools: expected a list of tool name globs",
             ],
         ),
-        ({"command": "x", "headers": {"A": "b"}}, ["tools.mcp.s.headers: only applies to http servers"]),
+        ({"command": "x", "headers": {"A": "b"}}, ["tools.mcp.s.headers: only applies to http or sse servers"]),
+        ({"command": "x", "transport": "sse"}, ["tools.mcp.s.transport: sse servers need url"]),
+        ({"url": "http://h/sse", "transport": "stdio"}, ["tools.mcp.s.transport: stdio servers need command"]),
+        ({"url": "http://h/sse", "transport": "websocket", "args": []}, ["tools.mcp.s.transport: expected stdio, http or sse"]),
+        ({"url": "http://h/sse", "transport": "sse", "cwd": "/"}, ["tools.mcp.s.cwd: only applies to stdio servers"]),
         ({"url": "http://h/mcp", "args": ["a"]}, ["tools.mcp.s.args: only applies to stdio servers"]),
         ({"command": "x", "colour": "red"}, ["tools.mcp.s.colour: unknown key"]),
         ({"command": "x", "enabled": "no"}, ["tools.mcp.s.enabled: expected true or false"]),
@@ -688,6 +747,10 @@ def test_config_valid_and_disabled() -> None:
     assert source.spec.transport == "http" and source.spec.timeout_s == 5.0 and source.spec.tools == ("a*",)
     assert not source.status().ready and source.tools() == []
     assert build("s", {"command": "x", "enabled": False}, problems, "k") is None
+    sse = build("s", {"url": "https://h/sse", "transport": "sse", "headers": {"A": "b"}}, problems, "k")
+    assert isinstance(sse, McpSource) and sse.spec.transport == "sse"
+    http = build("s", {"url": "https://h/mcp", "transport": "http"}, problems, "k")
+    assert isinstance(http, McpSource) and http.spec.transport == "http"
     assert problems.lines == []
 
 

@@ -15,6 +15,10 @@ One ``[tools.mcp.NAME]`` table per server::
     timeout_s = 60                         # per call (default 30)
     startup_timeout_s = 5                  # connect + initialize + tools/list (default 10)
 
+    [tools.mcp.legacy]                     # HTTP+SSE, the transport before streamable HTTP
+    url = "https://old.example.com/sse"
+    transport = "sse"                      # "stdio" and "http" are inferred from command / url
+
 ``build(name, table, problems, key)`` returns an unstarted ``McpSource`` (or None when the
 table is unusable or ``enabled = false``). ``start()`` never raises: a server that is down
 makes the source not ready (``status().detail`` says why) and is retried with backoff.

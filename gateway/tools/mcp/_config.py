@@ -20,7 +20,7 @@ _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 @dataclass(frozen=True)
 class ServerSpec:
     name: str
-    transport: str  # "stdio" or "http"
+    transport: str  # "stdio", "http" (streamable HTTP) or "sse" (the older HTTP+SSE)
     command: str = ""
     args: tuple[str, ...] = ()
     env: Mapping[str, str] = field(default_factory=dict)
@@ -89,19 +89,24 @@ def _is_url(value: Any) -> bool:
     return isinstance(value, str) and value.startswith(("http://", "https://"))
 
 
+TRANSPORT_NAMES = ("stdio", "http", "sse")
+_STDIO, _REMOTE, _ANY = frozenset({"stdio"}), frozenset({"http", "sse"}), frozenset(TRANSPORT_NAMES)
+
 # key -> (check, what is expected, transports the key applies to)
 _KEYS: dict[str, tuple[Callable[[Any], bool], str, frozenset[str]]] = {
-    "command": (_is_str, "a non-empty string", frozenset({"stdio"})),
-    "args": (_is_str_list, "a list of strings", frozenset({"stdio"})),
-    "env": (_is_str_table, "a table of strings", frozenset({"stdio"})),
-    "cwd": (_is_str, "a non-empty string", frozenset({"stdio"})),
-    "url": (_is_url, "an http:// or https:// URL", frozenset({"http"})),
-    "headers": (_is_str_table, "a table of strings", frozenset({"http"})),
-    "prefix": (_is_bool, "true or false", frozenset({"stdio", "http"})),
-    "timeout_s": (_is_seconds, "a number of seconds above 0", frozenset({"stdio", "http"})),
-    "startup_timeout_s": (_is_seconds, "a number of seconds above 0", frozenset({"stdio", "http"})),
-    "tools": (_is_str_list, "a list of tool name globs", frozenset({"stdio", "http"})),
-    "enabled": (_is_bool, "true or false", frozenset({"stdio", "http"})),
+    "command": (_is_str, "a non-empty string", _STDIO),
+    "args": (_is_str_list, "a list of strings", _STDIO),
+    "env": (_is_str_table, "a table of strings", _STDIO),
+    "cwd": (_is_str, "a non-empty string", _STDIO),
+    "url": (_is_url, "an http:// or https:// URL", _REMOTE),
+    "headers": (_is_str_table, "a table of strings", _REMOTE),
+    # Checked on its own (in parse): the other keys' applicability depends on it.
+    "transport": (lambda value: value in TRANSPORT_NAMES, "stdio, http or sse", _ANY),
+    "prefix": (_is_bool, "true or false", _ANY),
+    "timeout_s": (_is_seconds, "a number of seconds above 0", _ANY),
+    "startup_timeout_s": (_is_seconds, "a number of seconds above 0", _ANY),
+    "tools": (_is_str_list, "a list of tool name globs", _ANY),
+    "enabled": (_is_bool, "true or false", _ANY),
 }
 
 
@@ -117,17 +122,26 @@ def _check_references(table: Mapping[str, str], problems: Problems, key: str) ->
 def parse(name: str, table: Mapping[str, Any], problems: Problems, key: str) -> ServerSpec | None:
     """The server's spec, or None (with problems added) when the table is unusable or disabled."""
     before = len(problems.lines)
-    if ("command" in table) == ("url" in table):
-        problems.add(key, "expected exactly one of command (stdio) or url (streamable HTTP)")
-    transport = "http" if "url" in table else "stdio"
+    one_of = ("command" in table) != ("url" in table)
+    if not one_of:
+        problems.add(key, "expected exactly one of command (stdio) or url (streamable HTTP or SSE)")
+    transport = table.get("transport", "http" if "url" in table else "stdio")
+    if transport not in TRANSPORT_NAMES:
+        problems.add(f"{key}.transport", f"expected {_KEYS['transport'][1]}")
+        one_of = False  # which keys apply is unknown: say nothing about them
+    elif one_of and (transport == "stdio") != ("command" in table):
+        problems.add(f"{key}.transport", f"{transport} servers need {'command' if transport == 'stdio' else 'url'}")
+        one_of = False
     for item, value in table.items():
         if item not in _KEYS:
             problems.add(f"{key}.{item}", f"unknown key; expected one of {', '.join(_KEYS)}")
             continue
         check, expected, transports = _KEYS[item]
+        if item == "transport":
+            continue
         if not check(value):
             problems.add(f"{key}.{item}", f"expected {expected}")
-        elif transport not in transports and ("command" in table) != ("url" in table):
+        elif transport not in transports and one_of:
             problems.add(f"{key}.{item}", f"only applies to {' or '.join(sorted(transports))} servers")
     for item in ("env", "headers"):
         if _is_str_table(table.get(item)):

@@ -1,9 +1,10 @@
-"""Opening one connection to an MCP server: a stdio subprocess or a streamable HTTP session.
+"""Opening one connection to an MCP server: a stdio subprocess, a streamable HTTP session,
+or an HTTP+SSE one (the transport before streamable HTTP, which many servers still speak).
 
 ``TRANSPORTS[spec.transport](spec, environ)`` is an async context manager yielding the SDK's
 stream pair; leaving it stops the subprocess (the SDK closes stdin, waits, terminates the
 process group, then kills it; ``_supervisor`` makes that reach the server's whole tree) or
-closes the HTTP session. A server's stderr goes to the log through ``_stderr``.
+closes the HTTP session (for SSE: its event stream). A server's stderr goes to the log through ``_stderr``.
 """
 
 from __future__ import annotations
@@ -17,9 +18,11 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 import anyio
 import httpx2
+from mcp.client.sse import sse_client
 from mcp.client.stdio import FORCE_KILL_TIMEOUT, StdioServerParameters, stdio_client
 from mcp.client.streamable_http import streamable_http_client
 
+from gateway.tools.mcp._convert import describe
 from gateway.tools.mcp._config import ServerSpec, UnsetVariable, expand, secret_values
 from gateway.tools.mcp import _supervisor
 from gateway.tools.mcp._stderr import StderrLines, drain
@@ -80,6 +83,24 @@ class _QuietParseErrors(logging.Filter):
 _QUIET = _QuietParseErrors()
 
 
+class _OneLineSseErrors(logging.Filter):
+    """Makes the SDK's SSE-client tracebacks (a server that died, a POST refused) one line.
+
+    The source logs the consequence itself, naming the server; the cause stays, shortened
+    and without the URL (which may carry a token).
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.exc_info[1] is not None:
+            record.msg = f"{record.getMessage()}: {describe(record.exc_info[1])}"
+            record.args = None
+            record.exc_info = record.exc_text = None
+        return True
+
+
+_ONE_LINE = _OneLineSseErrors()
+
+
 @asynccontextmanager
 async def open_stdio(spec: ServerSpec, environ: Mapping[str, str]) -> AsyncIterator[tuple]:
     env = child_environment(spec, environ)
@@ -105,8 +126,7 @@ async def open_stdio(spec: ServerSpec, environ: Mapping[str, str]) -> AsyncItera
             tg.cancel_scope.cancel()
 
 
-@asynccontextmanager
-async def open_http(spec: ServerSpec, environ: Mapping[str, str]) -> AsyncIterator[tuple]:
+def _http_client(spec: ServerSpec, environ: Mapping[str, str]) -> httpx2.AsyncClient:
     try:
         headers = {key: expand(value, environ) for key, value in spec.headers.items()}
     except UnsetVariable as exc:
@@ -114,12 +134,32 @@ async def open_http(spec: ServerSpec, environ: Mapping[str, str]) -> AsyncIterat
     # The SDK speaks httpx2, so this client is its own, not the gateway's httpx one. Reads
     # are left long: the GET stream idles, and tool calls are timed by the toolbox.
     timeout = httpx2.Timeout(spec.startup_timeout_s, read=300.0, pool=None)
-    async with httpx2.AsyncClient(headers=headers, timeout=timeout) as client:
+    return httpx2.AsyncClient(headers=headers, timeout=timeout)
+
+
+@asynccontextmanager
+async def open_http(spec: ServerSpec, environ: Mapping[str, str]) -> AsyncIterator[tuple]:
+    async with _http_client(spec, environ) as client:
         async with streamable_http_client(spec.url, http_client=client) as streams:
             yield streams
+
+
+@asynccontextmanager
+async def open_sse(spec: ServerSpec, environ: Mapping[str, str]) -> AsyncIterator[tuple]:
+    client = _http_client(spec, environ)  # before the SDK's task group: StartError stays bare
+
+    def factory(headers: object = None, timeout: object = None, auth: object = None) -> httpx2.AsyncClient:
+        # The SDK asks for a client with its own timeouts (5 s, then 300 s between events);
+        # ours keeps the configured startup timeout and the headers, expanded once above.
+        return client
+
+    logging.getLogger("mcp.client.sse").addFilter(_ONE_LINE)
+    async with sse_client(spec.url, httpx_client_factory=factory) as streams:
+        yield streams
 
 
 TRANSPORTS: dict[str, Callable[[ServerSpec, Mapping[str, str]], AbstractAsyncContextManager[tuple]]] = {
     "stdio": open_stdio,
     "http": open_http,
+    "sse": open_sse,
 }

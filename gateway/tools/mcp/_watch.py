@@ -19,7 +19,7 @@ from mcp.client.session import IncomingMessage
 from pydantic import ValidationError
 
 from gateway.redact import SECRETS
-from gateway.tools.mcp._convert import describe
+from gateway.tools.mcp._convert import connection_gone, describe
 from gateway.tools.mcp._throttle import Throttle
 
 logger = logging.getLogger("toolgate.mcp")
@@ -95,6 +95,8 @@ class Watched:
             if not isinstance(item, Exception):
                 self._bad = 0
                 return item
+            if connection_gone(item):
+                continue  # the transport's own failure, handed over before it ends the stream (SSE)
             self._bad += 1
             self._warn(item)
             if self._bad > MAX_BAD_MESSAGES:
