@@ -4,6 +4,7 @@
     toolgate serve --demo               # always the scripted demo upstream
     toolgate serve --workers 4 --host 0.0.0.0 --port 8080
     toolgate check                      # validate, print the resolved config and the tools
+    toolgate mcp import mcp.json        # an mcpServers JSON file as [tools.mcp.NAME] TOML
 
 A config with problems prints one line per problem and exits 2.
 """
@@ -42,6 +43,16 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--workers", type=int, default=1, help="worker processes")
     serve.add_argument("--demo", action="store_true", help="serve a scripted fake model instead of a real upstream")
     serve.add_argument("--log-level", default="info")
+    mcp = sub.add_parser("mcp", help="MCP server configs").add_subparsers(dest="mcp_command", required=True)
+    mcp_import = mcp.add_parser(
+        "import",
+        help="print an mcpServers JSON file as [tools.mcp.NAME] TOML",
+        description="Print the [tools.mcp.NAME] tables equivalent to an mcpServers JSON file (Claude Desktop, "
+        "Cursor; VS Code's \"servers\"). Values are printed as they are in the file: secrets written there "
+        "appear in the output, and ${VAR} references stay references, expanded when the gateway connects. "
+        "`[tools.mcp] import = \"FILE\"` in the config reads the file directly instead.",
+    )
+    mcp_import.add_argument("file", help="the JSON file")
     return parser
 
 
@@ -59,7 +70,21 @@ def main(argv: list[str] | None = None) -> None:
     logs.setup(args.log_level.upper() if args.command == "serve" else "WARNING")
     if args.command == "check":
         raise SystemExit(asyncio.run(_check(_load(args.config))))
+    if args.command == "mcp":
+        raise SystemExit(_mcp_import(args.file))
     _serve(args)
+
+
+def _mcp_import(path: str) -> int:
+    from gateway.tools.mcp import import_toml
+
+    try:
+        print(import_toml(path), end="")
+    except ConfigError as exc:
+        for line in exc.problems:
+            print(line, file=sys.stderr)
+        return 2
+    return 0
 
 
 async def _check(settings: Settings) -> int:
