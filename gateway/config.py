@@ -64,7 +64,9 @@ class Upstream:
     forward_client_auth: bool = False
     extra_params: frozenset[str] = frozenset()
     query: Mapping[str, str] = field(default_factory=dict, repr=False)  # all but _PUBLIC_QUERY are secrets
-    max_connections: int = 64  # concurrent requests to this upstream
+    # Requests in flight to this upstream (a stream holds its slot to the end): as many as
+    # server.max_concurrency by default, so the default config never refuses below that cap.
+    max_connections: int = 1024
     pool_timeout_s: float = 5.0  # wait for a free connection slot, then 503
     retry_budget_percent: float = 20.0  # retries: at most this % of the active requests ...
     retry_budget_min: int = 3  # ... or this many at once, whichever is more

@@ -355,7 +355,7 @@ def test_limit_keys_and_their_defaults():
     assert (server.max_header_bytes, server.max_headers) == (65536, 100)
     assert (server.header_timeout_s, server.body_timeout_s, server.keep_alive_s, server.send_timeout_s) == (10.0, 60.0, 5.0, 30.0)
     assert (loop.max_tool_calls, loop.max_repeated_deltas, loop.tool_threads) == (32, 50, 8)
-    assert (upstream.max_connections, upstream.pool_timeout_s) == (64, 5.0)
+    assert (upstream.max_connections, upstream.pool_timeout_s) == (1024, 5.0)
     assert (upstream.retry_budget_percent, upstream.retry_budget_min, upstream.max_output_tokens) == (20, 3, 131072)
     assert server.request_timeout_s < 600  # the gateway gives up before the OpenAI SDK does
 
