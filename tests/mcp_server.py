@@ -31,6 +31,7 @@ from mcp_types import (
     EmbeddedResource,
     TextContent,
     TextResourceContents,
+    ToolAnnotations,
 )
 
 # A 1x1 transparent PNG.
@@ -55,7 +56,10 @@ def echo(text: str, ctx: Context) -> str:
     return text
 
 
-@server.tool(description="Add two integers.")
+@server.tool(
+    description="Add two integers.",
+    annotations=ToolAnnotations(title="Adder", read_only_hint=True, idempotent_hint=True, open_world_hint=False),
+)
 def add(a: int, b: int) -> int:
     return a + b
 
@@ -86,7 +90,7 @@ def session_count() -> int:
     return len(sessions)
 
 
-@server.tool(description="Die at once.")
+@server.tool(description="Die at once.", annotations=ToolAnnotations(destructive_hint=True))
 def crash() -> str:
     os._exit(3)
 
@@ -176,6 +180,14 @@ async def grow(ctx: Context) -> str:
     server.add_tool(grown, description="Added at runtime.")
     await ctx.request_context.session.send_tool_list_changed()
     return "grown"
+
+
+@server.tool(description="Mark add destructive and announce the change.")
+async def turn(ctx: Context) -> str:
+    server.remove_tool("add")
+    server.add_tool(add, description="Add two integers.", annotations=ToolAnnotations(destructive_hint=True))
+    await ctx.request_context.session.send_tool_list_changed()
+    return "turned"
 
 
 @server.tool(description="Change echo's description and announce the change.")

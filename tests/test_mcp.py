@@ -237,6 +237,23 @@ async def test_cancelled_call_leaves_no_stuck_state(source: McpSource) -> None:
     assert source.status().ready
 
 
+@shares_loop
+async def test_annotations_are_kept_as_stated(source: McpSource) -> None:
+    add = tool(source, "add")
+    assert add.annotations == {"title": "Adder", "readOnlyHint": True, "idempotentHint": True, "openWorldHint": False}
+    assert add.renamed("srv_add").annotations == add.annotations
+    assert tool(source, "crash").annotations == {"destructiveHint": True}
+    assert tool(source, "echo").annotations is None
+
+
+async def test_changed_annotations_disable_the_tool(make_source: Factory, caplog: pytest.LogCaptureFixture) -> None:
+    source = await make_source(stdio_table())
+    caplog.set_level(logging.WARNING, "toolgate.mcp")
+    assert await call(source, "turn") == "turned"
+    await wait_until(lambda: "add" not in {t.name for t in source.tools()})
+    assert "changed the definition of tool 'add'" in caplog.text
+
+
 async def test_list_changed_adds_tools(fresh: McpSource) -> None:
     source = fresh
     assert "grown" not in {t.name for t in source.tools()}

@@ -35,6 +35,11 @@ class ToolError(Exception):
 class Tool:
     """Base class for tools; subclasses implement ``call``."""
 
+    # Hints about behaviour, as MCP's tool annotations name them ("readOnlyHint", "destructiveHint",
+    # "idempotentHint", "openWorldHint", "title"), only those the tool's author stated; None: none
+    # stated. Hints from a server are claims, not guarantees.
+    annotations: dict[str, Any] | None = None
+
     def __init__(
         self,
         name: str,

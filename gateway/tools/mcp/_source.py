@@ -43,19 +43,31 @@ CLIENT_INFO = types.Implementation(name="toolgate", version="0.1.0")
 
 
 class McpTool(Tool):
-    """A tool of an MCP server; ``remote_name`` survives ``renamed()``."""
+    """A tool of an MCP server; ``remote_name`` survives ``renamed()``.
+
+    ``annotations`` holds the hints the server stated, under their wire names; an absent hint
+    means the protocol's default (``destructiveHint`` and ``openWorldHint``: true, the others false).
+    """
 
     def __init__(self, source: McpSource, remote: types.Tool, timeout_s: float) -> None:
         super().__init__(remote.name, remote.description or "", remote.input_schema, timeout_s=timeout_s)
         self.remote_name = remote.name
+        self.annotations = _annotations(remote)
         self._source = source
 
     async def call(self, arguments: dict[str, Any]) -> ToolOutput:
         return await self._source.call_tool(self.remote_name, arguments)
 
 
+def _annotations(tool: types.Tool) -> dict[str, Any] | None:
+    if tool.annotations is None:
+        return None
+    return tool.annotations.model_dump(by_alias=True, exclude_none=True, mode="json") or None
+
+
 def _digest(tool: types.Tool) -> str:
-    definition = {"description": tool.description or "", "inputSchema": tool.input_schema}
+    # Annotations count: a tool listed read-only, then destructive, is a changed tool.
+    definition = {"description": tool.description or "", "inputSchema": tool.input_schema, "annotations": _annotations(tool)}
     return hashlib.sha256(json.dumps(definition, sort_keys=True).encode()).hexdigest()
 
 
