@@ -14,10 +14,13 @@ WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY gateway ./gateway
 # tini as PID 1 reaps what stdio MCP servers leave orphaned and forwards SIGTERM.
+# nodejs/npm (npx) and uv (uvx) run the stdio MCP servers READMEs start that way; they cache
+# what they fetch under $HOME (/app/.npm, /app/.cache, /app/.local), the one directory a
+# server's environment names (HOME is inherited, other variables are not).
 # /app/data holds the Responses API's SQLite store (mount a volume there to keep it).
-RUN apt-get update && apt-get install -y --no-install-recommends tini && rm -rf /var/lib/apt/lists/* \
-    && pip install . && useradd --system --uid 10001 --home-dir /app toolgate \
-    && mkdir -p /app/data && chown 10001 /app/data
+RUN apt-get update && apt-get install -y --no-install-recommends tini nodejs npm && rm -rf /var/lib/apt/lists/* \
+    && pip install . uv && useradd --system --uid 10001 --home-dir /app toolgate \
+    && mkdir -p /app/data /app/.npm /app/.cache /app/.local && chown 10001 /app/data /app/.npm /app/.cache /app/.local
 # Mount your own config over this directory.
 COPY config ./config
 
