@@ -23,8 +23,13 @@ SOURCE_KINDS: dict[str, str] = {
 }
 
 
-def _builder(kind: str):
-    module, _, func = SOURCE_KINDS[kind].partition(":")
+# kind -> "module:function" taking the kind's whole table (entries, problems, key) -> [ToolSource]:
+# for kinds whose table holds more than one source per name (MCP's `import`).
+WHOLE_TABLE: dict[str, str] = {"mcp": "gateway.tools.mcp:build_all"}
+
+
+def _load(target: str):
+    module, _, func = target.partition(":")
     return getattr(importlib.import_module(module), func)
 
 
@@ -39,7 +44,10 @@ def build_sources(tables: Mapping[str, Any], problems: Problems) -> list[ToolSou
         if not isinstance(entries, dict):
             problems.add(key, "expected a table")
             continue
-        build = _builder(kind)
+        if kind in WHOLE_TABLE:
+            sources.extend(_load(WHOLE_TABLE[kind])(entries, problems, key))
+            continue
+        build = _load(SOURCE_KINDS[kind])
         if kind == "builtin":
             named = [("builtin", entries, key)]
         else:
