@@ -65,6 +65,9 @@ class _Target:
         return self.retrying < max(u.retry_budget_min, u.retry_budget_percent / 100 * self.active)
 
     async def slot(self) -> None:
+        if not self.slots.locked():
+            await self.slots.acquire()  # a free slot: taken at once, no timer needed
+            return
         try:
             async with asyncio.timeout(self.upstream.pool_timeout_s):
                 await self.slots.acquire()
