@@ -16,7 +16,7 @@ from gateway.chat_render import ChatJSON, ChatSSE, ChatView
 from gateway.config import ModelAlias, Settings
 from gateway.errors import BodyTimeout, ClientGone, InvalidRequest, ModelNotFound, Overloaded, RequestTooLarge, error_json
 from gateway.loop import LoopJob, run_loop
-from gateway.pump import Timing, pump
+from gateway.pump import Outcome, Timing, pump
 from gateway.redact import SECRETS
 from gateway.tools.toolbox import Offer, Toolbox
 from gateway.upstream import Reachability, UpstreamClient
@@ -75,6 +75,56 @@ class Runtime:
             client_auth=_bearer(_header(scope, b"authorization")) if upstream.forward_client_auth else "",
             **job,
         )
+
+    async def serve(self, send: Any, receive: Any, scope: dict, started: float, job: LoopJob, renderer: Any, *, model: str, **fields: Any) -> Outcome | None:
+        """Run `job` through the pump with `renderer`, under the concurrency cap (None: refused,
+        and logged as such). The cap counts requests being served, not clients still sending a body."""
+        server = self.settings.server
+        if self.in_flight >= server.max_concurrency:
+            await reject(send, Overloaded("The gateway is at its concurrency limit; retry shortly.", headers={"retry-after": "1"}), scope, started, model=model, **fields)
+            return None
+        timing = Timing(deadline_s=server.request_timeout_s, keepalive_s=server.keepalive_s, secrets=(job.client_auth,) if job.client_auth else ())
+        self.in_flight += 1
+        metrics.IN_FLIGHT.inc()
+        if renderer.streaming:
+            metrics.STREAMS.inc()
+        try:
+            return await pump(send, receive, run_loop(job, self.upstream, self.toolbox), renderer, timing)
+        finally:
+            self.in_flight -= 1
+            metrics.IN_FLIGHT.dec()
+            if renderer.streaming:
+                metrics.STREAMS.dec()
+
+    def record(self, started: float, job: LoopJob, outcome: Outcome, alias: str, *, model: str, stream: bool, request_id: str, **extra: Any) -> None:
+        """Count the request, and write its one log line."""
+        final = outcome.final
+        seconds = time.perf_counter() - started
+        metrics.request_done(alias, outcome.status, seconds, final.rounds if final else 0, outcome.usage)
+        server = self.settings.server
+        if not server.log_requests:
+            return
+        line = {
+            "request_id": request_id,
+            **{k: v for k, v in extra.items() if k == "api"},
+            "model": model,
+            "upstream": job.upstream.name,
+            "stream": stream,
+            "status": outcome.status,
+            "ended": outcome.ended,
+            "duration_ms": round(seconds * 1000, 2),
+            "rounds": final.rounds if final else None,
+            "tool_calls": final.tool_calls if final else None,
+            "usage": outcome.usage,
+            **{k: v for k, v in extra.items() if k != "api"},
+        }
+        if final and final.trace:
+            line["tools"] = [{k: t[k] for k in ("name", "outcome", "duration_ms")} for t in final.trace]
+        if outcome.error is not None:
+            line["error"] = SECRETS.scrub(str(outcome.error), job.client_auth)[:300]
+        if server.log_content:
+            line["messages"] = job.messages
+        logs.request_line(line)
 
     def probe_soon(self) -> None:
         """Probe the upstreams in the background when the last probe is older than PROBE_EVERY_S:
@@ -173,10 +223,6 @@ class ChatCompletions:
         except Exception as exc:
             await reject(send, exc, scope, started)
             return
-        # The cap counts requests being served, not clients still sending a body.
-        if rt.in_flight >= server.max_concurrency:
-            await reject(send, Overloaded("The gateway is at its concurrency limit; retry shortly.", headers={"retry-after": "1"}), scope, started, model=request.model)
-            return
         view = ChatView(
             alias=request.model,
             trace=server.trace or _header(scope, b"x-toolgate-trace") in ("1", "true"),
@@ -184,42 +230,10 @@ class ChatCompletions:
             progress=(_header(scope, b"x-toolgate-progress") or server.progress) == "reasoning",
         )
         job.trace = view.trace or server.log_requests  # the log line names each tool's outcome
-        events = run_loop(job, rt.upstream, rt.toolbox)
-        timing = Timing(deadline_s=server.request_timeout_s, keepalive_s=server.keepalive_s, secrets=(job.client_auth,) if job.client_auth else ())
-        rt.in_flight += 1
-        metrics.IN_FLIGHT.inc()
-        if request.stream:
-            metrics.STREAMS.inc()
-        try:
-            outcome = await pump(send, receive, events, ChatSSE(view) if request.stream else ChatJSON(view), timing)
-        finally:
-            rt.in_flight -= 1
-            metrics.IN_FLIGHT.dec()
-            if request.stream:
-                metrics.STREAMS.dec()
-        final = outcome.final
-        seconds = time.perf_counter() - started
-        metrics.request_done(alias, outcome.status, seconds, final.rounds if final else 0, outcome.usage)
-        if server.log_requests:
-            line = {
-                "request_id": request_id,
-                "model": request.model,
-                "upstream": job.upstream.name,
-                "stream": request.stream,
-                "status": outcome.status,
-                "ended": outcome.ended,
-                "duration_ms": round(seconds * 1000, 2),
-                "rounds": final.rounds if final else None,
-                "tool_calls": final.tool_calls if final else None,
-                "usage": outcome.usage,
-            }
-            if final and final.trace:
-                line["tools"] = [{k: t[k] for k in ("name", "outcome", "duration_ms")} for t in final.trace]
-            if outcome.error is not None:
-                line["error"] = SECRETS.scrub(str(outcome.error), job.client_auth)[:300]
-            if server.log_content:
-                line["messages"] = job.messages
-            logs.request_line(line)
+        renderer = ChatSSE(view) if request.stream else ChatJSON(view)
+        outcome = await rt.serve(send, receive, scope, started, job, renderer, model=request.model)
+        if outcome is not None:
+            rt.record(started, job, outcome, alias, model=request.model, stream=request.stream, request_id=request_id)
 
     def _job(self, request: ChatRequest, scope: dict, request_id: str) -> tuple[LoopJob, str]:
         rt = self.rt

@@ -22,10 +22,8 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
-from gateway import logs, metrics
-from gateway.errors import GatewayError, InvalidRequest, Overloaded, error_json
-from gateway.loop import LoopJob, run_loop
-from gateway.pump import Timing, pump
+from gateway.errors import GatewayError, InvalidRequest, error_json
+from gateway.loop import LoopJob
 from gateway.redact import SECRETS
 from gateway.responses.render import ResponsesJSON, ResponsesSSE, ResponseView
 from gateway.responses.wire import McpTool, ResponsesRequest, new_id, parse_request, to_messages
@@ -147,54 +145,17 @@ class CreateResponse:
         except Exception as exc:
             await reject(send, exc, scope, started, model=model, api="responses")
             return
-        if rt.in_flight >= server.max_concurrency:
-            await reject(send, Overloaded("The gateway is at its concurrency limit; retry shortly.", headers={"retry-after": "1"}), scope, started, model=model, api="responses")
-            return
         job.trace = server.trace or server.log_requests
         renderer = ResponsesSSE(view) if request.stream else ResponsesJSON(view)
-        timing = Timing(deadline_s=server.request_timeout_s, keepalive_s=server.keepalive_s, secrets=(job.client_auth,) if job.client_auth else ())
-        rt.in_flight += 1
-        metrics.IN_FLIGHT.inc()
-        if request.stream:
-            metrics.STREAMS.inc()
-        try:
-            outcome = await pump(send, receive, run_loop(job, rt.upstream, rt.toolbox), renderer, timing)
-        finally:
-            rt.in_flight -= 1
-            metrics.IN_FLIGHT.dec()
-            if request.stream:
-                metrics.STREAMS.dec()
+        outcome = await rt.serve(send, receive, scope, started, job, renderer, model=model, api="responses")
+        if outcome is None:
+            return
         stored = request.store and renderer.response is not None and outcome.ended in ("complete", "error")
         if stored:
             # After the last byte: the client never waits on the store.
             self.slot.write(Stored(view.id, owner, renderer.response, conversation_items, view.created_at))
-        final = outcome.final
-        seconds = time.perf_counter() - started
         known = alias.name if alias.name in rt.settings.models else "(passthrough)"
-        metrics.request_done(known, outcome.status, seconds, final.rounds if final else 0, outcome.usage)
-        if server.log_requests:
-            line = {
-                "request_id": request_id,
-                "api": "responses",
-                "model": request.model,
-                "upstream": job.upstream.name,
-                "stream": request.stream,
-                "status": outcome.status,
-                "ended": outcome.ended,
-                "duration_ms": round(seconds * 1000, 2),
-                "rounds": final.rounds if final else None,
-                "tool_calls": final.tool_calls if final else None,
-                "usage": outcome.usage,
-                "response_id": view.id,
-                "stored": bool(stored),
-            }
-            if final and final.trace:
-                line["tools"] = [{k: t[k] for k in ("name", "outcome", "duration_ms")} for t in final.trace]
-            if outcome.error is not None:
-                line["error"] = SECRETS.scrub(str(outcome.error), job.client_auth)[:300]
-            if server.log_content:
-                line["messages"] = job.messages
-            logs.request_line(line)
+        rt.record(started, job, outcome, known, model=request.model, stream=request.stream, request_id=request_id, api="responses", response_id=view.id, stored=bool(stored))
 
     async def _history(self, request: ResponsesRequest, owner: str) -> list[dict[str, Any]]:
         """The conversation before this request: the previous response's input and output items."""

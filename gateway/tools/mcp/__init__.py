@@ -46,7 +46,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from gateway.errors import ConfigError, Problems
+from gateway.errors import Problems
 from gateway.tools.mcp import _import
 from gateway.tools.mcp._config import ServerSpec, parse
 from gateway.tools.mcp._import import RESERVED
