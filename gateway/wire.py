@@ -112,13 +112,19 @@ def _client_tools(value: Any) -> list[dict[str, Any]] | None:
     return value or None
 
 
-def parse_request(body: bytes, *, max_messages: int = 2048) -> ChatRequest:
+def json_object(body: bytes) -> dict[str, Any]:
+    """The request body as a JSON object, or a 400 saying what it is not (any ingress)."""
     try:
         raw = orjson.loads(body)
     except orjson.JSONDecodeError:
         raise _invalid("The request body is not valid JSON.", None) from None
     if not isinstance(raw, dict):
         raise _invalid("The request body must be a JSON object.", None)
+    return raw
+
+
+def parse_request(body: bytes, *, max_messages: int = 2048) -> ChatRequest:
+    raw = json_object(body)
     model = raw.get("model")
     if not isinstance(model, str) or not model:
         raise _invalid("model is required.", "model")

@@ -18,6 +18,7 @@ from typing import Any
 import orjson
 
 from gateway.errors import InvalidRequest
+from gateway.wire import json_object
 
 # Tool types of the hosted API the gateway does not run.
 UNSUPPORTED_TOOLS = frozenset(
@@ -108,12 +109,7 @@ class ResponsesRequest:
 
 
 def parse_request(body: bytes, *, max_items: int = 2048) -> ResponsesRequest:
-    try:
-        raw = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        raise _invalid("The request body is not valid JSON.", None) from None
-    if not isinstance(raw, dict):
-        raise _invalid("The request body must be a JSON object.", None)
+    raw = json_object(body)
     for name, why in _UNSUPPORTED_PARAMS.items():
         if raw.get(name) is not None:
             raise _invalid(why, name)
