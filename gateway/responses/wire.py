@@ -15,7 +15,6 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-
 from gateway.errors import InvalidRequest
 from gateway.wire import json_object
 
