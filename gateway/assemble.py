@@ -136,6 +136,10 @@ class _Text:
         return "".join(self.blocks) + "".join(self.pieces) or None
 
 
+# The keys of a delta that carries only text.
+_PLAIN = frozenset({"content", "role", "reasoning_content", "reasoning"})
+
+
 class StreamAssembler:
     """Gathers streamed deltas; content is handed back at once, tool calls kept."""
 
@@ -162,26 +166,53 @@ class StreamAssembler:
         self._repeats = 0
 
     def feed(self, chunk: Any) -> Delta | None:
-        if not isinstance(chunk, dict):
+        # The hot path of every stream: a content-only delta touches five keys and no helper.
+        if type(chunk) is not dict:
             raise UpstreamError("The upstream stream carried something that is not a chunk.")
-        if chunk.get("error") and not chunk.get("choices"):
+        choices = chunk.get("choices")
+        if chunk.get("error") and not choices:
             error = chunk["error"]
             message = error.get("message") if isinstance(error, dict) else str(error)
             raise UpstreamError(f"The upstream failed mid-stream: {message}")
-        usage = _usage(chunk.get("usage"))
-        if usage:
+        usage = chunk.get("usage")
+        if usage and type(usage) is dict:
             self.usage = usage
-        choices = chunk.get("choices")
         if not choices:
             return None
-        choice = choices[0] if isinstance(choices, list) else None
-        delta = (choice.get("delta") or choice.get("message") or {}) if isinstance(choice, dict) else None
-        if not isinstance(delta, dict):
+        choice = choices[0] if type(choices) is list else None
+        delta = (choice.get("delta") or choice.get("message") or {}) if type(choice) is dict else None
+        if type(delta) is not dict:
             raise UpstreamError("The upstream stream carried a malformed chunk.")
         self.answered = True
         finish = choice.get("finish_reason")
-        if finish and isinstance(finish, str):
+        if finish and type(finish) is str:
             self.finish_reason = finish
+        if not _PLAIN.issuperset(delta):
+            self._rare(delta)
+        content = delta.get("content")
+        if content is not None and type(content) is not str:
+            content = _text(content, "content")
+        reasoning = delta.get("reasoning_content") or delta.get("reasoning")
+        if reasoning is not None and type(reasoning) is not str:
+            reasoning = _text(reasoning, "reasoning")
+        if content:
+            self._content.add(content)
+            if content == self._repeat:
+                self._repeats += 1
+                if self._max_repeats and self._repeats >= self._max_repeats:
+                    raise UpstreamError(f"The model repeated the same output {self._repeats} times in a row; the stream was stopped.", code="runaway_output")
+            else:
+                self._repeat, self._repeats = content, 1
+        if reasoning:
+            self._reasoning.add(reasoning)
+        if content or reasoning:
+            logprobs = choice.get("logprobs")
+            tokens = logprobs.get("content") if type(logprobs) is dict else None
+            return Delta(content or None, reasoning or None, tokens if type(tokens) is list else None)
+        return None
+
+    def _rare(self, delta: dict[str, Any]) -> None:
+        """The parts of a delta besides its text: tool calls, refusal, annotations."""
         calls = delta.get("tool_calls") or []
         if not isinstance(calls, list):
             raise UpstreamError("The upstream sent a malformed tool call.")
@@ -193,27 +224,6 @@ class StreamAssembler:
         refusal = _text(delta.get("refusal"), "refusal")
         if refusal:
             self._refusal.append(refusal)
-        content = _text(delta.get("content"), "content")
-        reasoning = _text(delta.get("reasoning_content") or delta.get("reasoning"), "reasoning")
-        if content:
-            self._content.add(content)
-            if self._max_repeats:
-                self._count_repeat(content)
-        if reasoning:
-            self._reasoning.add(reasoning)
-        if content or reasoning:
-            logprobs = choice.get("logprobs")
-            tokens = logprobs.get("content") if isinstance(logprobs, dict) else None
-            return Delta(content or None, reasoning or None, tokens if isinstance(tokens, list) else None)
-        return None
-
-    def _count_repeat(self, content: str) -> None:
-        if content == self._repeat:
-            self._repeats += 1
-            if self._repeats >= self._max_repeats:
-                raise UpstreamError(f"The model repeated the same output {self._repeats} times in a row; the stream was stopped.", code="runaway_output")
-        else:
-            self._repeat, self._repeats = content, 1
 
     def feed_many(self, chunks: list[Any]) -> Delta | None:
         """Chunks that arrived together, as one Delta: one event per network read, not per chunk."""

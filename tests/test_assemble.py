@@ -474,3 +474,10 @@ def test_a_long_stream_is_gathered_in_linear_time():
     for _ in range(40_000):
         asm.feed(chunk({"content": piece}))
     assert len(asm.finish().message["content"]) == 40_000 * 1024
+
+
+def test_a_tool_call_riding_with_content_in_one_delta_is_kept():
+    asm = StreamAssembler()
+    asm.feed(chunk({"content": "Let me look.", "tool_calls": [{"index": 0, "id": "t1", "function": {"name": "f", "arguments": "{}"}}]}))
+    turn = asm.finish()
+    assert turn.message["content"] == "Let me look." and turn.message["tool_calls"][0]["function"]["name"] == "f"
