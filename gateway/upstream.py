@@ -120,8 +120,26 @@ class UpstreamClient:
         try:
             reply = await self._send(target, payload, request_id, client_auth)
             try:
-                async for batch in _batches(reply):
+                # Inline, not a nested generator: one hop per network read is the stream's cost.
+                content_type = reply.headers.get("content-type", "")
+                if "json" in content_type:
+                    # A host that ignored `stream: true`: its whole answer is one chunk.
+                    yield [_parse(await reply.read(), "The upstream answered with malformed or truncated JSON.")]
+                    return
+                if "text/event-stream" not in content_type:
+                    raise UpstreamError(f"The upstream answered with {_kind(reply)} instead of an event stream.")
+                decoder = SSEDecoder()
+                async for piece in reply.chunks():
+                    batch, done = _batch(decoder.feed(piece))
+                    if batch:
+                        yield batch
+                    if done:
+                        return
+                batch, done = _batch(decoder.close())
+                if batch:
                     yield batch
+                if not done:
+                    raise UpstreamError("The upstream stream ended before [DONE]: the answer is truncated.")
             finally:
                 await reply.close()
         finally:
@@ -172,30 +190,6 @@ class UpstreamClient:
             target.active -= 1
             if retrying:
                 target.retrying -= 1
-
-
-async def _batches(reply: Reply) -> AsyncIterator[list[Any]]:
-    """A reply's parsed chunks, a list per network read."""
-    content_type = reply.headers.get("content-type", "")
-    if "json" in content_type:
-        # A host that ignored `stream: true`: its whole answer is one chunk.
-        yield [_parse(await reply.read(), "The upstream answered with malformed or truncated JSON.")]
-        return
-    if "text/event-stream" not in content_type:
-        raise UpstreamError(f"The upstream answered with {_kind(reply)} instead of an event stream.")
-    decoder = SSEDecoder()
-    async for piece in reply.chunks():
-        batch, done = _batch(decoder.feed(piece))
-        if batch:
-            yield batch
-        if done:
-            return
-    batch, done = _batch(decoder.close())
-    if batch:
-        yield batch
-    if done:
-        return
-    raise UpstreamError("The upstream stream ended before [DONE]: the answer is truncated.")
 
 
 class Reachability:
