@@ -15,12 +15,12 @@ from starlette.responses import HTMLResponse
 from starlette.routing import Route
 
 from gateway.fakellm import Calls, FakeLLM, Reply
+from gateway.threads import Threads
 from gateway.tools.base import SourceContext, ToolError
 from gateway.tools.builtin import fetch_url
 from gateway.tools.builtin.fetch_url import FetchUrl
 from gateway.tools.builtin.html import MAX_INDENT, html_to_text
 from gateway.tools.builtin.netguard import Guard
-from gateway.tools.workers import Workers
 from tests.support import settings
 from tests.test_e2e import serve as serve_gateway
 from tests.tool_servers import serve
@@ -242,7 +242,7 @@ async def test_fetch_timeout_fires_while_the_reduction_runs(monkeypatch):
 
 
 async def test_fetch_when_every_worker_thread_is_busy(monkeypatch):
-    pool, release = Workers(threads=1, queued=0), threading.Event()
+    pool, release = Threads("toolgate-tool", threads=1, queued=0), threading.Event()
     monkeypatch.setattr(fetch_url, "WORKERS", pool)
     blocker = asyncio.create_task(pool.run(release.wait, 30))
     await asyncio.sleep(0)

@@ -12,6 +12,3 @@ from gateway.threads import Threads
 WORKERS = Threads("toolgate-tool", threads=8, queued=64)
 
 __all__ = ["WORKERS", "WorkersBusy"]
-
-# The pool's class under its earlier name, for code written against it.
-Workers = Threads
