@@ -7,6 +7,7 @@
     │   ├── RequestTooLarge     413
     │   ├── Unprocessable       422 (an upstream's 422, kept)
     │   ├── TooLargeToStore     413 (one response is larger than the store's cap)
+    │   ├── NotFound            404 not_found (a stored response or item)
     │   ├── BodyTimeout         408 (the body did not arrive in time)
     │   └── ClientGone          499 (logged; nobody is left to answer)
     ├── Unauthorized            401 authentication_error
@@ -75,6 +76,13 @@ class RequestTooLarge(InvalidRequest):
 
 class Unprocessable(InvalidRequest):
     status = 422
+
+
+class NotFound(InvalidRequest):
+    """A stored response (or item) that does not exist, or is another key's."""
+
+    status = 404
+    code = "not_found"
 
 
 class BodyTimeout(InvalidRequest):

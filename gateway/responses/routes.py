@@ -22,7 +22,7 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
-from gateway.errors import GatewayError, InvalidRequest, error_json
+from gateway.errors import GatewayError, InvalidRequest, NotFound, error_json
 from gateway.loop import LoopJob
 from gateway.redact import SECRETS
 from gateway.responses.render import ResponsesJSON, ResponsesSSE, ResponseView
@@ -37,11 +37,6 @@ WRITE_S = 10.0  # one store write after the response, at most
 OPEN_S = 10.0  # opening the store, at most
 RETRY_OPEN_S = 5.0  # after a failed open, the next request tries again no sooner
 WAIT_WRITE_S = 5.0  # a read waits this long for the same id's write
-
-
-class NotFound(InvalidRequest):
-    status = 404
-    code = "not_found"
 
 
 _ID_PREFIX = {
