@@ -1,4 +1,4 @@
-"""Fold an upstream reply, whole or streamed, into one normalised assistant turn.
+"""The OpenAI Chat codec's folding: a reply, whole or streamed, into one normalised assistant turn.
 
 Host quirks end here: `arguments` sent as an object, missing tool-call ids,
 streamed tool-call deltas without `index`, a call sent whole in one chunk,
@@ -12,22 +12,13 @@ streamed tool-call deltas without `index`, a call sent whole in one chunk,
 
 from __future__ import annotations
 
-import uuid
-from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
 from gateway.errors import UpstreamError
 from gateway.events import Delta
-
-
-@dataclass(slots=True)
-class Turn:
-    message: dict[str, Any]  # role, content, and tool_calls / refusal / reasoning_content if any
-    finish_reason: str
-    usage: dict[str, Any] | None
-    logprobs: dict[str, Any] | None = None
+from gateway.model import Turn, assistant_message, new_call_id
 
 
 def _text(value: Any, what: str) -> str | None:
@@ -51,10 +42,6 @@ def _arguments(value: Any) -> str:
     return orjson.dumps(value).decode()
 
 
-def _call_id() -> str:
-    return f"call_{uuid.uuid4().hex[:24]}"
-
-
 def _function(raw: dict[str, Any]) -> dict[str, Any]:
     function = raw.get("function") or {}
     name = function.get("name") if isinstance(function, dict) else None
@@ -67,21 +54,10 @@ def _tool_call(raw: dict[str, Any]) -> dict[str, Any]:
     function = _function(raw)
     call_id = raw.get("id")
     return {
-        "id": call_id if isinstance(call_id, str) and call_id else _call_id(),
+        "id": call_id if isinstance(call_id, str) and call_id else new_call_id(),
         "type": "function",
         "function": {"name": function.get("name") or "", "arguments": _arguments(function.get("arguments"))},
     }
-
-
-def _message(content: str | None, tool_calls: list, refusal: str | None, reasoning: str | None) -> dict:
-    message: dict[str, Any] = {"role": "assistant", "content": content or None if tool_calls else content or ""}
-    if tool_calls:
-        message["tool_calls"] = tool_calls
-    if refusal:
-        message["refusal"] = refusal
-    if reasoning:
-        message["reasoning_content"] = reasoning
-    return message
 
 
 def _first_choice(body: Any) -> dict[str, Any]:
@@ -104,7 +80,7 @@ def turn_from_completion(body: Any) -> Turn:
         raise UpstreamError("The upstream sent a malformed tool call.")
     calls = [_tool_call(c) for c in raw_calls if isinstance(c, dict)]
     reasoning = _text(raw.get("reasoning_content") or raw.get("reasoning"), "reasoning")
-    message = _message(_text(raw.get("content"), "content"), calls, _text(raw.get("refusal"), "refusal"), reasoning)
+    message = assistant_message(_text(raw.get("content"), "content"), calls, _text(raw.get("refusal"), "refusal"), reasoning)
     # Output the client asked for and the gateway does not touch: citations, spoken audio.
     if isinstance(raw.get("annotations"), list) and raw["annotations"]:
         message["annotations"] = raw["annotations"]
@@ -282,13 +258,13 @@ class StreamAssembler:
             raise UpstreamError("The upstream stream ended without an answer (no choices).")
         calls = [
             {
-                "id": call["id"] or _call_id(),
+                "id": call["id"] or new_call_id(),
                 "type": "function",
                 "function": {"name": call["name"], "arguments": "".join(call["arguments"])},
             }
             for call in self._calls.values()
         ]
-        message = _message(
+        message = assistant_message(
             self._content.value(),
             calls,
             "".join(self._refusal) or None,

@@ -1,8 +1,8 @@
 """Upstream host types: one row each, no if-chains on provider names.
 
-A row says where chat completions and models live, how the gateway
-authenticates, which non-standard parameters the host accepts, and whether its
-tool messages may carry image parts, and whether it wants reasoning back.
+A row says which codec speaks its wire format (`gateway/codecs/`), where chat
+and models live, how the gateway authenticates, which non-standard parameters
+the host accepts, and whether it wants reasoning back.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ class HostType:
     auth: Callable[[str], dict[str, str]]
     strip_suffixes: tuple[str, ...] = ()  # parts of a pasted URL the row adds itself; {model}: one segment
     extra_params: frozenset[str] = frozenset()  # non-standard keys it accepts
-    tool_images: bool = False  # image parts allowed in `tool` messages
+    codec: str = "openai-chat"  # a key of gateway.codecs.CODECS: the wire format
     # The assistant's `reasoning_content` sent back with its tool calls in the next round:
     # most hosts reject or ignore it, so no row sends it today.
     send_reasoning: bool = False
@@ -78,6 +78,15 @@ HOST_TYPES: dict[str, HostType] = {
             auth=bearer,  # empty key: no header (Ollama needs none)
             strip_suffixes=("/v1/chat/completions", "/api/chat", "/v1", "/api"),
             extra_params=_LOCAL_EXTRAS,
+        ),
+        HostType(
+            "ollama-native",
+            chat_path=lambda url, model: f"{url}/api/chat",
+            models_path=lambda url: f"{url}/api/tags",
+            auth=bearer,
+            strip_suffixes=("/api/chat", "/v1/chat/completions", "/v1", "/api"),
+            extra_params=_LOCAL_EXTRAS,
+            codec="ollama",
         ),
         HostType(
             "azure",

@@ -1,29 +1,28 @@
-"""The tool loop, written once: call the model, run its tool calls, repeat.
+"""The tool loop, written once: ask the model for a turn, run its tool calls, repeat.
 
-    async with aclosing(run_loop(job, upstream_client, toolbox)) as events:
-        async for event in events:   # Delta, ToolStarted, ToolFinished ..., then one Final
+    async with aclosing(run_loop(job, open_model(client, job), toolbox)) as events:
+        async for event in events:   # Delta, RoundUsage, ToolStarted, ToolFinished ..., then one Final
             ...
 
-It knows neither Starlette nor httpx. Each round ends in a next step: a final
-answer, tool results to send back, or client tool calls to hand back. Rounds
+It knows neither Starlette nor HTTP nor any host's wire format: it asks a
+`gateway.model.Model` for turns. Each round ends in a next-step value: the
+answer, or tool calls to run (then hand some back, or go round again). Rounds
 are bounded by `max_rounds`, after which one last call with
 `tool_choice: "none"` makes the model answer from what it has.
 """
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.assemble import StreamAssembler, Turn, turn_from_completion
 from gateway.config import Upstream
 from gateway.errors import LoopLimit
-from gateway.events import Event, Final, RoundUsage, ToolFinished, ToolStarted
+from gateway.events import Delta, Event, Final, RoundUsage, ToolFinished, ToolStarted
+from gateway.model import Model, Turn, new_call_id
 from gateway.tools.toolbox import Offer, Toolbox
-from gateway.upstream import UpstreamClient
 from gateway.usage import add_usage
 
 
@@ -92,97 +91,135 @@ def _count(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
 
 
-async def run_loop(job: LoopJob, upstream: UpstreamClient, toolbox: Toolbox) -> AsyncIterator[Event]:
-    client_names = {t["function"]["name"] for t in job.client_tools or ()}
-    tools = [*job.offer.schemas, *(job.client_tools or ())]
-    base = {**job.params, "model": job.model}
-    budget = _Budget(base, job.max_output_tokens)
-    if tools:
-        base["tools"] = tools
-    if job.stream:
-        base["stream"] = True
-        base["stream_options"] = {"include_usage": True}
-    keep_reasoning = job.upstream.host.send_reasoning
+@dataclass(slots=True)
+class NextStepAnswer:
+    """The round ends the loop with this answer."""
 
-    usage: dict[str, Any] | None = None
-    tally = _Tally(job)
-    streaks: dict[tuple[str, str], int] = {}
-    last_call = not tools
+    final: Final
 
+
+@dataclass(slots=True)
+class NextStepRunTools:
+    """The round's server calls run; then calls go back to the client, or the model goes again."""
+
+    message: dict[str, Any]  # the assistant's turn, its call ids unique, for the history
+    run: list[dict[str, Any]]  # server calls within the request's limit
+    not_run: list[dict[str, Any]]  # server calls past it: each answered with a note
+    handed_back: list[dict[str, Any]]  # calls of the client's own tools
+    held: list[dict[str, Any]]  # server calls that wait for the client's approval
+
+
+async def run_loop(job: LoopJob, model: Model, toolbox: Toolbox) -> AsyncIterator[Event]:
+    run = _Run(job)
     if job.resume:
-        # Calls held for approval in an earlier response: run the approved, answer the denied.
-        approved = [call for call, yes in job.resume if yes]
-        async for event in _run_calls(job, toolbox, approved, 0, tally):
+        async for event in _resume(job, toolbox, run.tally):
             yield event
-        for call, yes in job.resume:
-            if not yes:
-                job.messages.append({"role": "tool", "tool_call_id": call["id"], "content": "Error: the user did not approve this call."})
-
     for round_no in range(job.max_rounds + 1):
-        if round_no == job.max_rounds and not last_call:
-            last_call = True
-            if job.on_max_rounds == "error":
-                raise LoopLimit(f"The model was still calling tools after {job.max_rounds} rounds.")
-        if budget.exhausted:
+        params = run.params(round_no)
+        if params is None:
             # The tokens the client allowed are spent on earlier rounds: say so, do not call again.
-            yield tally.final({"role": "assistant", "content": ""}, "length", usage, round_no)
+            yield run.tally.final({"role": "assistant", "content": ""}, "length", run.usage, round_no)
             return
-        body = {**base, "messages": job.messages}
-        budget.apply(body)
-        if last_call and tools:
-            body["tool_choice"] = "none"
-        elif round_no == 0 and job.first_tool_choice is not None:
-            body["tool_choice"] = job.first_tool_choice
+        turn: Turn | None = None
+        async with aclosing(model.turn(job.messages, run.tools, params)) as parts:
+            async for part in parts:
+                if type(part) is Delta:
+                    yield part
+                else:
+                    turn = part
+        assert turn is not None, "a model's turn ends in one Turn"
+        yield run.account(round_no, turn)
 
-        if job.stream:
-            assembler = StreamAssembler(max_repeats=job.max_repeated_deltas)
-            async with aclosing(upstream.stream(job.upstream, body, request_id=job.request_id, client_auth=job.client_auth)) as batches:
-                async for chunks in batches:
-                    delta = assembler.feed_many(chunks)
-                    if delta is not None:
-                        yield delta
-            turn = assembler.finish()
-        else:
-            turn = turn_from_completion(await upstream.complete(job.upstream, body, request_id=job.request_id, client_auth=job.client_auth))
-        if isinstance(turn.usage, dict):
-            usage = add_usage(usage, turn.usage)
-            budget.add(turn.usage)
-        yield RoundUsage(round_no + 1, turn.usage)
-
-        calls = turn.message.get("tool_calls")
-        if not calls or last_call or turn.finish_reason == "length":
-            # A reply cut by its token limit may hold a half-written call: never run it.
-            yield _final(turn, usage, round_no, tally)
+        step = run.next_step(turn, round_no)
+        if isinstance(step, NextStepAnswer):
+            yield step.final
             return
-
-        _unique_ids(calls)
-        handed_back = [c for c in calls if c["function"]["name"] in client_names]
-        server = [c for c in calls if c["function"]["name"] not in client_names]
-        held = [c for c in server if job.ask_first is not None and job.ask_first(c["function"]["name"])]
-        server = [c for c in server if c not in held]
-        message = {**turn.message, "tool_calls": calls}
-        if not keep_reasoning:
-            message.pop("reasoning_content", None)
-        job.messages.append(message)
-        allowed = max(0, job.max_tool_calls - tally.tool_calls)
-        async for event in _run_calls(job, toolbox, server[:allowed], round_no + 1, tally):
+        job.messages.append(step.message)
+        async for event in _run_calls(job, toolbox, step.run, round_no + 1, run.tally):
             yield event
-        for call in server[allowed:]:
+        for call in step.not_run:
             # Every call gets its one reply, even one the limit kept from running.
             note = f"Error: not run: this request reached its limit of {job.max_tool_calls} tool calls. Answer with what you have."
             job.messages.append({"role": "tool", "tool_call_id": call["id"], "content": note})
-            tally.note(round_no + 1, call, "not_run")
-
-        if handed_back or held:
-            # The client's own calls, and calls that wait for its approval, go back to it.
-            message = {"role": "assistant", "content": turn.message.get("content"), "tool_calls": [*handed_back, *held]}
-            final = tally.final(message, "tool_calls", usage, round_no + 1)
-            final.client_tool_calls = handed_back or None
-            final.approval_requests = held or None
-            yield final
+            run.tally.note(round_no + 1, call, "not_run")
+        if step.handed_back or step.held:
+            yield run.hand_back(step, turn, round_no + 1)
             return
-        last_call = _repeating(server, streaks, job.repeat_limit) or tally.tool_calls >= job.max_tool_calls
+        run.last_call = _repeating(step.run, run.streaks, job.repeat_limit) or run.tally.tool_calls >= job.max_tool_calls
     raise AssertionError("unreachable: the last round always answers")
+
+
+class _Run:
+    """What the rounds of one loop share: the tools offered, the token budget, the usage so far."""
+
+    __slots__ = ("job", "tools", "client_names", "base", "budget", "usage", "tally", "streaks", "last_call")
+
+    def __init__(self, job: LoopJob) -> None:
+        self.job = job
+        self.client_names = {t["function"]["name"] for t in job.client_tools or ()}
+        self.tools = [*job.offer.schemas, *(job.client_tools or ())]
+        self.base = dict(job.params)
+        self.budget = _Budget(self.base, job.max_output_tokens)
+        self.usage: dict[str, Any] | None = None
+        self.tally = _Tally(job)
+        self.streaks: dict[tuple[str, str], int] = {}
+        self.last_call = not self.tools
+
+    def params(self, round_no: int) -> dict[str, Any] | None:
+        """This round's parameters; None when the token budget is spent."""
+        job = self.job
+        if round_no == job.max_rounds and not self.last_call:
+            self.last_call = True
+            if job.on_max_rounds == "error":
+                raise LoopLimit(f"The model was still calling tools after {job.max_rounds} rounds.")
+        if self.budget.exhausted:
+            return None
+        params = dict(self.base)
+        self.budget.apply(params)
+        if self.last_call and self.tools:
+            params["tool_choice"] = "none"
+        elif round_no == 0 and job.first_tool_choice is not None:
+            params["tool_choice"] = job.first_tool_choice
+        return params
+
+    def account(self, round_no: int, turn: Turn) -> RoundUsage:
+        if isinstance(turn.usage, dict):
+            self.usage = add_usage(self.usage, turn.usage)
+            self.budget.add(turn.usage)
+        return RoundUsage(round_no + 1, turn.usage)
+
+    def next_step(self, turn: Turn, round_no: int) -> NextStepAnswer | NextStepRunTools:
+        job = self.job
+        calls = turn.message.get("tool_calls")
+        if not calls or self.last_call or turn.finish_reason == "length":
+            # A reply cut by its token limit may hold a half-written call: never run it.
+            return NextStepAnswer(_final(turn, self.usage, round_no, self.tally))
+        _unique_ids(calls)
+        handed_back = [c for c in calls if c["function"]["name"] in self.client_names]
+        server = [c for c in calls if c["function"]["name"] not in self.client_names]
+        held = [c for c in server if job.ask_first is not None and job.ask_first(c["function"]["name"])]
+        server = [c for c in server if c not in held]
+        allowed = max(0, job.max_tool_calls - self.tally.tool_calls)
+        return NextStepRunTools({**turn.message, "tool_calls": calls}, server[:allowed], server[allowed:], handed_back, held)
+
+    def hand_back(self, step: NextStepRunTools, turn: Turn, rounds: int) -> Final:
+        """The client's own calls, and calls that wait for its approval, go back to it."""
+        message = {"role": "assistant", "content": turn.message.get("content"), "tool_calls": [*step.handed_back, *step.held]}
+        final = self.tally.final(message, "tool_calls", self.usage, rounds)
+        final.client_tool_calls = step.handed_back or None
+        final.approval_requests = step.held or None
+        return final
+
+
+async def _resume(job: LoopJob, toolbox: Toolbox, tally: _Tally) -> AsyncIterator[Event]:
+    """Calls held for approval in an earlier response: run the approved, answer the denied."""
+    assert job.resume is not None
+    approved = [call for call, yes in job.resume if yes]
+    async for event in _run_calls(job, toolbox, approved, 0, tally):
+        yield event
+    for call, yes in job.resume:
+        if not yes:
+            job.messages.append({"role": "tool", "tool_call_id": call["id"], "content": "Error: the user did not approve this call."})
 
 
 class _Tally:
@@ -221,7 +258,7 @@ async def _run_calls(job: LoopJob, toolbox: Toolbox, calls: list[dict[str, Any]]
     for call in calls:
         yield ToolStarted(round_no, call["id"], call["function"]["name"], call["function"]["arguments"])
     results = {}
-    async with aclosing(toolbox.run_round(calls, job.offer, tool_images=job.upstream.host.tool_images)) as outcomes:
+    async with aclosing(toolbox.run_round(calls, job.offer)) as outcomes:
         async for outcome in outcomes:
             results[outcome.call_id] = outcome
             yield ToolFinished(round_no, outcome.call_id, outcome.name, outcome.outcome, outcome.duration_s, outcome.content)
@@ -249,7 +286,7 @@ def _unique_ids(calls: list[dict[str, Any]]) -> None:
     seen: set[str] = set()
     for call in calls:
         if call["id"] in seen:
-            call["id"] = f"call_{uuid.uuid4().hex[:24]}"
+            call["id"] = new_call_id()
         seen.add(call["id"])
 
 

@@ -13,6 +13,7 @@ from starlette.responses import JSONResponse, Response
 
 from gateway import drain, logs, metrics
 from gateway.chat_render import ChatJSON, ChatSSE, ChatView
+from gateway.codecs import open_model
 from gateway.config import ModelAlias, Settings
 from gateway.errors import BodyTimeout, ClientGone, InvalidRequest, ModelNotFound, Overloaded, RequestTooLarge, error_json
 from gateway.loop import LoopJob, run_loop
@@ -89,7 +90,7 @@ class Runtime:
         if renderer.streaming:
             metrics.STREAMS.inc()
         try:
-            return await pump(send, receive, run_loop(job, self.upstream, self.toolbox), renderer, timing)
+            return await pump(send, receive, run_loop(job, open_model(self.upstream, job), self.toolbox), renderer, timing)
         finally:
             self.in_flight -= 1
             metrics.IN_FLIGHT.dec()

@@ -1,10 +1,14 @@
 """The only module that speaks to the LLM host: complete() and stream().
 
     client = UpstreamClient(create_transport())         # one per process
-    body = await client.complete(upstream, payload, request_id=rid)
-    async with aclosing(client.stream(upstream, payload, request_id=rid)) as batches:
-        async for chunks in batches: ...                # parsed `chat.completion.chunk` dicts,
-                                                        # a list per network read
+    body = await client.complete(upstream, payload, request_id=rid)     # the parsed JSON reply
+    async with aclosing(client.stream(upstream, payload, fold=StreamAssembler(), request_id=rid)) as parts:
+        async for part in parts: ...                    # what the fold makes of each network
+                                                        # read (None is skipped), then its finish()
+
+What a payload holds and what a reply means is a codec's (`gateway/codecs/`):
+it builds the payload, and folds the streamed pieces; `framing` says how the
+body is cut into JSON pieces (SSE by default; NDJSON for Ollama's native API).
 
 Retries happen before a response is handed back, so never after a byte of it
 reached the client, and only for what the host provably did not process: a
@@ -23,8 +27,9 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlencode, urlsplit
 
 import orjson
@@ -37,11 +42,44 @@ from gateway.errors import (
 )  # fmt: skip
 from gateway.redact import SECRETS
 from gateway.sse import SSEDecoder
-from gateway.transports import Reply, Transport
+
+if TYPE_CHECKING:
+    from gateway.transports import Reply, Transport
 
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
 MAX_RETRY_AFTER_S = 30.0
 MAX_ERROR_BODY = 64 * 1024
+
+
+class Decoder(Protocol):
+    """A pure incremental framing decoder: bytes in, complete payloads out."""
+
+    def feed(self, chunk: bytes) -> list[bytes]: ...
+
+    def close(self) -> list[bytes]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Framing:
+    """How a streamed body is cut into JSON payloads."""
+
+    content_type: str  # a stream's content type holds this
+    decoder: Callable[[], Decoder]
+    done: bytes | None  # the payload that ends the stream; None: the body's end (the fold checks it)
+    what: str  # for the error message: "... instead of an event stream"
+
+
+SSE = Framing("text/event-stream", SSEDecoder, b"[DONE]", "an event stream")
+
+
+class Fold(Protocol):
+    """A codec's reader of one streamed reply."""
+
+    def feed_many(self, pieces: list[Any]) -> Any:
+        """The parsed payloads of one network read; what to hand on, or None."""
+
+    def finish(self) -> Any:
+        """The finished reply, once the stream ended."""
 
 
 class _Target:
@@ -114,7 +152,9 @@ class UpstreamClient:
         except orjson.JSONDecodeError:
             raise UpstreamError("The upstream answered with malformed or truncated JSON.") from None
 
-    async def stream(self, upstream: Upstream, payload: dict[str, Any], *, request_id: str = "", client_auth: str = "") -> AsyncIterator[Any]:
+    async def stream(
+        self, upstream: Upstream, payload: dict[str, Any], *, fold: Fold, framing: Framing = SSE, request_id: str = "", client_auth: str = ""
+    ) -> AsyncIterator[Any]:
         target = self._target(upstream)
         await target.slot()
         try:
@@ -122,28 +162,35 @@ class UpstreamClient:
             try:
                 # Inline, not a nested generator: one hop per network read is the stream's cost.
                 content_type = reply.headers.get("content-type", "")
-                if "json" in content_type:
-                    # A host that ignored `stream: true`: its whole answer is one chunk.
-                    yield [_parse(await reply.read(), "The upstream answered with malformed or truncated JSON.")]
-                    return
-                if "text/event-stream" not in content_type:
-                    raise UpstreamError(f"The upstream answered with {_kind(reply)} instead of an event stream.")
-                decoder = SSEDecoder()
-                async for piece in reply.chunks():
-                    batch, done = _batch(decoder.feed(piece))
-                    if batch:
-                        yield batch
-                    if done:
-                        return
-                batch, done = _batch(decoder.close())
-                if batch:
-                    yield batch
-                if not done:
-                    raise UpstreamError("The upstream stream ended before [DONE]: the answer is truncated.")
+                if framing.content_type not in content_type:
+                    if "json" not in content_type:
+                        raise UpstreamError(f"The upstream answered with {_kind(reply)} instead of {framing.what}.")
+                    # A host that ignored `stream: true`: its whole answer is one piece.
+                    part = fold.feed_many([_parse(await reply.read(), "The upstream answered with malformed or truncated JSON.")])
+                    if part is not None:
+                        yield part
+                else:
+                    decoder, done, ended = framing.decoder(), framing.done, False
+                    async for piece in reply.chunks():
+                        batch, ended = _batch(decoder.feed(piece), done)
+                        if batch:
+                            part = fold.feed_many(batch)
+                            if part is not None:
+                                yield part
+                        if ended:
+                            break
+                    if not ended:
+                        batch, ended = _batch(decoder.close(), done)
+                        part = fold.feed_many(batch) if batch else None
+                        if part is not None:
+                            yield part
+                        if done is not None and not ended:
+                            raise UpstreamError("The upstream stream ended before [DONE]: the answer is truncated.")
             finally:
                 await reply.close()
         finally:
             target.slots.release()
+        yield fold.finish()
 
     async def _send(self, target: _Target, payload: dict[str, Any], request_id: str, client_auth: str) -> Reply:
         upstream = target.upstream
@@ -221,11 +268,11 @@ async def probe(transport: Transport, upstream: Upstream) -> tuple[bool, str]:
     return True, f"answered {status}"
 
 
-def _batch(events: list[bytes]) -> tuple[list[Any], bool]:
-    """The parsed chunks among SSE payloads, and whether [DONE] was among them."""
+def _batch(events: list[bytes], done: bytes | None) -> tuple[list[Any], bool]:
+    """The parsed payloads, up to the one that ends the stream, and whether it came."""
     batch = []
     for data in events:
-        if data == b"[DONE]":
+        if data == done:
             return batch, True
         batch.append(_parse(data, "The upstream stream carried malformed JSON."))
     return batch, False

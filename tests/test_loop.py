@@ -10,6 +10,7 @@ import pytest
 
 from gateway.config import Upstream
 from gateway.events import Delta, Final, RoundUsage, ToolFinished, ToolStarted
+from gateway.codecs import open_model
 from gateway.loop import LoopJob, run_loop
 from gateway.tools.base import StaticSource, Tool, ToolError
 from gateway.tools.toolbox import Toolbox
@@ -18,7 +19,7 @@ from tests.support import call, chunk, completion
 
 
 class FakeUpstream:
-    """Stands in for UpstreamClient: pops scripted replies, records payloads."""
+    """Stands in for UpstreamClient under the OpenAI Chat codec: pops scripted replies, records payloads."""
 
     def __init__(self, *replies: Any) -> None:
         self.replies = list(replies)
@@ -33,9 +34,12 @@ class FakeUpstream:
     async def complete(self, upstream, payload, **_):
         return self._next(payload)
 
-    async def stream(self, upstream, payload, **_):
+    async def stream(self, upstream, payload, *, fold, **_):
         for item in self._next(payload):
-            yield [item]  # one chunk per network read
+            part = fold.feed_many([item])  # one chunk per network read
+            if part is not None:
+                yield part
+        yield fold.finish()
 
 
 class Echo(Tool):
@@ -65,7 +69,7 @@ def job(offer, **kw) -> LoopJob:
 
 async def run(j: LoopJob, upstream: FakeUpstream, toolbox: Toolbox, *, usage: bool = False) -> list:
     """The loop's events (without the per-round usage ones, unless asked)."""
-    async with aclosing(run_loop(j, upstream, toolbox)) as events:
+    async with aclosing(run_loop(j, open_model(upstream, j), toolbox)) as events:
         return [e async for e in events if usage or not isinstance(e, RoundUsage)]
 
 
@@ -167,7 +171,8 @@ async def test_closing_the_loop_cancels_running_tools():
     toolbox = box(slow)
     calls = [call("slow", {"text": "a"}, "1"), call("slow", {"text": "b"}, "2")]
     up = FakeUpstream(completion(None, tool_calls=calls))
-    events = run_loop(job(toolbox.select(["*"])), up, toolbox)
+    j = job(toolbox.select(["*"]))
+    events = run_loop(j, open_model(up, j), toolbox)
     async with aclosing(events):
         assert isinstance(await events.__anext__(), RoundUsage)
         assert isinstance(await events.__anext__(), ToolStarted)
