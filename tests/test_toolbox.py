@@ -223,7 +223,7 @@ async def test_result_at_the_limit_is_not_cut():
 PNG = {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}
 
 
-async def test_image_part_becomes_a_placeholder_by_default():
+async def test_image_part_becomes_a_placeholder():
     tool = Returns("shot", [{"type": "text", "text": "Screenshot:"}, PNG])
     outcome = await one(box(tool), call("shot"))
     assert isinstance(outcome.content, str)
@@ -232,15 +232,9 @@ async def test_image_part_becomes_a_placeholder_by_default():
     assert "iVBORw0KGgo" not in outcome.content
 
 
-async def test_image_part_is_kept_when_the_host_takes_images():
-    tool = Returns("shot", [{"type": "text", "text": "Screenshot:"}, PNG])
-    outcome = await one(box(tool), call("shot"), tool_images=True)
-    assert outcome.content == [{"type": "text", "text": "Screenshot:"}, PNG]
-
-
 async def test_other_parts_become_placeholders_and_text_parts_are_cut():
     tool = Returns("mixed", [{"type": "text", "text": "y" * 30}, {"type": "input_audio", "input_audio": {}}])
-    outcome = await one(box(tool, max_result_chars=10), call("mixed"), tool_images=True)
+    outcome = await one(box(tool, max_result_chars=10), call("mixed"))
     assert outcome.cut is True
     assert outcome.content.startswith("y" * 10 + "\n[... cut")
     assert "input_audio" in outcome.content
@@ -646,12 +640,10 @@ async def test_secrets_in_results_and_errors_are_masked():
         Fails("tells", ToolError(f"bad key {canary}")),
         Returns("parts", [{"type": "text", "text": canary}, {"type": "image_url", "image_url": {"url": f"https://img.test/?k={canary}"}}]),
     )
-    outcomes = {o.name: o for o in await run(toolbox, [call("says"), call("tells"), call("parts")], tool_images=True)}
+    outcomes = {o.name: o for o in await run(toolbox, [call("says"), call("tells"), call("parts")])}
     assert outcomes["says"].content == "the key is ***."
     assert outcomes["tells"].content == "Error: bad key ***"
-    assert outcomes["parts"].content == [
-        {"type": "text", "text": "***"}, {"type": "image_url", "image_url": {"url": "https://img.test/?k=***"}},
-    ]  # fmt: skip
+    assert outcomes["parts"].content.startswith("***\n[image returned by the tool; not shown")
     assert canary not in repr([o.content for o in outcomes.values()])
 
 

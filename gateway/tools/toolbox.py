@@ -2,7 +2,7 @@
 
     toolbox = Toolbox(sources, max_parallel=8, timeout_s=30.0)
     offer = toolbox.select(("current_time", "mcp_files_*"))   # cached until a source changes
-    async for outcome in toolbox.run_round(tool_calls, offer, tool_images=False):
+    async for outcome in toolbox.run_round(tool_calls, offer):
         ...                                                     # in completion order
 
 A tool failure is a message for the model, never an exception: unknown tools,
@@ -60,7 +60,7 @@ class ToolOutcome:
     call_id: str
     name: str
     arguments: str
-    content: str | list[dict[str, Any]]
+    content: str
     outcome: str  # ok | error | timeout | unknown_tool | bad_arguments
     duration_s: float
     cut: bool = False
@@ -200,13 +200,13 @@ class Toolbox:
 
     # -- one round -------------------------------------------------------------
 
-    async def run_round(self, calls: Sequence[dict[str, Any]], offer: Offer, *, tool_images: bool = False) -> AsyncIterator[ToolOutcome]:
+    async def run_round(self, calls: Sequence[dict[str, Any]], offer: Offer) -> AsyncIterator[ToolOutcome]:
         """Run the calls concurrently (bounded); yield each outcome as it finishes."""
         if len(calls) == 1:
-            yield await self._run(calls[0], offer, None, tool_images)
+            yield await self._run(calls[0], offer, None)
             return
         gate = asyncio.Semaphore(self.max_parallel)
-        tasks = [asyncio.create_task(self._run(call, offer, gate, tool_images)) for call in calls]
+        tasks = [asyncio.create_task(self._run(call, offer, gate)) for call in calls]
         try:
             for done in asyncio.as_completed(tasks):
                 yield await done
@@ -215,7 +215,7 @@ class Toolbox:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def _run(self, call: dict[str, Any], offer: Offer, gate: asyncio.Semaphore | None, tool_images: bool) -> ToolOutcome:
+    async def _run(self, call: dict[str, Any], offer: Offer, gate: asyncio.Semaphore | None) -> ToolOutcome:
         function = call["function"]
         name, raw_args = function["name"], function["arguments"]
         started = time.perf_counter()
@@ -226,7 +226,7 @@ class Toolbox:
         else:
             prepared = offer.checks.get(name) or self._prepare(tool)
             outcome, content = await self._call(tool, prepared, raw_args, gate)
-        text, cut = self._shape(name, content, tool_images)
+        text, cut = self._shape(name, content)
         duration = time.perf_counter() - started
         metrics.tool_call(name if tool else "(unknown)", outcome, duration)
         return ToolOutcome(call["id"], name, raw_args, text, outcome, duration, cut)
@@ -288,18 +288,18 @@ class Toolbox:
             return prepared.check(arguments)
         return await WORKERS.run(prepared.check, arguments)
 
-    def _shape(self, name: str, content: Any, tool_images: bool) -> tuple[str | list[dict[str, Any]], bool]:
-        """Redacted text, long text cut with a visible marker; images become parts or placeholders."""
+    def _shape(self, name: str, content: Any) -> tuple[str, bool]:
+        """Redacted text, long text cut with a visible marker; parts that are not text, placeholders."""
         try:
-            return self._parts(content, tool_images)
+            return self._parts(content)
         except Exception:  # a result that cannot even be turned into text
             log.exception("result of tool %s cannot be shown", name)
             return f"Error: the result of {name} cannot be shown ({type(content).__name__}).", False
 
-    def _parts(self, content: Any, tool_images: bool) -> tuple[str | list[dict[str, Any]], bool]:
+    def _parts(self, content: Any) -> tuple[str, bool]:
         if not isinstance(content, list):
             return self._cut(SECRETS(_text(content)))
-        parts: list[dict[str, Any]] = []
+        texts: list[str] = []
         cut_any = False
         for part in content:
             if not isinstance(part, dict):  # a tool breaking the contract must not fail the request
@@ -307,14 +307,10 @@ class Toolbox:
             if part.get("type") == "text":
                 text, cut = self._cut(SECRETS(_text(part.get("text", ""))))
                 cut_any |= cut
-                parts.append({"type": "text", "text": text})
-            elif part.get("type") == "image_url" and tool_images:
-                parts.append(_redacted_image(part))
+                texts.append(text)
             else:
-                parts.append({"type": "text", "text": _placeholder(part)})
-        if all(p["type"] == "text" for p in parts):
-            return "\n".join(p["text"] for p in parts), cut_any
-        return parts, cut_any
+                texts.append(_placeholder(part))
+        return "\n".join(texts), cut_any
 
     def _cut(self, text: str) -> tuple[str, bool]:
         limit = self.max_result_chars
@@ -339,14 +335,6 @@ def _text(value: Any) -> str:
         return orjson.dumps(value, default=str, option=orjson.OPT_NON_STR_KEYS).decode()
     except (TypeError, orjson.JSONEncodeError):
         return str(value)
-
-
-def _redacted_image(part: dict[str, Any]) -> dict[str, Any]:
-    image = part.get("image_url")
-    url = image.get("url") if isinstance(image, dict) else None
-    if not isinstance(url, str) or url.startswith("data:"):  # data URLs hold no secrets worth a scan
-        return part
-    return {**part, "image_url": {**image, "url": SECRETS(url)}}
 
 
 def _placeholder(part: dict[str, Any]) -> str:
