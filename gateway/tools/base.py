@@ -19,6 +19,7 @@ Timeouts are the toolbox's job: a tool just awaits.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -26,6 +27,15 @@ from typing import Any, Protocol
 # What a tool returns: text, or OpenAI content parts
 # ({"type": "text", "text": ...}, {"type": "image_url", "image_url": {...}}).
 ToolOutput = str | list[dict[str, Any]]
+
+_NOT_IN_NAMES = re.compile(r"[^A-Za-z0-9_-]")
+
+
+def tool_name(name: str, fallback: str = "tool", *, trim: bool = False) -> str:
+    """`name` as hosts accept a function name: letters, digits, `_` and `-`, at most 64;
+    `trim` drops the `_` left at its ends (an OpenAPI path's slashes)."""
+    cleaned = _NOT_IN_NAMES.sub("_", name)
+    return (cleaned.strip("_") if trim else cleaned)[:64] or fallback
 
 
 class ToolError(Exception):

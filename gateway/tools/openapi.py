@@ -47,7 +47,8 @@ import httpx
 import orjson
 
 from gateway.errors import Problems
-from gateway.tools.base import SourceContext, SourceStatus, Tool, ToolError
+from gateway.tools import variables
+from gateway.tools.base import SourceContext, SourceStatus, Tool, ToolError, tool_name
 from gateway.tools.builtin import Options
 from gateway.tools.builtin.fetch_url import read_capped
 from gateway.tools.builtin.netguard import Guard, Refused
@@ -63,7 +64,6 @@ MAX_RESPONSE_BYTES = 1 << 20
 MAX_REF_DEPTH = 12
 MAX_REF_EXPANSIONS = 20_000
 BACKOFF_MIN_S, BACKOFF_MAX_S = 1.0, 60.0
-_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _CREDENTIAL = re.compile(r"auth|token|key|secret|cookie|session|password|signature", re.IGNORECASE)
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9_-]*\s+(\S+)")  # "Bearer <token>"
 
@@ -138,11 +138,11 @@ class OpenApiSource:
         environ = environ or self._environ or os.environ
         found: list[str] = []
         for header, value in self.settings.headers.items():
-            names = _REFERENCE.findall(value)
+            names = variables.REFERENCE.findall(value)
             found += [environ[name] for name in names if name in environ]
             if not (names or _CREDENTIAL.search(header)) or any(name not in environ for name in names):
                 continue
-            full = _REFERENCE.sub(lambda m: environ[m.group(1)], value)
+            full = variables.expand(value, environ)
             token = _SCHEME.fullmatch(full)
             found += [full, *([token.group(1)] if token else [])]
         return [v for v in dict.fromkeys(found) if v]
@@ -153,8 +153,8 @@ class OpenApiSource:
             self._client, self._owns_client = (ctx.http, False) if ctx.http is not None else (httpx.AsyncClient(), True)
         environ = self._environ = ctx.environ or os.environ
         try:
-            self._headers = {k: _expand(v, environ) for k, v in self.settings.headers.items()}
-        except LoadError as exc:
+            self._headers = {k: variables.expand(v, environ) for k, v in self.settings.headers.items()}
+        except variables.UnsetVariable as exc:
             self._status = SourceStatus(False, str(exc))
             return
         if not await self._attempt() and self._retry is None:
@@ -263,7 +263,7 @@ class OpenApiSource:
                 op = item.get(method)
                 if not isinstance(op, dict):
                     continue
-                name = _unique(_tool_name(str(op.get("operationId") or f"{method}_{path}")), names)
+                name = _unique(tool_name(str(op.get("operationId") or f"{method}_{path}"), "operation", trim=True), names)
                 globs = self.settings.operations
                 if globs is not None and not any(fnmatchcase(name, g) for g in globs):
                     continue
@@ -404,7 +404,7 @@ def _operation(method: str, path: str, params: list[Any], op: dict[str, Any]) ->
         schema = dict(param.get("schema") or {"type": "string"})
         if param.get("description") and "description" not in schema:
             schema["description"] = param["description"]
-        argument = name if location != "header" else _tool_name(name)
+        argument = name if location != "header" else tool_name(name, "operation", trim=True)
         properties[argument] = schema
         where[argument] = location
         if location == "header":
@@ -445,10 +445,6 @@ def _server_url(server: Mapping[str, Any]) -> str | None:
     return url
 
 
-def _tool_name(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_-]", "_", name).strip("_")[:64] or "operation"
-
-
 def _unique(name: str, taken: set[str]) -> str:
     candidate = name
     for n in range(2, 1000):
@@ -465,15 +461,6 @@ def _scalar(value: Any) -> str:
     if isinstance(value, (dict, list)):
         return orjson.dumps(value).decode()
     return str(value)
-
-
-def _expand(value: str, environ: Mapping[str, str]) -> str:
-    def substitute(match: re.Match[str]) -> str:
-        if match.group(1) not in environ:
-            raise LoadError(f"environment variable {match.group(1)} is not set")
-        return environ[match.group(1)]
-
-    return _REFERENCE.sub(substitute, value)
 
 
 def _describe(exc: BaseException) -> str:
@@ -507,9 +494,7 @@ def build(name: str, table: Mapping[str, Any], problems: Problems, key: str) -> 
             opts.problem(option, "expected an http:// or https:// URL")
     if spec is not None and not Path(spec).is_file():
         opts.problem("spec", f"{spec!r}: expected the path of an existing file")
-    for header, value in headers.items():
-        if "${" in _REFERENCE.sub("", value):
-            opts.problem(f"headers.{header}", "expected ${VAR} with VAR a variable name")
+    variables.check(headers, opts.problem, "headers")
     if not opts.finish() or guard is None or not enabled:
         return None
     globs = tuple(operations) if operations is not None else None

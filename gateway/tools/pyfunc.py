@@ -44,7 +44,7 @@ from typing import Any
 import orjson
 
 from gateway.errors import Problems
-from gateway.tools.base import StaticSource, Tool, ToolError
+from gateway.tools.base import StaticSource, Tool, ToolError, tool_name
 from gateway.tools.builtin import Options
 from gateway.tools.workers import WORKERS
 
@@ -184,7 +184,7 @@ class FunctionTool(Tool):
 
     def __init__(self, func: Callable[..., Any], *, name: str | None = None, timeout_s: float | None = None) -> None:
         description, parameters, self._enums = describe(func)
-        super().__init__(name or _tool_name(func.__name__), description, parameters, timeout_s=timeout_s)
+        super().__init__(name or tool_name(func.__name__, "function"), description, parameters, timeout_s=timeout_s)
         self.func = func
         self._signature = inspect.signature(func)
         self._is_async = inspect.iscoroutinefunction(func)
@@ -215,10 +215,6 @@ def _json_fallback(value: Any) -> Any:
     if isinstance(value, (set, frozenset, tuple)):
         return list(value)
     return str(value)
-
-
-def _tool_name(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_-]", "_", name)[:64] or "function"
 
 
 def load(target: str) -> Callable[..., Any]:

@@ -24,7 +24,6 @@ import contextlib
 import fnmatch
 import hashlib
 import logging
-import re
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
@@ -34,7 +33,7 @@ import orjson
 
 from gateway import metrics
 from gateway.redact import SECRETS
-from gateway.tools.base import Tool, ToolError, ToolOutput, ToolSource
+from gateway.tools.base import Tool, ToolError, ToolOutput, ToolSource, tool_name
 from gateway.tools.schema import Prepared, prepare
 from gateway.tools.workers import WORKERS, WorkersBusy
 
@@ -47,13 +46,6 @@ INLINE_CHECK_CHARS = 1 << 10
 MAX_CLAIMS = 4096  # names remembered per source
 MAX_SCHEMA_CACHE = 1024
 BUSY = "the gateway's tool workers are all busy; try again in a moment"
-
-_NAME = re.compile(r"[^A-Za-z0-9_-]")
-
-
-def _clean_name(name: str) -> str:
-    return _NAME.sub("_", name)[:64] or "tool"
-
 
 @dataclass(slots=True)
 class ToolOutcome:
@@ -132,7 +124,7 @@ class Toolbox:
             for tool in tools:
                 name = _wanted(source, tool)
                 if holders.get(name, 0) > 1 and not source.prefix:
-                    name = _clean_name(f"{source.name}_{tool.name}")
+                    name = tool_name(f"{source.name}_{tool.name}")
                     if self._once("renamed", source.name, tool.name, name):
                         renamed.append(f"{tool.name!r} of {source.name} as {name!r}")
                 if name in named:
@@ -320,7 +312,7 @@ class Toolbox:
 
 
 def _wanted(source: ToolSource, tool: Tool) -> str:
-    return _clean_name(f"{source.name}_{tool.name}" if source.prefix else tool.name)
+    return tool_name(f"{source.name}_{tool.name}" if source.prefix else tool.name)
 
 
 def _text(value: Any) -> str:
