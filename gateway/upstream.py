@@ -25,7 +25,6 @@ appear in what the client sees.
 from __future__ import annotations
 
 import asyncio
-import random
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -35,6 +34,7 @@ from urllib.parse import urlencode, urlsplit
 import orjson
 
 from gateway import metrics
+from gateway.backoff import backoff
 from gateway.config import Upstream
 from gateway.errors import (
     GatewayError, InvalidRequest, RequestTooLarge, Unprocessable, UpstreamBusy, UpstreamError, UpstreamRateLimited,
@@ -291,7 +291,7 @@ def _kind(response: Reply) -> str:
 
 
 def _backoff(attempt: int) -> float:
-    return min(8.0, 0.25 * 2**attempt) * (0.5 + random.random())
+    return backoff(attempt, first_s=0.25, cap_s=8.0, jitter=0.5)
 
 
 def _retry_after(response: Reply) -> float | None:

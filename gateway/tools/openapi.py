@@ -34,7 +34,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import random
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -47,6 +46,7 @@ import httpx
 import orjson
 
 from gateway.errors import Problems
+from gateway.backoff import backoff
 from gateway.tools import variables
 from gateway.tools.base import SourceContext, SourceStatus, Tool, ToolError, tool_name
 from gateway.tools.builtin import Options
@@ -172,12 +172,10 @@ class OpenApiSource:
         self._status = SourceStatus(False, "stopped")
 
     async def _keep_trying(self) -> None:
-        delay = BACKOFF_MIN_S
-        for _attempt in range(10_000):  # about a week at the cap; then the source stays down
-            await asyncio.sleep(delay * random.uniform(0.8, 1.2))
+        for attempt in range(10_000):  # about a week at the cap; then the source stays down
+            await asyncio.sleep(backoff(attempt, first_s=BACKOFF_MIN_S, cap_s=BACKOFF_MAX_S))
             if await self._attempt():
                 return
-            delay = min(delay * 2, BACKOFF_MAX_S)
 
     async def _attempt(self) -> bool:
         try:
