@@ -10,9 +10,14 @@ import orjson
 import pytest
 
 from gateway.codecs import CODECS
-from gateway.codecs.ollama import LineDecoder
+from gateway.codecs.ollama import LineDecoder, OllamaChat
+from gateway.events import Delta, Final
 from gateway.hosts import HOST_TYPES
+from gateway.loop import run_loop
+from gateway.model import Turn
+from gateway.tools.toolbox import Toolbox
 from tests.support import gateway, settings, sse_events
+from tests.test_loop import job
 
 USER = [{"role": "user", "content": "What is 6*7?"}]
 
@@ -171,3 +176,40 @@ def test_the_line_decoder_keeps_a_line_split_anywhere():
     assert decoder.feed(b': 1}\n\n{"b": 2}\n{"c"') == [b'{"a": 1}', b'{"b": 2}']
     assert decoder.close() == [b'{"c"']
     assert decoder.close() == []
+
+
+def test_ollama_request_images_format_and_no_unknown_params():
+    j = job(None, params={}, stream=False)
+    messages = [
+        {"role": "user", "content": [{"type": "text", "text": "What is this?"}, {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}]},
+    ]
+    params = {"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object"}}}, "logit_bias": {"1": 2}, "user": "u1"}
+    body = OllamaChat(None, j).payload(messages, [], params)
+    assert body == {
+        "model": "up-model",
+        "messages": [{"role": "user", "content": "What is this?", "images": ["iVBORw0KGgo="]}],
+        "stream": False,
+        "format": {"type": "object"},
+    }
+    assert OllamaChat(None, j).payload(USER, [], {"response_format": {"type": "json_object"}})["format"] == "json"
+
+
+async def test_the_loop_runs_on_any_model():
+    # The seam itself: the loop needs nothing but turn(); here a model written in ten lines.
+    class Parrot:
+        def __init__(self) -> None:
+            self.asked: list[tuple[list, dict]] = []
+
+        async def turn(self, messages, tools, params):
+            self.asked.append((list(messages), params))
+            yield Delta("po")
+            yield Delta("lly")
+            yield Turn({"role": "assistant", "content": "polly"}, "stop", {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3})
+
+    toolbox = Toolbox([])
+    parrot = Parrot()
+    events = [e async for e in run_loop(job(toolbox.select(["*"]), params={"temperature": 0}), parrot, toolbox)]
+    assert [e.content for e in events if isinstance(e, Delta)] == ["po", "lly"]
+    final = events[-1]
+    assert isinstance(final, Final) and final.message["content"] == "polly" and final.usage["total_tokens"] == 3
+    assert parrot.asked == [([{"role": "user", "content": "hi"}], {"temperature": 0})]

@@ -28,7 +28,7 @@ def models_url(url: str, type_: str) -> str:
 
 
 def test_the_spec_table_of_host_types_is_there():
-    assert {"openai", "openwebui", "ollama", "azure"} <= set(HOST_TYPES)
+    assert {"openai", "openwebui", "ollama", "ollama-native", "azure"} <= set(HOST_TYPES)
     assert all(name == host.name for name, host in HOST_TYPES.items())
 
 
@@ -113,6 +113,27 @@ def test_ollama(url):
 def test_ollama_models_path_and_no_auth_header_without_key():
     assert models_url("http://localhost:11434/v1", "ollama") == "http://localhost:11434/v1/models"
     assert HOST_TYPES["ollama"].auth("") == {}
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://localhost:11434",
+        "http://localhost:11434/",
+        "http://localhost:11434/api",
+        "http://localhost:11434/api/chat",
+        "http://localhost:11434/v1",
+        "http://localhost:11434/v1/chat/completions",
+    ],
+)
+def test_ollama_native(url):
+    assert chat_url(url, "ollama-native") == "http://localhost:11434/api/chat"
+
+
+def test_ollama_native_speaks_its_own_codec_and_is_probed_on_its_tags():
+    assert HOST_TYPES["ollama-native"].codec == "ollama"
+    assert {HOST_TYPES[name].codec for name in ("openai", "openwebui", "ollama", "azure")} == {"openai-chat"}
+    assert models_url("http://localhost:11434/api/chat", "ollama-native") == "http://localhost:11434/api/tags"
 
 
 AZURE = "https://res.openai.azure.com/openai/deployments/gpt-4o/chat/completions?api-version=2024-10-21"
