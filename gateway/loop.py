@@ -65,11 +65,10 @@ class _Budget:
     __slots__ = ("key", "limit", "spent")
 
     def __init__(self, params: dict[str, Any], ceiling: int) -> None:
-        self.key = next((k for k in _TOKEN_PARAMS if _count(params.get(k))), None)
-        asked = int(params[self.key]) if self.key else 0
-        if ceiling and asked > ceiling:
-            assert self.key is not None
-            params[self.key] = asked = ceiling
+        key = self.key = next((k for k in _TOKEN_PARAMS if _count(params.get(k))), None)
+        asked = int(params[key]) if key else 0
+        if key and ceiling and asked > ceiling:
+            params[key] = asked = ceiling
         self.limit = asked or ceiling
         self.spent = 0
 
@@ -123,7 +122,7 @@ async def run_loop(job: LoopJob, model: Model, toolbox: Toolbox) -> AsyncIterato
         turn: Turn | None = None
         async with aclosing(model.turn(job.messages, run.tools, params)) as parts:
             async for part in parts:
-                if type(part) is Delta:
+                if isinstance(part, Delta):
                     yield part
                 else:
                     turn = part

@@ -14,7 +14,7 @@ into `Delta`s and one normalised `Turn`: host quirks end in the codec.
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -35,7 +35,7 @@ class Turn:
 
 
 class Model(Protocol):
-    def turn(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]], params: dict[str, Any]) -> AsyncIterator[Delta | Turn]:
+    def turn(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]], params: dict[str, Any]) -> AsyncGenerator[Delta | Turn, None]:
         """Deltas as they stream (none when not streaming), then exactly one Turn."""
 
 

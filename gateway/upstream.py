@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlencode, urlsplit
@@ -154,7 +154,7 @@ class UpstreamClient:
 
     async def stream(
         self, upstream: Upstream, payload: dict[str, Any], *, fold: Fold, framing: Framing = SSE, request_id: str = "", client_auth: str = ""
-    ) -> AsyncIterator[Any]:
+    ) -> AsyncGenerator[Any, None]:
         target = self._target(upstream)
         await target.slot()
         try:
@@ -270,7 +270,7 @@ async def probe(transport: Transport, upstream: Upstream) -> tuple[bool, str]:
 
 def _batch(events: list[bytes], done: bytes | None) -> tuple[list[Any], bool]:
     """The parsed payloads, up to the one that ends the stream, and whether it came."""
-    batch = []
+    batch: list[Any] = []
     for data in events:
         if data == done:
             return batch, True

@@ -12,7 +12,7 @@ per line, each with a piece of `message`; the last says `done`, with
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -76,14 +76,14 @@ class OllamaChat:
             body["format"] = (fmt.get("json_schema") or {}).get("schema") or "json"
         return body
 
-    def turn(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]], params: dict[str, Any]) -> AsyncIterator[Delta | Turn]:
+    def turn(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]], params: dict[str, Any]) -> AsyncGenerator[Delta | Turn, None]:
         job = self.job
         body = self.payload(messages, tools, params)
         if job.stream:
             return self.client.stream(job.upstream, body, fold=Lines(), framing=NDJSON, request_id=job.request_id, client_auth=job.client_auth)
         return self._complete(body)
 
-    async def _complete(self, body: dict[str, Any]) -> AsyncIterator[Turn]:
+    async def _complete(self, body: dict[str, Any]) -> AsyncGenerator[Turn, None]:
         job = self.job
         fold = Lines()
         fold.feed_many([await self.client.complete(job.upstream, body, request_id=job.request_id, client_auth=job.client_auth)])

@@ -8,7 +8,7 @@ Request building is here; folding the reply is `gateway/assemble.py`'s.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import TYPE_CHECKING, Any
 
 from gateway.assemble import StreamAssembler, turn_from_completion
@@ -38,7 +38,7 @@ class OpenAIChat:
         body["messages"] = messages if self.keep_reasoning else _without_reasoning(messages)
         return body
 
-    def turn(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]], params: dict[str, Any]) -> AsyncIterator[Delta | Turn]:
+    def turn(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]], params: dict[str, Any]) -> AsyncGenerator[Delta | Turn, None]:
         job = self.job
         body = self.payload(messages, tools, params)
         if job.stream:
@@ -47,7 +47,7 @@ class OpenAIChat:
             return self.client.stream(job.upstream, body, fold=fold, request_id=job.request_id, client_auth=job.client_auth)
         return self._complete(body)
 
-    async def _complete(self, body: dict[str, Any]) -> AsyncIterator[Turn]:
+    async def _complete(self, body: dict[str, Any]) -> AsyncGenerator[Turn, None]:
         job = self.job
         yield turn_from_completion(await self.client.complete(job.upstream, body, request_id=job.request_id, client_auth=job.client_auth))
 
