@@ -70,6 +70,9 @@ def test_exported_members():
     code = "import gateway; print(all(getattr(gateway, n) is not None for n in gateway.__all__))"
     run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert run.stdout.strip() == "True", run.stderr[-2000:]
+    from gateway.config import load_config
+
+    assert gateway.load_config is load_config and set(gateway.__all__) <= set(dir(gateway))
     with pytest.raises(AttributeError):
         gateway.no_such_name  # noqa: B018
 

@@ -24,14 +24,21 @@ class Host:
         self.handler = handler
         self.connections = 0
         self.server: asyncio.Server | None = None
+        self.tasks: set[asyncio.Task] = set()
 
     async def __aenter__(self) -> str:
         async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             self.connections += 1
+            task = asyncio.current_task()
+            assert task is not None
+            self.tasks.add(task)
             try:
                 await self.handler(reader, writer)
+            except (asyncio.CancelledError, ConnectionError):
+                pass  # ended by __aexit__ (a cancelled handler task is logged by asyncio's stream callback)
             finally:
                 writer.close()
+                self.tasks.discard(task)
 
         self.server = await asyncio.start_server(serve, "127.0.0.1", 0)
         port = self.server.sockets[0].getsockname()[1]
@@ -40,6 +47,9 @@ class Host:
     async def __aexit__(self, *exc: object) -> None:
         assert self.server is not None
         self.server.close()
+        for task in list(self.tasks):
+            task.cancel()
+        await asyncio.wait_for(asyncio.gather(*self.tasks, return_exceptions=True), 5)
         await asyncio.wait_for(self.server.wait_closed(), 5)
 
 
