@@ -173,12 +173,13 @@ class _Run:
                 raise LoopLimit(f"The model was still calling tools after {job.max_rounds} rounds.")
         if self.budget.exhausted:
             return None
+        choice = "none" if self.last_call and self.tools else job.first_tool_choice if round_no == 0 else None
+        if choice is None and not self.budget.spent:
+            return self.base  # as most rounds are: shared, as a model never changes its params
         params = dict(self.base)
         self.budget.apply(params)
-        if self.last_call and self.tools:
-            params["tool_choice"] = "none"
-        elif round_no == 0 and job.first_tool_choice is not None:
-            params["tool_choice"] = job.first_tool_choice
+        if choice is not None:
+            params["tool_choice"] = choice
         return params
 
     def account(self, round_no: int, turn: Turn) -> RoundUsage:

@@ -14,7 +14,7 @@ into `Delta`s and one normalised `Turn`: host quirks end in the codec.
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -35,8 +35,48 @@ class Turn:
 
 
 class Model(Protocol):
-    def turn(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]], params: dict[str, Any]) -> AsyncGenerator[Delta | Turn, None]:
-        """Deltas as they stream (none when not streaming), then exactly one Turn."""
+    def turn(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]], params: dict[str, Any]) -> TurnParts:
+        """Deltas as they stream (none when not streaming), then exactly one Turn.
+
+        `messages`, `tools` and `params` are the loop's: read them, never change them."""
+
+
+if TYPE_CHECKING:
+
+    class TurnParts(AsyncIterator["Delta | Turn"], Protocol):
+        """What `Model.turn` returns: an async iterator the caller closes (`contextlib.aclosing`)."""
+
+        async def aclose(self) -> None: ...
+
+else:
+    TurnParts = AsyncIterator  # at run time (3.11 cannot subclass it as a Protocol)
+
+
+class once:  # noqa: N801 - used like a function
+    """A turn that does not stream, as `Model.turn` returns it: the one Turn `call` comes to.
+
+    Not an async generator: asyncio books every one of those (a weak set, hooks), a cost
+    each non-streamed round would pay for one item.
+    """
+
+    __slots__ = ("_call",)
+
+    def __init__(self, call: Coroutine[Any, Any, Turn]) -> None:
+        self._call: Coroutine[Any, Any, Turn] | None = call
+
+    def __aiter__(self) -> once:
+        return self
+
+    async def __anext__(self) -> Turn:
+        call, self._call = self._call, None
+        if call is None:
+            raise StopAsyncIteration
+        return await call
+
+    async def aclose(self) -> None:
+        if self._call is not None:
+            self._call.close()  # never awaited: nothing was sent
+            self._call = None
 
 
 class ModelJob(Protocol):

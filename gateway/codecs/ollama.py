@@ -12,14 +12,13 @@ per line, each with a piece of `message`; the last says `done`, with
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from gateway.errors import UpstreamError
 from gateway.events import Delta
-from gateway.model import ModelJob, Turn, assistant_message, new_call_id
+from gateway.model import ModelJob, Turn, TurnParts, assistant_message, new_call_id, once
 from gateway.upstream import Framing
 
 if TYPE_CHECKING:
@@ -76,18 +75,18 @@ class OllamaChat:
             body["format"] = (fmt.get("json_schema") or {}).get("schema") or "json"
         return body
 
-    def turn(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]], params: dict[str, Any]) -> AsyncGenerator[Delta | Turn, None]:
+    def turn(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]], params: dict[str, Any]) -> TurnParts:
         job = self.job
         body = self.payload(messages, tools, params)
         if job.stream:
             return self.client.stream(job.upstream, body, fold=Lines(), framing=NDJSON, request_id=job.request_id, client_auth=job.client_auth)
-        return self._complete(body)
+        return once(self._complete(body))
 
-    async def _complete(self, body: dict[str, Any]) -> AsyncGenerator[Turn, None]:
+    async def _complete(self, body: dict[str, Any]) -> Turn:
         job = self.job
         fold = Lines()
         fold.feed_many([await self.client.complete(job.upstream, body, request_id=job.request_id, client_auth=job.client_auth)])
-        yield fold.finish()
+        return fold.finish()
 
 
 def _message(raw: dict[str, Any], names: dict[str, str]) -> dict[str, Any]:

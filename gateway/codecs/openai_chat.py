@@ -8,12 +8,10 @@ Request building is here; folding the reply is `gateway/assemble.py`'s.
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
 from typing import TYPE_CHECKING, Any
 
 from gateway.assemble import StreamAssembler, turn_from_completion
-from gateway.events import Delta
-from gateway.model import ModelJob, Turn
+from gateway.model import ModelJob, Turn, TurnParts, once
 
 if TYPE_CHECKING:
     from gateway.upstream import UpstreamClient
@@ -38,22 +36,23 @@ class OpenAIChat:
         body["messages"] = messages if self.keep_reasoning else _without_reasoning(messages)
         return body
 
-    def turn(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]], params: dict[str, Any]) -> AsyncGenerator[Delta | Turn, None]:
+    def turn(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]], params: dict[str, Any]) -> TurnParts:
         job = self.job
         body = self.payload(messages, tools, params)
         if job.stream:
             # The client's own generator, not one wrapped around it: no hop per network read.
             fold = StreamAssembler(max_repeats=job.max_repeated_deltas)
             return self.client.stream(job.upstream, body, fold=fold, request_id=job.request_id, client_auth=job.client_auth)
-        return self._complete(body)
+        return once(self._complete(body))
 
-    async def _complete(self, body: dict[str, Any]) -> AsyncGenerator[Turn, None]:
+    async def _complete(self, body: dict[str, Any]) -> Turn:
         job = self.job
-        yield turn_from_completion(await self.client.complete(job.upstream, body, request_id=job.request_id, client_auth=job.client_auth))
+        return turn_from_completion(await self.client.complete(job.upstream, body, request_id=job.request_id, client_auth=job.client_auth))
 
 
 def _without_reasoning(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The assistant's `reasoning_content` stays with the gateway: most hosts reject or ignore it."""
-    if not any("reasoning_content" in m for m in messages):
-        return messages
-    return [{k: v for k, v in m.items() if k != "reasoning_content"} if "reasoning_content" in m else m for m in messages]
+    for message in messages:
+        if "reasoning_content" in message:
+            return [{k: v for k, v in m.items() if k != "reasoning_content"} if "reasoning_content" in m else m for m in messages]
+    return messages
