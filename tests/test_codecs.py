@@ -9,15 +9,20 @@ import httpx
 import orjson
 import pytest
 
-from gateway.codecs import CODECS
+from gateway.codecs import CODECS, open_model
 from gateway.codecs.ollama import LineDecoder, OllamaChat
+from gateway.config import Upstream
 from gateway.events import Delta, Final
 from gateway.hosts import HOST_TYPES
 from gateway.loop import run_loop
 from gateway.model import Turn
+from gateway.tools.base import StaticSource
 from gateway.tools.toolbox import Toolbox
+from gateway.transports import AiohttpTransport
+from gateway.upstream import UpstreamClient
 from tests.support import gateway, settings, sse_events
-from tests.test_loop import job
+from tests.test_loop import Echo, job
+from tests.test_transports import Host, _request
 
 USER = [{"role": "user", "content": "What is 6*7?"}]
 
@@ -213,3 +218,41 @@ async def test_the_loop_runs_on_any_model():
     final = events[-1]
     assert isinstance(final, Final) and final.message["content"] == "polly" and final.usage["total_tokens"] == 3
     assert parrot.asked == [([{"role": "user", "content": "hi"}], {"temperature": 0})]
+
+
+async def test_the_loop_on_ollama_native_over_real_sockets_and_aiohttp():
+    # Production's path: the aiohttp transport reads the NDJSON as it arrives on loopback.
+
+    script = [
+        [says(calls=[{"function": {"name": "echo", "arguments": {"text": "hi"}}}]), done()],
+        [says("You said "), says("HI."), done(prompt=20, completion=3)],
+    ]
+    bodies: list[dict[str, Any]] = []
+
+    async def ollama(reader, writer):
+        for lines in script:
+            bodies.append(orjson.loads(await _request(reader)))
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/x-ndjson\r\ntransfer-encoding: chunked\r\n\r\n")
+            for line in lines:
+                data = orjson.dumps(line) + b"\n"
+                writer.write(b"%x\r\n%s\r\n" % (len(data), data))
+                await writer.drain()
+            writer.write(b"0\r\n\r\n")
+            await writer.drain()
+
+    transport = AiohttpTransport.create()
+    try:
+        async with Host(ollama) as url:
+            upstream = Upstream(name="local", url=url.removesuffix("/v1/chat/completions"), type="ollama-native")
+            toolbox = Toolbox([StaticSource("test", [Echo()])])
+            j = job(toolbox.select(["*"]), stream=True)
+            j.upstream = upstream
+            events = [e async for e in run_loop(j, open_model(UpstreamClient(transport), j), toolbox)]
+    finally:
+        await transport.aclose()
+    assert "".join(e.content for e in events if isinstance(e, Delta)) == "You said HI."
+    final = events[-1]
+    assert isinstance(final, Final) and final.message["content"] == "You said HI." and final.tool_calls == 1
+    assert final.usage == {"prompt_tokens": 30, "completion_tokens": 7, "total_tokens": 37}
+    assert bodies[1]["messages"][-1] == {"role": "tool", "content": "HI", "tool_name": "echo"}
+    assert all(b["stream"] is True for b in bodies)
