@@ -18,10 +18,9 @@ from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-from gateway.events import Delta
-
 if TYPE_CHECKING:
     from gateway.config import Upstream
+    from gateway.events import Delta
 
 
 @dataclass(slots=True)
@@ -34,22 +33,22 @@ class Turn:
     logprobs: dict[str, Any] | None = None
 
 
-class Model(Protocol):
-    def turn(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]], params: dict[str, Any]) -> TurnParts:
-        """Deltas as they stream (none when not streaming), then exactly one Turn.
-
-        `messages`, `tools` and `params` are the loop's: read them, never change them."""
-
-
 if TYPE_CHECKING:
 
-    class TurnParts(AsyncIterator["Delta | Turn"], Protocol):
+    class TurnParts(AsyncIterator[Delta | Turn], Protocol):
         """What `Model.turn` returns: an async iterator the caller closes (`contextlib.aclosing`)."""
 
         async def aclose(self) -> None: ...
 
 else:
     TurnParts = AsyncIterator  # at run time (3.11 cannot subclass it as a Protocol)
+
+
+class Model(Protocol):
+    def turn(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]], params: dict[str, Any]) -> TurnParts:
+        """Deltas as they stream (none when not streaming), then exactly one Turn.
+
+        `messages`, `tools` and `params` are the loop's: read them, never change them."""
 
 
 class once:  # noqa: N801 - used like a function
