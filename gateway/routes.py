@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -11,10 +12,12 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from gateway import drain, logs, metrics
+import gateway
+from gateway import drain, logs, metrics, tracing
 from gateway.chat_render import ChatJSON, ChatSSE, ChatView
 from gateway.config import ModelAlias, Settings
 from gateway.errors import BodyTimeout, ClientGone, InvalidRequest, ModelNotFound, Overloaded, RequestTooLarge, error_json
+from gateway.events import Delta
 from gateway.loop import LoopJob, run_loop
 from gateway.pump import Outcome, Timing, pump
 from gateway.redact import SECRETS
@@ -41,6 +44,9 @@ class Runtime:
         self.probe: Callable[[], Awaitable[None]] | None = None  # set in the lifespan
         self._probing: asyncio.Future | None = None
         self._probed = 0.0
+        tracing.setup(settings.environ or os.environ, content=settings.server.log_content)
+        metrics.build_info(gateway.__version__)
+        metrics.watch_sources(lambda: [(s.name, s.status().ready) for s in toolbox.sources])
 
     def loop_job(
         self,
@@ -88,19 +94,30 @@ class Runtime:
         metrics.IN_FLIGHT.inc()
         if renderer.streaming:
             metrics.STREAMS.inc()
+            _stamp_first_token(renderer, scope, started)
+        span = tracing.Request(scope, started, model) if tracing.ON else None
+        outcome = None
         try:
-            return await pump(send, receive, run_loop(job, self.upstream, self.toolbox), renderer, timing)
+            outcome = await pump(send, receive, run_loop(job, self.upstream, self.toolbox), renderer, timing)
+            return outcome
         finally:
             self.in_flight -= 1
             metrics.IN_FLIGHT.dec()
             if renderer.streaming:
                 metrics.STREAMS.dec()
+            if span is not None:
+                span.end(outcome or Outcome(status=500, ended="error"))
 
-    def record(self, started: float, job: LoopJob, outcome: Outcome, alias: str, *, model: str, stream: bool, request_id: str, **extra: Any) -> None:
-        """Count the request, and write its one log line."""
+    def record(
+        self, started: float, job: LoopJob, outcome: Outcome, alias: str, *, model: str, stream: bool, request_id: str, scope: dict | None = None, **extra: Any
+    ) -> None:
+        """Count the request, and write its one log line (`scope`: the client, the key, the first token)."""
         final = outcome.final
         seconds = time.perf_counter() - started
         metrics.request_done(alias, outcome.status, seconds, final.rounds if final else 0, outcome.usage)
+        first = scope.get(FIRST_TOKEN) if scope is not None else None
+        if first is not None:
+            metrics.first_token(alias, first)
         server = self.settings.server
         if not server.log_requests:
             return
@@ -109,13 +126,16 @@ class Runtime:
             **{k: v for k, v in extra.items() if k == "api"},
             "model": model,
             "upstream": job.upstream.name,
+            "upstream_model": job.model,
             "stream": stream,
             "status": outcome.status,
             "ended": outcome.ended,
             "duration_ms": round(seconds * 1000, 2),
+            "ttft_ms": round(first * 1000, 2) if first is not None else None,
             "rounds": final.rounds if final else None,
             "tool_calls": final.tool_calls if final else None,
             "usage": outcome.usage,
+            **({"client": _client(scope), "key": scope.get("key_name")} if scope is not None else {}),
             **{k: v for k, v in extra.items() if k != "api"},
         }
         if final and final.trace:
@@ -192,10 +212,14 @@ async def reject(send: Any, exc: BaseException, scope: dict, started: float, **f
         await send({"type": "http.response.start", "status": status, "headers": raw})
         await send({"type": "http.response.body", "body": payload})
     metrics.rejected(status, fields.get("model", ""))
+    if tracing.ON:
+        tracing.rejected(scope, started, status, exc, fields.get("model", ""))
     logs.request_line(
         {
             "request_id": scope.get("request_id", ""),
             "path": scope.get("path", ""),
+            "client": _client(scope),
+            "key": scope.get("key_name"),
             **fields,
             "status": status,
             "duration_ms": round((time.perf_counter() - started) * 1000, 2),
@@ -233,7 +257,7 @@ class ChatCompletions:
         renderer = ChatSSE(view) if request.stream else ChatJSON(view)
         outcome = await rt.serve(send, receive, scope, started, job, renderer, model=request.model)
         if outcome is not None:
-            rt.record(started, job, outcome, alias, model=request.model, stream=request.stream, request_id=request_id)
+            rt.record(started, job, outcome, alias, model=request.model, stream=request.stream, request_id=request_id, scope=scope)
 
     def _job(self, request: ChatRequest, scope: dict, request_id: str) -> tuple[LoopJob, str]:
         rt = self.rt
@@ -258,6 +282,27 @@ class ChatCompletions:
         )
         known = alias.name if alias.name in rt.settings.models else "(passthrough)"
         return job, known
+
+
+FIRST_TOKEN = "toolgate.first_token_s"  # scope key: seconds from arrival to the first token sent
+
+
+def _stamp_first_token(renderer: Any, scope: dict, started: float) -> None:
+    """Note in `scope` when the first token reaches the renderer; then get out of its way."""
+    feed = renderer.feed
+
+    def first(event: Any) -> bytes:
+        if type(event) is Delta:
+            scope[FIRST_TOKEN] = time.perf_counter() - started
+            renderer.feed = feed  # every later event goes straight to the renderer
+        return feed(event)
+
+    renderer.feed = first
+
+
+def _client(scope: dict) -> str | None:
+    client = scope.get("client")
+    return client[0] if client else None
 
 
 def _bearer(value: str) -> str:
@@ -285,6 +330,7 @@ def readyz(runtime: Runtime):
         if not runtime.started:
             return JSONResponse({"status": "starting", "reason": "tool sources are starting"}, status_code=503)
         runtime.probe_soon()
+        metrics.refresh_sources()
         body: dict[str, Any] = {"status": "ready"}
         degraded = {
             source.name: status.detail

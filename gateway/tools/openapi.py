@@ -46,6 +46,7 @@ from urllib.parse import quote
 import httpx
 import orjson
 
+from gateway import tracing
 from gateway.errors import Problems
 from gateway.tools.base import SourceContext, SourceStatus, Tool, ToolError
 from gateway.tools.builtin import Options
@@ -302,6 +303,8 @@ class OpenApiSource:
             url, extensions = target.connect_url, target.extensions
             headers.update({"Host": target.host_header, "Connection": "close"})
         headers["Accept-Encoding"] = "gzip"
+        if tracing.ON:
+            tracing.inject(headers)  # traceparent: this tool call's span
         try:
             request = self._client.build_request(
                 op.method.upper(), url, params=query, headers=headers, json=json_body,
