@@ -127,6 +127,14 @@ def build_info(version: str) -> None:
     BUILD_INFO.labels(version, platform.python_version()).set(1)
 
 
+def process_dead(pid: int | None) -> None:
+    """A worker is gone: drop its live gauges (in flight, streams, sources up) from the sums."""
+    if pid is not None and os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(pid)
+
+
 def render() -> tuple[bytes, str]:
     refresh_sources()
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
