@@ -94,7 +94,7 @@ class Runtime:
         metrics.IN_FLIGHT.inc()
         if renderer.streaming:
             metrics.STREAMS.inc()
-            _stamp_first_token(renderer, scope, started)
+            renderer = _FirstToken(renderer, scope, started)
         span = tracing.Request(scope, started, model) if tracing.ON else None
         outcome = None
         try:
@@ -287,17 +287,21 @@ class ChatCompletions:
 FIRST_TOKEN = "toolgate.first_token_s"  # scope key: seconds from arrival to the first token sent
 
 
-def _stamp_first_token(renderer: Any, scope: dict, started: float) -> None:
-    """Note in `scope` when the first token reaches the renderer; then get out of its way."""
-    feed = renderer.feed
+class _FirstToken:
+    """A streamed renderer, seen by the pump: notes in `scope` when the first token goes out,
+    then hands every later event straight to the renderer's own `feed`."""
 
-    def first(event: Any) -> bytes:
+    def __init__(self, renderer: Any, scope: dict, started: float) -> None:
+        self.streaming, self.keepalive = renderer.streaming, renderer.keepalive
+        self.headers, self.failure = renderer.headers, renderer.failure
+        self._feed, self._scope, self._started = renderer.feed, scope, started
+        self.feed = self._first
+
+    def _first(self, event: Any) -> bytes:
         if type(event) is Delta:
-            scope[FIRST_TOKEN] = time.perf_counter() - started
-            renderer.feed = feed  # every later event goes straight to the renderer
-        return feed(event)
-
-    renderer.feed = first
+            self._scope[FIRST_TOKEN] = time.perf_counter() - self._started
+            self.feed = self._feed
+        return self._feed(event)
 
 
 def _client(scope: dict) -> str | None:
