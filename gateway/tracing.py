@@ -13,7 +13,7 @@ are recorded only with ``log_content = true``, and pass the secret redactor.
 
 The SDK and the OTLP/HTTP exporter are the optional extra ``toolgate[otel]``; they
 are imported only when tracing is on. The API alone (a dependency of the MCP SDK)
-is all the hooks need.
+is all the hooks need. The provider is toolgate's own, not the process's global one.
 """
 
 from __future__ import annotations
@@ -63,7 +63,6 @@ def setup(environ: Mapping[str, str], *, exporter: Any = None, content: bool = F
     if exporter is None and not wanted(environ):
         return False
     try:
-        from opentelemetry import trace
         from opentelemetry.sdk.resources import Resource
         from opentelemetry.sdk.trace import TracerProvider
         from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SimpleSpanProcessor
@@ -86,8 +85,8 @@ def setup(environ: Mapping[str, str], *, exporter: Any = None, content: bool = F
             if made is not None:
                 # Exported by the SDK's thread, in batches: never on the event loop.
                 provider.add_span_processor(BatchSpanProcessor(made))
-        # The process's provider, so libraries that trace through the API (the MCP SDK) join the tree.
-        trace.set_tracer_provider(provider)
+        # Not the process's global provider: the MCP SDK traces through the API too, and its
+        # background pings would be a trace each. Unrecorded, its spans pass ours on.
     if _provider is not None:
         _provider.shutdown()
     _provider = provider
@@ -130,7 +129,43 @@ def _epoch_ns(perf_started: float) -> int:
 
 def _text(value: Any) -> str:
     text = value if isinstance(value, str) else orjson.dumps(value, default=str).decode()
-    return SECRETS(text[:MAX_CONTENT_CHARS])
+    return SECRETS(text)[:MAX_CONTENT_CHARS]  # redacted first: a cut must not leave half a secret
+
+
+def _parts(message: dict[str, Any]) -> list[dict[str, Any]]:
+    """An OpenAI chat message's content as the GenAI conventions' message parts."""
+    content = message.get("content")
+    if message.get("role") == "tool":
+        return [{"type": "tool_call_response", "id": message.get("tool_call_id"), "response": content}]
+    parts: list[dict[str, Any]] = []
+    if isinstance(content, str) and content:
+        parts.append({"type": "text", "content": content})
+    elif isinstance(content, list):
+        for part in content:
+            if isinstance(part, dict) and isinstance(part.get("text"), str):
+                parts.append({"type": "text", "content": part["text"]})
+            elif isinstance(part, dict):
+                parts.append({"type": str(part.get("type", "unknown"))})  # images, files: named, not copied
+    for call in message.get("tool_calls") or ():
+        function = call.get("function") or {}
+        parts.append({"type": "tool_call", "id": call.get("id"), "name": function.get("name"), "arguments": function.get("arguments")})
+    return parts
+
+
+def _messages(messages: Any) -> str:
+    """`gen_ai.input.messages`: the conventions' JSON (role and parts per message), redacted and cut."""
+    shaped = [{"role": m.get("role"), "parts": _parts(m)} for m in messages or () if isinstance(m, dict)]
+    return _text(shaped)
+
+
+def _outputs(body: dict[str, Any]) -> str:
+    """`gen_ai.output.messages` of a whole reply: one per choice, with its finish reason."""
+    shaped = [
+        {"role": "assistant", "parts": _parts(c.get("message") or {}), "finish_reason": c.get("finish_reason")}
+        for c in body.get("choices") or ()
+        if isinstance(c, dict)
+    ]
+    return _text(shaped)
 
 
 def _parent(scope: dict) -> Any:
@@ -265,7 +300,7 @@ class Chat:
         if isinstance(tokens, int):
             attributes["gen_ai.request.max_tokens"] = tokens
         if CONTENT:
-            attributes["gen_ai.input.messages"] = _text(payload.get("messages", []))
+            attributes["gen_ai.input.messages"] = _messages(payload.get("messages"))
         self.span = _tracer.start_span(f"chat {model}", kind=trace.SpanKind.CLIENT, attributes=attributes)
         self.seen: set[str] = set()
 
@@ -309,7 +344,7 @@ class Chat:
         if body is not None:
             self._response(body)
             if CONTENT and isinstance(body, dict):
-                span.set_attribute("gen_ai.output.messages", _text([c.get("message") for c in body.get("choices") or () if isinstance(c, dict)]))
+                span.set_attribute("gen_ai.output.messages", _outputs(body))
         if error is not None:
             if isinstance(error, (GeneratorExit, asyncio.CancelledError)):
                 # The request ended first (the client left, a deadline, a shutdown).

@@ -19,6 +19,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, StatusCode  # noqa: E402
 
 from gateway import tracing  # noqa: E402
+from gateway.redact import SECRETS  # noqa: E402
 from tests.support import ScriptedUpstream, call, chunk, completion, gateway, settings, sse_body  # noqa: E402
 
 CLIENT_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -132,17 +133,27 @@ async def test_contents_only_with_log_content_and_a_failed_tool_is_an_error(span
         completion(None, tool_calls=[call("calculate", "{not json", "call_x")]),
         completion("sorry"),
     )
+    canary = "sk-canary-5f0c2a9e7d"
+    SECRETS.add(canary)
     async with gateway(settings({"server": {"log_content": True}}), upstream) as client:
-        reply = await client.post("/v1/chat/completions", json={"model": "m", "messages": [{"role": "user", "content": "plans"}]})
+        reply = await client.post(
+            "/v1/chat/completions", json={"model": "m", "messages": [{"role": "system", "content": f"key {canary}"}, {"role": "user", "content": "plans"}]}
+        )
     assert reply.status_code == 200
+    assert canary not in orjson.dumps([dict(s.attributes) for s in spans.get_finished_spans()]).decode()
     finished = {s.name: s for s in spans.get_finished_spans()}
     tool = finished["execute_tool calculate"]
     assert tool.status.status_code == StatusCode.ERROR
     assert tool.attributes["error.type"] == "bad_arguments"
     assert tool.attributes["gen_ai.tool.call.arguments"] == "{not json"
-    round_ = next(s for s in spans.get_finished_spans() if s.name == "chat up-model")
-    assert "plans" in round_.attributes["gen_ai.input.messages"]
-    assert "gen_ai.output.messages" in round_.attributes
+    first, second = sorted((s for s in spans.get_finished_spans() if s.name == "chat up-model"), key=lambda s: s.start_time)
+    # The GenAI conventions' message shape: role and parts, tool calls and their results as parts.
+    assert orjson.loads(first.attributes["gen_ai.input.messages"])[-1] == {"role": "user", "parts": [{"type": "text", "content": "plans"}]}
+    assert orjson.loads(first.attributes["gen_ai.output.messages"]) == [
+        {"role": "assistant", "parts": [{"type": "tool_call", "id": "call_x", "name": "calculate", "arguments": "{not json"}], "finish_reason": "tool_calls"}
+    ]
+    sent = orjson.loads(second.attributes["gen_ai.input.messages"])
+    assert sent[-1]["role"] == "tool" and sent[-1]["parts"][0]["type"] == "tool_call_response" and sent[-1]["parts"][0]["id"] == "call_x"
 
 
 async def test_an_upstream_failure_and_its_retries_are_on_the_round(spans):
@@ -322,7 +333,7 @@ async def test_an_http_mcp_server_gets_the_tool_calls_traceparent(spans):
         await server.stop()
     assert outcome.outcome == "ok", outcome.content
     span = _tool_span(spans, "header")
-    # (Without a global provider the MCP SDK's own client span is a no-op that passes ours on.)
+    # The MCP SDK's own client span is unrecorded (toolgate installs no global provider): it passes ours on.
     assert outcome.content.split("-")[1:3] == [_hex(span.context.trace_id, 32), _hex(span.context.span_id, 16)]
     assert span.attributes["toolgate.tool.source"] == "srv"
 
