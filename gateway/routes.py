@@ -106,7 +106,7 @@ class Runtime:
             if renderer.streaming:
                 metrics.STREAMS.dec()
             if span is not None:
-                span.end(outcome or Outcome(status=500, ended="error"))
+                span.end(outcome or Outcome(status=500, ended="error"), timing.secrets)
 
     def record(
         self, started: float, job: LoopJob, outcome: Outcome, alias: str, *, model: str, stream: bool, request_id: str, scope: dict | None = None, **extra: Any

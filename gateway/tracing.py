@@ -22,7 +22,9 @@ import asyncio
 import logging
 import time
 from collections.abc import Mapping
+from functools import lru_cache
 from typing import Any
+from urllib.parse import urlsplit
 
 import orjson
 
@@ -132,6 +134,17 @@ def _text(value: Any) -> str:
     return SECRETS(text)[:MAX_CONTENT_CHARS]  # redacted first: a cut must not leave half a secret
 
 
+@lru_cache(maxsize=64)
+def _where(url: str) -> tuple[str, int]:
+    """Host and port of an upstream URL: never its user, password, path or query."""
+    parts = urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    return parts.hostname or "", port or (443 if parts.scheme == "https" else 80)
+
+
 def _parts(message: dict[str, Any]) -> list[dict[str, Any]]:
     """An OpenAI chat message's content as the GenAI conventions' message parts."""
     content = message.get("content")
@@ -226,7 +239,8 @@ class Request:
         )
         self.token = context.attach(trace.set_span_in_context(self.span))
 
-    def end(self, outcome: Any) -> None:
+    def end(self, outcome: Any, secrets: tuple[str, ...] = ()) -> None:
+        """`secrets`: this request's own (a forwarded client key), masked like the config's."""
         from opentelemetry import context, trace
 
         context.detach(self.token)
@@ -239,7 +253,7 @@ class Request:
             span.set_attribute("toolgate.tool_calls", final.tool_calls)
         if outcome.status >= 500:
             span.set_attribute("error.type", str(outcome.status))
-            span.set_status(trace.StatusCode.ERROR, SECRETS(str(outcome.error or ""))[:300])
+            span.set_status(trace.StatusCode.ERROR, SECRETS.scrub(str(outcome.error or ""), *secrets)[:300])
         span.end()
 
 
@@ -281,17 +295,15 @@ class Chat:
         from opentelemetry import trace
 
         model = payload.get("model", "")
-        host = upstream.url.split("://", 1)[-1].split("/", 1)[0]
-        address, _, port = host.rpartition(":") if ":" in host else (host, "", "")
+        where = _where(upstream.url)
         attributes: dict[str, Any] = {
             "gen_ai.operation.name": "chat",
             "gen_ai.provider.name": PROVIDERS.get(upstream.type, upstream.type),
             "gen_ai.request.model": model,
-            "server.address": address,
+            "server.address": where[0],
+            "server.port": where[1],
             "toolgate.upstream": upstream.name,
         }
-        if port.isdigit():
-            attributes["server.port"] = int(port)
         for param, name in (("temperature", "gen_ai.request.temperature"), ("top_p", "gen_ai.request.top_p")):
             value = payload.get(param)
             if isinstance(value, (int, float)) and not isinstance(value, bool):
