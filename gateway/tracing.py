@@ -73,22 +73,23 @@ def setup(environ: Mapping[str, str], *, exporter: Any = None, content: bool = F
         return False
     from gateway import __version__
 
+    if exporter is not None:
+        processors = [SimpleSpanProcessor(exporter)]  # tests: every span is handed over as it ends
+    else:
+        names = {e.strip() for e in environ.get("OTEL_TRACES_EXPORTER", "otlp").lower().split(",") if e.strip()} - {"none"}
+        made = [_exporter(name, environ, ConsoleSpanExporter) for name in sorted(names)]
+        # Exported by the SDK's thread, in batches: never on the event loop.
+        processors = [BatchSpanProcessor(e) for e in made if e is not None]
+        if not processors:
+            return False  # each exporter said why
     attributes = {"service.version": __version__}
     if not environ.get("OTEL_SERVICE_NAME") and "service.name=" not in environ.get("OTEL_RESOURCE_ATTRIBUTES", ""):
         attributes["service.name"] = "toolgate"
+    # Not the process's global provider: the MCP SDK traces through the API too, and its
+    # background pings would be a trace each. Unrecorded, its spans pass ours on.
     provider = TracerProvider(resource=Resource.create(attributes))
-    if exporter is not None:
-        # Tests: every span is handed over as it ends.
-        provider.add_span_processor(SimpleSpanProcessor(exporter))
-    else:
-        exporters = {e.strip() for e in environ.get("OTEL_TRACES_EXPORTER", "otlp").lower().split(",") if e.strip()} - {"none"}
-        for name in sorted(exporters):
-            made = _exporter(name, environ, ConsoleSpanExporter)
-            if made is not None:
-                # Exported by the SDK's thread, in batches: never on the event loop.
-                provider.add_span_processor(BatchSpanProcessor(made))
-        # Not the process's global provider: the MCP SDK traces through the API too, and its
-        # background pings would be a trace each. Unrecorded, its spans pass ours on.
+    for processor in processors:
+        provider.add_span_processor(processor)
     if _provider is not None:
         _provider.shutdown()
     _provider = provider
@@ -213,6 +214,26 @@ async def httpx_hook(request: Any) -> None:
 # -- the server span ----------------------------------------------------------------------
 
 
+def _server_span(scope: dict, started: float, **attributes: Any) -> Any:
+    from opentelemetry import trace
+
+    method, route = scope.get("method", "POST"), scope.get("path", "")
+    return _tracer.start_span(
+        f"{method} {route}",
+        context=_parent(scope),
+        kind=trace.SpanKind.SERVER,
+        start_time=_epoch_ns(started),
+        attributes={
+            "http.request.method": method,
+            "http.route": route,
+            "url.path": route,
+            "client.address": (scope.get("client") or ("",))[0] or "",
+            "toolgate.request_id": scope.get("request_id", ""),
+            **attributes,
+        },
+    )
+
+
 class Request:
     """The server span of one request, current while the loop runs (`end` detaches it)."""
 
@@ -221,22 +242,7 @@ class Request:
     def __init__(self, scope: dict, started: float, model: str) -> None:
         from opentelemetry import context, trace
 
-        route = scope.get("path", "")
-        client = scope.get("client") or ("", 0)
-        self.span = _tracer.start_span(
-            f"{scope.get('method', 'POST')} {route}",
-            context=_parent(scope),
-            kind=trace.SpanKind.SERVER,
-            start_time=_epoch_ns(started),
-            attributes={
-                "http.request.method": scope.get("method", "POST"),
-                "http.route": route,
-                "url.path": route,
-                "client.address": client[0] or "",
-                "toolgate.request_id": scope.get("request_id", ""),
-                "gen_ai.request.model": model,
-            },
-        )
+        self.span = _server_span(scope, started, **{"gen_ai.request.model": model})
         self.token = context.attach(trace.set_span_in_context(self.span))
 
     def end(self, outcome: Any, secrets: tuple[str, ...] = ()) -> None:
@@ -261,22 +267,11 @@ def rejected(scope: dict, started: float, status: int, error: BaseException, mod
     """A request refused before the loop ran: a server span that begins and ends at once."""
     from opentelemetry import trace
 
-    route = scope.get("path", "")
-    span = _tracer.start_span(
-        f"{scope.get('method', 'POST')} {route}",
-        context=_parent(scope),
-        kind=trace.SpanKind.SERVER,
-        start_time=_epoch_ns(started),
-        attributes={
-            "http.request.method": scope.get("method", "POST"),
-            "http.route": route,
-            "url.path": route,
-            "client.address": (scope.get("client") or ("",))[0] or "",
-            "toolgate.request_id": scope.get("request_id", ""),
-            "http.response.status_code": status,
-            "error.type": getattr(error, "code", None) or type(error).__name__,
-            **({"gen_ai.request.model": model} if model else {}),
-        },
+    span = _server_span(
+        scope,
+        started,
+        **{"http.response.status_code": status, "error.type": getattr(error, "code", None) or type(error).__name__},
+        **({"gen_ai.request.model": model} if model else {}),
     )
     if status >= 500:
         span.set_status(trace.StatusCode.ERROR, SECRETS(str(error))[:300])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import socket
 import subprocess
@@ -368,3 +369,22 @@ async def test_an_openapi_server_gets_the_tool_calls_traceparent(spans):
     assert outcome.outcome == "ok", outcome.content
     span = _tool_span(spans, "ping")
     assert seen[0].headers["traceparent"].split("-")[1:3] == [_hex(span.context.trace_id, 32), _hex(span.context.span_id, 16)]
+
+
+def test_exporters_from_the_environment(caplog):
+    caplog.set_level(logging.WARNING, logger="toolgate")
+    try:
+        assert not tracing.setup({"OTEL_TRACES_EXPORTER": "zipkin"})  # named, not shipped: off, and said
+        assert "OTEL_TRACES_EXPORTER=zipkin is not supported" in caplog.text
+        assert not tracing.ON
+        assert tracing.setup({"OTEL_TRACES_EXPORTER": "console"}) and tracing.ON
+        assert tracing.setup({}) and tracing.ON  # a process keeps the provider it made
+    finally:
+        tracing.shutdown()
+    try:
+        env = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9", "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"}
+        assert tracing.setup(env) and tracing.ON
+        assert "OTLP protocol grpc is not supported" in caplog.text
+    finally:
+        tracing.shutdown()
+    assert not tracing.ON
