@@ -274,26 +274,32 @@ async def test_spans_reach_an_otlp_receiver_and_the_upstream_shares_the_trace(tm
                     headers={"traceparent": TRACEPARENT},
                 )
                 assert reply.status_code == 200
-                names: list[str] = []
-                while len(names) < 4:
+                received: list = []
+                while len(received) < 5:
                     await asyncio.sleep(0.05)
-                    names = []
+                    received = []
                     for raw in posts:
                         request = ExportTraceServiceRequest.FromString(raw)
                         for resource in request.resource_spans:
                             service = {a.key: a.value.string_value for a in resource.resource.attributes}["service.name"]
                             assert service == "toolgate-test"
                             for scope in resource.scope_spans:
-                                for span in scope.spans:
-                                    assert span.trace_id.hex() == CLIENT_TRACE
-                                    names.append(span.name)
+                                received += scope.spans
         finally:
             proc.terminate()
             _, err = proc.communicate(timeout=15)
             receiver.should_exit = True
             await receiver_task
             sock.close()
-        assert sorted(names) == ["POST /v1/chat/completions", "chat fake-model", "chat fake-model", "execute_tool calculate", "execute_tool current_time"]
+        names = sorted(span.name for span in received)
+        assert names == ["POST /v1/chat/completions", "chat fake-model", "chat fake-model", "execute_tool calculate", "execute_tool current_time"]
+        assert {span.trace_id.hex() for span in received} == {CLIENT_TRACE}
+        (server,) = [span for span in received if span.name.startswith("POST")]
+        assert server.parent_span_id.hex() == CLIENT_PARENT
+        assert all(span.parent_span_id == server.span_id for span in received if span is not server)
+        attributes = {span.name: {a.key: a.value for a in span.attributes} for span in received}
+        assert attributes["chat fake-model"]["gen_ai.operation.name"].string_value == "chat"
+        assert attributes["execute_tool calculate"]["toolgate.tool.outcome"].string_value == "ok"
         assert proc.returncode == 0, err.decode()[-2000:]
         # The fake upstream saw the client's trace id on both rounds.
         rounds = [r for r in fake.requests if r.method == "POST"]
