@@ -115,7 +115,28 @@ def setup(level: str = "INFO", stream: Any = None, *, queue_lines: int = QUEUE_L
         logger.handlers[:] = []
         logger.propagate = True
         logger.setLevel(level)
+    # What nothing caught, in the main thread or another, is a JSON line too, not a bare traceback.
+    # (Only over Python's own hooks: a host that installed its own, a test runner, keeps them.)
+    if sys.excepthook is sys.__excepthook__:
+        sys.excepthook = _uncaught
+    if threading.excepthook is threading.__excepthook__:
+        threading.excepthook = _uncaught_in_thread
     return _handler
+
+
+def _uncaught(kind: type[BaseException], error: BaseException, tb: Any) -> None:
+    if issubclass(kind, KeyboardInterrupt):
+        sys.__excepthook__(kind, error, tb)
+        return
+    logging.getLogger("toolgate").critical("uncaught %s", kind.__name__, exc_info=(kind, error, tb))
+    stop()  # the process is about to exit: write the line now
+
+
+def _uncaught_in_thread(args: Any) -> None:
+    if args.exc_type is SystemExit:
+        return
+    name = args.thread.name if args.thread is not None else "?"
+    logging.getLogger("toolgate").error("uncaught %s in thread %s", args.exc_type.__name__, name, exc_info=(args.exc_type, args.exc_value, args.exc_traceback))
 
 
 STOP_WAIT_S = 2.0

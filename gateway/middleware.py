@@ -36,6 +36,7 @@ class GatewayMiddleware:
     ) -> None:
         self.app = app
         self.api_keys = tuple(k.encode() for k in api_keys)
+        self.names = {_tag(key): f"key{i}" for i, key in enumerate(self.api_keys, 1)}
         self.direct = direct or {}
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
@@ -67,6 +68,8 @@ class GatewayMiddleware:
             return await reject(send_with_id, Unauthorized("Invalid or missing API key for this gateway."), scope, time.perf_counter())
         # Who stored a response may read it back: an opaque tag of the key, never the key.
         scope["owner"] = owner
+        if owner:
+            scope["key_name"] = self.names[owner]  # for the log: the key's place in the list
         app = self.direct.get(path) if scope["method"] == "POST" else None
         try:
             await (app or self.app)(scope, receive, send_with_id)
@@ -84,4 +87,8 @@ class GatewayMiddleware:
         for key in self.api_keys:
             if hmac.compare_digest(token, key):
                 found = key
-        return None if found is None else hashlib.sha256(b"toolgate-owner:" + found).hexdigest()[:32]
+        return None if found is None else _tag(found)
+
+
+def _tag(key: bytes) -> str:
+    return hashlib.sha256(b"toolgate-owner:" + key).hexdigest()[:32]

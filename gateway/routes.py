@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -11,11 +12,13 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from gateway import drain, logs, metrics
+import gateway
+from gateway import drain, logs, metrics, tracing
 from gateway.chat_render import ChatJSON, ChatSSE, ChatView
 from gateway.codecs import open_model
 from gateway.config import ModelAlias, Settings
 from gateway.errors import BodyTimeout, ClientGone, InvalidRequest, ModelNotFound, Overloaded, RequestTooLarge, error_json
+from gateway.events import Delta
 from gateway.loop import LoopJob, run_loop
 from gateway.pump import Outcome, Timing, pump
 from gateway.redact import SECRETS
@@ -42,6 +45,9 @@ class Runtime:
         self.probe: Callable[[], Awaitable[None]] | None = None  # set in the lifespan
         self._probing: asyncio.Future | None = None
         self._probed = 0.0
+        tracing.setup(settings.environ or os.environ, content=settings.server.log_content)
+        metrics.build_info(gateway.__version__)
+        metrics.watch_sources(lambda: [(s.name, s.status().ready) for s in toolbox.sources])
 
     def loop_job(
         self,
@@ -89,19 +95,30 @@ class Runtime:
         metrics.IN_FLIGHT.inc()
         if renderer.streaming:
             metrics.STREAMS.inc()
+            renderer = _FirstToken(renderer, scope, started)
+        span = tracing.Request(scope, started, model) if tracing.ON else None
+        outcome = None
         try:
-            return await pump(send, receive, run_loop(job, open_model(self.upstream, job), self.toolbox), renderer, timing)
+            outcome = await pump(send, receive, run_loop(job, open_model(self.upstream, job), self.toolbox), renderer, timing)
+            return outcome
         finally:
             self.in_flight -= 1
             metrics.IN_FLIGHT.dec()
             if renderer.streaming:
                 metrics.STREAMS.dec()
+            if span is not None:
+                span.end(outcome or Outcome(status=500, ended="error"), timing.secrets)
 
-    def record(self, started: float, job: LoopJob, outcome: Outcome, alias: str, *, model: str, stream: bool, request_id: str, **extra: Any) -> None:
-        """Count the request, and write its one log line."""
+    def record(
+        self, started: float, job: LoopJob, outcome: Outcome, alias: str, *, model: str, stream: bool, request_id: str, scope: dict | None = None, **extra: Any
+    ) -> None:
+        """Count the request, and write its one log line (`scope`: the client, the key, the first token)."""
         final = outcome.final
         seconds = time.perf_counter() - started
         metrics.request_done(alias, outcome.status, seconds, final.rounds if final else 0, outcome.usage)
+        first = scope.get(FIRST_TOKEN) if scope is not None else None
+        if first is not None:
+            metrics.first_token(alias, first)
         server = self.settings.server
         if not server.log_requests:
             return
@@ -110,13 +127,16 @@ class Runtime:
             **{k: v for k, v in extra.items() if k == "api"},
             "model": model,
             "upstream": job.upstream.name,
+            "upstream_model": job.model,
             "stream": stream,
             "status": outcome.status,
             "ended": outcome.ended,
             "duration_ms": round(seconds * 1000, 2),
+            "ttft_ms": round(first * 1000, 2) if first is not None else None,
             "rounds": final.rounds if final else None,
             "tool_calls": final.tool_calls if final else None,
             "usage": outcome.usage,
+            **({"client": _client(scope), "key": scope.get("key_name")} if scope is not None else {}),
             **{k: v for k, v in extra.items() if k != "api"},
         }
         if final and final.trace:
@@ -193,10 +213,14 @@ async def reject(send: Any, exc: BaseException, scope: dict, started: float, **f
         await send({"type": "http.response.start", "status": status, "headers": raw})
         await send({"type": "http.response.body", "body": payload})
     metrics.rejected(status, fields.get("model", ""))
+    if tracing.ON:
+        tracing.rejected(scope, started, status, exc, fields.get("model", ""))
     logs.request_line(
         {
             "request_id": scope.get("request_id", ""),
             "path": scope.get("path", ""),
+            "client": _client(scope),
+            "key": scope.get("key_name"),
             **fields,
             "status": status,
             "duration_ms": round((time.perf_counter() - started) * 1000, 2),
@@ -234,7 +258,7 @@ class ChatCompletions:
         renderer = ChatSSE(view) if request.stream else ChatJSON(view)
         outcome = await rt.serve(send, receive, scope, started, job, renderer, model=request.model)
         if outcome is not None:
-            rt.record(started, job, outcome, alias, model=request.model, stream=request.stream, request_id=request_id)
+            rt.record(started, job, outcome, alias, model=request.model, stream=request.stream, request_id=request_id, scope=scope)
 
     def _job(self, request: ChatRequest, scope: dict, request_id: str) -> tuple[LoopJob, str]:
         rt = self.rt
@@ -259,6 +283,31 @@ class ChatCompletions:
         )
         known = alias.name if alias.name in rt.settings.models else "(passthrough)"
         return job, known
+
+
+FIRST_TOKEN = "toolgate.first_token_s"  # scope key: seconds from arrival to the first token sent
+
+
+class _FirstToken:
+    """A streamed renderer, seen by the pump: notes in `scope` when the first token goes out,
+    then hands every later event straight to the renderer's own `feed`."""
+
+    def __init__(self, renderer: Any, scope: dict, started: float) -> None:
+        self.streaming, self.keepalive = renderer.streaming, renderer.keepalive
+        self.headers, self.failure = renderer.headers, renderer.failure
+        self._feed, self._scope, self._started = renderer.feed, scope, started
+        self.feed = self._first
+
+    def _first(self, event: Any) -> bytes:
+        if type(event) is Delta:
+            self._scope[FIRST_TOKEN] = time.perf_counter() - self._started
+            self.feed = self._feed
+        return self._feed(event)
+
+
+def _client(scope: dict) -> str | None:
+    client = scope.get("client")
+    return client[0] if client else None
 
 
 def _bearer(value: str) -> str:
@@ -286,6 +335,7 @@ def readyz(runtime: Runtime):
         if not runtime.started:
             return JSONResponse({"status": "starting", "reason": "tool sources are starting"}, status_code=503)
         runtime.probe_soon()
+        metrics.refresh_sources()
         body: dict[str, Any] = {"status": "ready"}
         degraded = {
             source.name: status.detail

@@ -36,7 +36,7 @@ import orjson
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from gateway import drain, metrics
+from gateway import drain, logs, metrics
 from gateway.config import Settings
 from gateway.errors import error_body
 
@@ -252,15 +252,24 @@ def server_config(app: Any, settings: Settings, **options: Any) -> uvicorn.Confi
     return config
 
 
-def _worker(config: uvicorn.Config, grace_s: float) -> None:
-    # Each worker listens on its own SO_REUSEPORT socket: the kernel spreads
-    # connections evenly, where one shared socket lets the busiest worker take most.
-    sock = socket.socket(socket.AF_INET6 if ":" in config.host else socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.bind((config.host, config.port))
-    sock.listen(config.backlog)
-    Server(config, grace_s=grace_s).run(sockets=[sock])
+def _worker(config: uvicorn.Config, grace_s: float, log_level: str) -> None:
+    # A spawned process starts with bare logging: JSON at the supervisor's level from the
+    # first line, before uvicorn or the app say anything (the app's factory sets it again).
+    logs.setup(log_level)
+    try:
+        # Each worker listens on its own SO_REUSEPORT socket: the kernel spreads
+        # connections evenly, where one shared socket lets the busiest worker take most.
+        sock = socket.socket(socket.AF_INET6 if ":" in config.host else socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((config.host, config.port))
+        sock.listen(config.backlog)
+        Server(config, grace_s=grace_s).run(sockets=[sock])
+    except Exception:
+        log.exception("worker %d failed", os.getpid())
+        logs.stop()
+        raise SystemExit(1) from None
+    logs.stop()
 
 
 def serve_workers(config: uvicorn.Config, workers: int, grace_s: float) -> None:
@@ -269,12 +278,13 @@ def serve_workers(config: uvicorn.Config, workers: int, grace_s: float) -> None:
     probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     probe.bind((config.host, config.port))  # a port in use fails here, once, not in every worker
     spawn = multiprocessing.get_context("spawn")
+    log_level = logging.getLevelName(logging.getLogger().getEffectiveLevel())  # `--log-level`, as the CLI set it
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
 
     def start() -> multiprocessing.process.BaseProcess:
-        process = spawn.Process(target=_worker, args=(config, grace_s), daemon=False)
+        process = spawn.Process(target=_worker, args=(config, grace_s, log_level), daemon=False)
         process.start()
         return process
 
@@ -283,6 +293,7 @@ def serve_workers(config: uvicorn.Config, workers: int, grace_s: float) -> None:
     while not stop.wait(0.5):
         for i, process in enumerate(processes):
             if not process.is_alive() and not stop.is_set():
+                metrics.process_dead(process.pid)  # its in-flight and up gauges died with it
                 restarts += 1
                 log.error("worker %d exited with %s; starting another (%d restarts)", process.pid, process.exitcode, restarts)
                 time.sleep(min(5.0, 0.2 * restarts))  # a worker that dies at start must not spin
@@ -296,4 +307,5 @@ def serve_workers(config: uvicorn.Config, workers: int, grace_s: float) -> None:
         if process.is_alive():
             process.kill()
             process.join(1)
+        metrics.process_dead(process.pid)
     probe.close()

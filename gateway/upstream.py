@@ -33,7 +33,7 @@ from urllib.parse import urlencode, urlsplit
 
 import orjson
 
-from gateway import metrics
+from gateway import metrics, tracing
 from gateway.backoff import backoff
 from gateway.config import Upstream
 from gateway.errors import (
@@ -110,7 +110,7 @@ class _Target:
             async with asyncio.timeout(self.upstream.pool_timeout_s):
                 await self.slots.acquire()
         except TimeoutError:
-            metrics.upstream_call(self.upstream.name, "busy", 0.0)
+            metrics.upstream_busy(self.upstream.name)
             raise UpstreamBusy(
                 f"All {self.upstream.max_connections} connections to upstream {self.upstream.name!r} are in use; retry shortly.",
                 headers={"retry-after": "1"},
@@ -135,10 +135,21 @@ class UpstreamClient:
         return target
 
     async def complete(self, upstream: Upstream, payload: dict[str, Any], *, request_id: str = "", client_auth: str = "") -> Any:
-        target = self._target(upstream)
+        span = tracing.Chat(upstream, payload) if tracing.ON else None
+        try:
+            body = await self._complete(self._target(upstream), payload, request_id, client_auth, span)
+        except BaseException as exc:
+            if span is not None:
+                span.end(error=exc)
+            raise
+        if span is not None:
+            span.end(body)
+        return body
+
+    async def _complete(self, target: _Target, payload: dict[str, Any], request_id: str, client_auth: str, span: Any) -> Any:
         await target.slot()
         try:
-            reply = await self._send(target, payload, request_id, client_auth)
+            reply = await self._send(target, payload, request_id, client_auth, span)
             try:
                 raw = await reply.read()
             finally:
@@ -156,9 +167,16 @@ class UpstreamClient:
         self, upstream: Upstream, payload: dict[str, Any], *, fold: Fold, framing: Framing = SSE, request_id: str = "", client_auth: str = ""
     ) -> AsyncGenerator[Any, None]:
         target = self._target(upstream)
-        await target.slot()
+        span = tracing.Chat(upstream, payload) if tracing.ON else None
+        failure: BaseException | None = None
         try:
-            reply = await self._send(target, payload, request_id, client_auth)
+            await target.slot()
+        except BaseException as exc:
+            if span is not None:
+                span.end(error=exc)
+            raise
+        try:
+            reply = await self._send(target, payload, request_id, client_auth, span)
             try:
                 # Inline, not a nested generator: one hop per network read is the stream's cost.
                 content_type = reply.headers.get("content-type", "")
@@ -166,7 +184,10 @@ class UpstreamClient:
                     if "json" not in content_type:
                         raise UpstreamError(f"The upstream answered with {_kind(reply)} instead of {framing.what}.")
                     # A host that ignored `stream: true`: its whole answer is one piece.
-                    part = fold.feed_many([_parse(await reply.read(), "The upstream answered with malformed or truncated JSON.")])
+                    whole = [_parse(await reply.read(), "The upstream answered with malformed or truncated JSON.")]
+                    if span is not None:
+                        span.chunks(whole)
+                    part = fold.feed_many(whole)
                     if part is not None:
                         yield part
                 else:
@@ -174,6 +195,8 @@ class UpstreamClient:
                     async for piece in reply.chunks():
                         batch, ended = _batch(decoder.feed(piece), done)
                         if batch:
+                            if span is not None:
+                                span.chunks(batch)
                             part = fold.feed_many(batch)
                             if part is not None:
                                 yield part
@@ -181,6 +204,8 @@ class UpstreamClient:
                             break
                     if not ended:
                         batch, ended = _batch(decoder.close(), done)
+                        if batch and span is not None:
+                            span.chunks(batch)
                         part = fold.feed_many(batch) if batch else None
                         if part is not None:
                             yield part
@@ -188,17 +213,24 @@ class UpstreamClient:
                             raise UpstreamError("The upstream stream ended before [DONE]: the answer is truncated.")
             finally:
                 await reply.close()
+        except BaseException as exc:
+            failure = exc
+            raise
         finally:
             target.slots.release()
+            if span is not None:
+                span.end(error=failure)
         yield fold.finish()
 
-    async def _send(self, target: _Target, payload: dict[str, Any], request_id: str, client_auth: str) -> Reply:
+    async def _send(self, target: _Target, payload: dict[str, Any], request_id: str, client_auth: str, span: Any = None) -> Reply:
         upstream = target.upstream
         headers = target.headers
         if request_id or client_auth:
             headers = {**headers, "x-request-id": request_id}
             if client_auth:
                 headers.update(upstream.host.auth(client_auth))
+        if span is not None:
+            headers = span.headers(headers)  # traceparent: the round's span
         url = target.url(payload.get("model", ""))
         try:
             body = orjson.dumps(payload)
@@ -215,22 +247,26 @@ class UpstreamClient:
                         url, headers, body, connect_s=upstream.connect_timeout_s, read_s=upstream.read_timeout_s, name=upstream.name
                     )
                 except UpstreamError as exc:
-                    metrics.upstream_call(upstream.name, "error", time.perf_counter() - started)
+                    metrics.upstream_attempt(upstream.name, "error", time.perf_counter() - started)
                     if last or not exc.retryable or not (retrying or target.may_retry()):
                         raise
                     wait: float | None = _backoff(attempt)
+                    reason = exc.code
                 else:
-                    metrics.upstream_call(upstream.name, str(reply.status), time.perf_counter() - started)
+                    metrics.upstream_attempt(upstream.name, str(reply.status), time.perf_counter() - started)
                     if reply.status < 300:
                         return reply
                     wait = _retry_after(reply) if reply.status == 429 else _backoff(attempt)
                     if last or reply.status not in RETRY_STATUSES or wait is None or not (retrying or target.may_retry()):
                         raise await _status_error(reply, target, client_auth)
                     await reply.close()
+                    reason = str(reply.status)
                 if not retrying:
                     retrying = True
                     target.retrying += 1
-                metrics.upstream_retry(upstream.name)
+                metrics.upstream_retry(upstream.name, reason)
+                if span is not None:
+                    span.retry(attempt + 2, reason)
                 await asyncio.sleep(wait)
             raise AssertionError("unreachable")  # the last attempt returns or raises
         finally:

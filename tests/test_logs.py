@@ -114,3 +114,69 @@ def test_uvicorn_lines_come_out_as_json():
         ("uvicorn.access", "info", '127.0.0.1:1 - "GET / HTTP/1.1" 200'),
     ]
     assert all(isinstance(line["ts"], float) for line in lines)
+
+
+# -- the request line, and every worker's lines -------------------------------------------------
+
+KEYS = "k-first-0123456789abcdef,k-second-0123456789abcdef"
+
+
+async def test_the_request_line_names_the_client_the_key_the_upstream_model_and_the_first_token(caplog):
+    from tests.support import ScriptedUpstream, chunk, gateway, settings, sse_body
+
+    caplog.set_level(logging.INFO, logger="toolgate.access")
+    upstream = ScriptedUpstream(sse_body(chunk({"role": "assistant", "content": "hi"}, finish="stop")))
+    async with gateway(settings(environ={"TOOLGATE_API_KEYS": KEYS}), upstream) as client:
+        headers = {"authorization": "Bearer k-second-0123456789abcdef"}
+        ok = await client.post("/v1/chat/completions", json={"model": "m", "stream": True, "messages": [{"role": "user", "content": "hi"}]}, headers=headers)
+        refused = await client.post("/v1/chat/completions", json={"model": "m", "messages": []}, headers={"authorization": "Bearer wrong"})
+    assert (ok.status_code, refused.status_code) == (200, 401)
+    served, rejected = [r.fields for r in caplog.records if r.name == "toolgate.access"]
+    assert served["client"] == "127.0.0.1" and served["key"] == "key2"
+    assert served["upstream_model"] == "up-model"
+    assert isinstance(served["ttft_ms"], float) and 0 < served["ttft_ms"] <= served["duration_ms"]
+    assert rejected["status"] == 401 and rejected["client"] == "127.0.0.1" and rejected["key"] is None
+    assert "k-second" not in orjson.dumps([served, rejected]).decode()
+
+
+def _serve_workers(level: str) -> list[dict]:
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+
+    import httpx
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TOOLGATE_", "OTEL_"))}
+    env["TOOLGATE_UPSTREAM_URL"] = "http://127.0.0.1:9/v1"  # never called: /readyz and /metrics only
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gateway", "serve", "--workers", "2", "--port", str(port), "--log-level", level],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.05)
+        time.sleep(0.5)  # the second worker's startup lines
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    lines = err.decode().splitlines()
+    assert lines
+    return [orjson.loads(line) for line in lines]  # every line is JSON, or this raises
+
+
+def test_every_worker_logs_json_at_the_level_asked():
+    lines = _serve_workers("info")
+    started = {line["message"] for line in lines if line["logger"] == "uvicorn.error" and line["message"].startswith("Started server process")}
+    assert len(started) == 2  # both workers, through the JSON pipeline
+    quiet = _serve_workers("warning")
+    assert quiet and all(line["level"] in ("warning", "error", "critical") for line in quiet)

@@ -150,7 +150,7 @@ class CreateResponse:
             # After the last byte: the client never waits on the store.
             self.slot.write(Stored(view.id, owner, renderer.response, conversation_items, view.created_at))
         known = alias.name if alias.name in rt.settings.models else "(passthrough)"
-        rt.record(started, job, outcome, known, model=request.model, stream=request.stream, request_id=request_id, api="responses", response_id=view.id, stored=bool(stored))
+        rt.record(started, job, outcome, known, model=request.model, stream=request.stream, request_id=request_id, scope=scope, api="responses", response_id=view.id, stored=bool(stored))
 
     async def _history(self, request: ResponsesRequest, owner: str) -> list[dict[str, Any]]:
         """The conversation before this request: the previous response's input and output items."""

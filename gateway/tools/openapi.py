@@ -45,6 +45,7 @@ from urllib.parse import quote
 import httpx
 import orjson
 
+from gateway import tracing
 from gateway.errors import Problems
 from gateway.backoff import backoff
 from gateway.tools import variables
@@ -300,6 +301,8 @@ class OpenApiSource:
             url, extensions = target.connect_url, target.extensions
             headers.update({"Host": target.host_header, "Connection": "close"})
         headers["Accept-Encoding"] = "gzip"
+        if tracing.ON:
+            tracing.inject(headers)  # traceparent: this tool call's span
         try:
             request = self._client.build_request(
                 op.method.upper(), url, params=query, headers=headers, json=json_body,

@@ -31,7 +31,7 @@ from typing import Any
 
 import orjson
 
-from gateway import metrics
+from gateway import metrics, tracing
 from gateway.redact import SECRETS
 from gateway.tools.base import Tool, ToolError, ToolOutput, ToolSource, tool_name
 from gateway.tools.schema import Prepared, prepare
@@ -212,15 +212,24 @@ class Toolbox:
         name, raw_args = function["name"], function["arguments"]
         started = time.perf_counter()
         tool = offer.tools.get(name)
+        source = self._owners.get(name, "(none)") if tool else "(none)"
+        span = tracing.ToolCall(name, call["id"], source, raw_args) if tracing.ON else None
         if tool is None:
             available = ", ".join(offer.tools) or "none"
             outcome, content = "unknown_tool", f"Error: there is no tool named {name!r}. Available tools: {available}."
         else:
             prepared = offer.checks.get(name) or self._prepare(tool)
-            outcome, content = await self._call(tool, prepared, raw_args, gate)
+            try:
+                outcome, content = await self._call(tool, prepared, raw_args, gate)
+            except BaseException:
+                if span is not None:
+                    span.end("cancelled", "the round was cancelled")
+                raise
         text, cut = self._shape(name, content)
         duration = time.perf_counter() - started
-        metrics.tool_call(name if tool else "(unknown)", outcome, duration)
+        metrics.tool_call(source, name if tool else "(unknown)", outcome, duration)
+        if span is not None:
+            span.end(outcome, text)
         return ToolOutcome(call["id"], name, raw_args, text, outcome, duration, cut)
 
     async def _call(self, tool: Tool, prepared: Prepared, raw_args: str, gate: asyncio.Semaphore | None) -> tuple[str, ToolOutput]:

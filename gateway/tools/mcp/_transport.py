@@ -22,6 +22,7 @@ from mcp.client.sse import sse_client
 from mcp.client.stdio import FORCE_KILL_TIMEOUT, StdioServerParameters, stdio_client
 from mcp.client.streamable_http import streamable_http_client
 
+from gateway import tracing
 from gateway.tools.mcp._convert import describe
 from gateway.tools.mcp._config import ServerSpec, UnsetVariable, expand, secret_values
 from gateway.tools.mcp import _supervisor
@@ -134,7 +135,8 @@ def _http_client(spec: ServerSpec, environ: Mapping[str, str]) -> httpx2.AsyncCl
     # The SDK speaks httpx2, so this client is its own, not the gateway's httpx one. Reads
     # are left long: the GET stream idles, and tool calls are timed by the toolbox.
     timeout = httpx2.Timeout(spec.startup_timeout_s, read=300.0, pool=None)
-    return httpx2.AsyncClient(headers=headers, timeout=timeout)
+    # The hook sends the current span's traceparent: the SDK posts in the caller's context.
+    return httpx2.AsyncClient(headers=headers, timeout=timeout, event_hooks={"request": [tracing.httpx_hook]})
 
 
 @asynccontextmanager
