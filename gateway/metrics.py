@@ -26,6 +26,8 @@ TOKENS = Counter("toolgate_tokens_total", "Tokens reported by upstreams", ["mode
 IN_FLIGHT = Gauge("toolgate_requests_in_flight", "Requests being served", multiprocess_mode="livesum")
 LOG_LINES_DROPPED = Counter("toolgate_log_lines_dropped_total", "Log lines dropped because the log pipe was not read")
 STREAMS = Gauge("toolgate_streams_open", "SSE streams open", multiprocess_mode="livesum")
+CONFIG_GENERATION = Gauge("toolgate_config_generation", "Config generation served: 1 at start, one more per applied reload", multiprocess_mode="liveall")
+CONFIG_RELOADS = Counter("toolgate_config_reloads_total", "Config reloads, by outcome (applied or refused)", ["outcome"])
 
 
 @lru_cache(maxsize=4096)
