@@ -60,9 +60,9 @@ RESTART_ONLY: dict[str, tuple[str, ...]] = {
     "store": ("url", "ttl_s", "max_bytes", "timeout_s"),
 }
 
-# One at a time, none queued: a reload that finds the thread still busy (a file read that
-# hangs) is refused rather than queued behind it.
-_THREADS = Threads("toolgate-reload", threads=1, queued=0)
+# One at a time, one queued: a reload that finds the thread still busy (a file read that
+# hangs) and another waiting is refused rather than queued behind them.
+_THREADS = Threads("toolgate-reload", threads=1, queued=1)
 
 
 @dataclass
@@ -77,7 +77,7 @@ class Plan:
     warnings: list[str] = field(default_factory=list)
 
 
-def plan(old: Settings, *, demo: bool = False) -> Plan:
+def plan(old: Settings, demo: bool = False) -> Plan:
     """Read `old.path` again, validated (ConfigError lists its problems), and diff it with `old`.
 
     Blocking (file I/O, imports of Python tool modules, schema checks): run it on a thread.
@@ -198,7 +198,7 @@ class Reloader:
             old = runtime.current
             try:
                 async with asyncio.timeout(READ_TIMEOUT_S):
-                    next_ = await _THREADS.run(plan, old.settings, demo=runtime.demo)
+                    next_ = await _THREADS.run(plan, old.settings, runtime.demo)
             except ConfigError as exc:
                 return self._refused(old, exc.problems)
             except TimeoutError:
@@ -211,7 +211,6 @@ class Reloader:
                 log.warning("config: %s", line)
             self.own(next_.start)
             await self._start(next_.start)
-            # The thread is free: the plan, its only other job, is done.
             toolbox = await _THREADS.run(_prepared_toolbox, next_.settings)
             retired = runtime.swap(next_.settings, toolbox)
             for name in set(runtime.reachability) - set(next_.settings.upstreams):
