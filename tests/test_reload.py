@@ -4,6 +4,7 @@ servers as subprocesses; `toolgate reload` and SIGHUP against a real gateway pro
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import re
 import signal
@@ -17,6 +18,7 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
+from gateway import reload
 from gateway.app import create_app
 from gateway.config import load_config
 from gateway.fakellm import Calls, FakeLLM, Reply
@@ -228,16 +230,19 @@ async def _until(predicate, timeout: float = 15.0) -> None:
             await asyncio.sleep(0.05)
 
 
-async def test_mcp_servers_added_removed_and_kept(tmp_path):
+def _tool_results(body: dict) -> list[str]:
+    return [m["content"] for m in body["messages"] if m["role"] == "tool"]
+
+
+async def test_mcp_servers_added_removed_changed_and_kept(tmp_path):
     path = tmp_path / "toolgate.toml"
     async with FakeLLM() as fake:
-        path.write_text(config_text(fake.url, tools='["a_*", "b_*"]', extra=_mcp("a") + _mcp("b")))
+        path.write_text(config_text(fake.url, tools='["a_*", "b_*", "d_*"]', extra=_mcp("a") + _mcp("b") + _mcp("d")))
         async with serve(path) as (base, app), sdk(base) as client:
-            fake.push(Calls([("a_pid", {}), ("b_pid", {})]), Reply("pids"))
+            fake.push(Calls([("a_pid", {}), ("b_pid", {}), ("d_pid", {})]), Reply("pids"))
             await client.chat.completions.create(model="m", messages=[{"role": "user", "content": "pids?"}])
-            before = {m["tool_call_id"]: int(m["content"]) for m in chats(fake)[1]["messages"] if m["role"] == "tool"}
-            a_pid, b_pid = before.values()
-            assert _alive(a_pid) and _alive(b_pid)
+            a_pid, b_pid, d_pid = map(int, _tool_results(chats(fake)[1]))
+            assert all(map(_alive, (a_pid, b_pid, d_pid)))
 
             # A call on `a` is running when `a` is removed: it finishes, then `a` stops.
             fake.push(Calls([("a_sleep", {"seconds": 4})]), Reply("slept"))
@@ -247,28 +252,32 @@ async def test_mcp_servers_added_removed_and_kept(tmp_path):
             async with asyncio.timeout(10):
                 while await tools["a_active"].call({}) != "1":
                     await asyncio.sleep(0.05)
-            path.write_text(config_text(fake.url, tools='["b_*", "c_*"]', extra=_mcp("b") + _mcp("c")))
+            # `b` as it was; `d` with another timeout (a changed table); `c` new, with a secret in its env.
+            changed_d = _mcp("d") + "timeout_s = 29\n"
+            new_c = _mcp("c") + 'env = { API_TOKEN = "c-token-0123456789" }\n'
+            path.write_text(config_text(fake.url, tools='["b_*", "c_*", "d_*"]', extra=_mcp("b") + new_c + changed_d))
             outcome = await asyncio.wait_for(app.state.reloader.reload(), 60)
-            if not sleeping.done():  # (a slow machine may take longer to start `c` than the sleep lasts)
+            if not sleeping.done():  # (a slow machine may take longer to start `c` and `d` than the sleep lasts)
                 assert _alive(a_pid), "the removed server was stopped under a call in flight"
             slept = await asyncio.wait_for(sleeping, 20)
-            await _until(lambda: not _alive(a_pid))
+            await _until(lambda: not _alive(a_pid) and not _alive(d_pid))
 
-            fake.push(Calls([("b_pid", {}), ("c_pid", {})]), Reply("pids again"))
+            fake.push(Calls([("b_pid", {}), ("c_pid", {}), ("d_pid", {}), ("c_env", {"name": "API_TOKEN"})]), Reply("pids again"))
             await client.chat.completions.create(model="m", messages=[{"role": "user", "content": "pids?"}])
-            after = {m["tool_call_id"]: int(m["content"]) for m in chats(fake)[-1]["messages"] if m["role"] == "tool"}
+            *after, token = _tool_results(chats(fake)[-1])
             async with httpx.AsyncClient(base_url=base) as http:
                 ready = (await http.get("/readyz")).json()
-        kept_b, c_pid = after.values()
+        kept_b, c_pid, new_d = map(int, after)
     assert outcome["outcome"] == "applied"
     assert slept.choices[0].message.content == "slept"
     assert chats(fake)[3]["messages"][-1]["content"].startswith("slept 4")
     assert kept_b == b_pid  # the same process: kept, not restarted
-    assert c_pid not in (a_pid, b_pid)
+    assert new_d not in (d_pid, b_pid) and c_pid not in (a_pid, b_pid, d_pid, new_d)
+    assert token == "***"  # the new server's secret joined the redaction layer
     names = offered(chats(fake)[-2])
-    assert "b_pid" in names and "c_pid" in names and not [n for n in names if n.startswith("a_")]
+    assert {"b_pid", "c_pid", "d_pid"} <= set(names) and not [n for n in names if n.startswith("a_")]
     assert ready["status"] == "ready" and ready["config"]["generation"] == 2
-    await _until(lambda: not _alive(c_pid) and not _alive(b_pid))  # and all of them stop with the gateway
+    await _until(lambda: not any(map(_alive, (kept_b, c_pid, new_d))))  # and all of them stop with the gateway
 
 
 async def test_a_broken_config_is_refused_logged_and_the_old_one_keeps_serving(tmp_path, caplog):
@@ -319,6 +328,21 @@ async def test_settings_that_need_a_restart_keep_their_running_value(tmp_path, c
     assert reply.choices[0].message.content == "renamed works"
     warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert f"config: {path}: server.port: changed, and needs a restart to take effect; the running value stays" in warned
+
+
+def test_demo_mode_keeps_the_demo_model_and_unchanged_upstreams_stay_the_same_objects(tmp_path):
+    path = tmp_path / "toolgate.toml"
+    path.write_text(config_text("http://127.0.0.1:9/v1", extra="[upstreams.other]\nurl = \"http://127.0.0.1:10/v1\"\n"))
+    running = load_config(path, {})
+    demo = dataclasses.replace(running.upstreams["default"], url="http://127.0.0.1:11/v1")  # as `serve --demo` sets it
+    as_demo = dataclasses.replace(running, upstreams={**running.upstreams, "default": demo})
+    path.write_text(config_text("http://127.0.0.1:9/v1", extra="[upstreams.other]\nurl = \"http://127.0.0.1:12/v1\"\n"))
+    kept = reload.plan(running).settings.upstreams
+    with_demo = reload.plan(as_demo, True).settings.upstreams
+    # Unchanged: the running object, so its connection slots and retry budget carry on.
+    assert kept["default"] is running.upstreams["default"]
+    assert kept["other"].url == "http://127.0.0.1:12/v1"
+    assert with_demo["default"] is demo
 
 
 # -- a real gateway process: `toolgate reload`, SIGHUP with two workers ------------------------------
@@ -400,6 +424,15 @@ async def test_toolgate_reload_signals_the_gateway_its_pid_file_names(tmp_path):
     stale, none = toolgate("reload", "--pid-file", str(pid_file)), toolgate("reload")
     assert stale.returncode == 1 and f"no process {proc.pid} is running" in stale.stderr
     assert none.returncode == 1 and "--pid-file" in none.stderr
+    # A pid that now names another program (the file outlived the gateway): not signalled.
+    other = subprocess.Popen(["sleep", "30"])
+    try:
+        refused = toolgate("reload", "--pid", str(other.pid))
+        assert other.poll() is None
+    finally:
+        other.kill()
+        other.wait(5)
+    assert refused.returncode == 1 and f"process {other.pid} is not a toolgate gateway" in refused.stderr
 
 
 async def test_sighup_reloads_every_worker(tmp_path):
