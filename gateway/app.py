@@ -7,7 +7,8 @@ The lifespan opens the process's one upstream transport (aiohttp, or the
 injected httpx transport) and its one httpx client for tools, starts every
 tool source concurrently in the background (the port is open meanwhile), and
 closes all of it on shutdown, in reverse. Every secret the config knows is
-registered with the redactor when the app is created.
+registered with the redactor when the app is created. SIGHUP reloads the config
+(`gateway/reload.py`): each request keeps the config it began on (`routes.Pinned`).
 """
 
 from __future__ import annotations

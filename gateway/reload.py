@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
+import functools
 import logging
 import os
 import signal
@@ -196,41 +197,47 @@ class Reloader:
             if runtime.starting is not None:
                 await asyncio.wait({runtime.starting})  # the first sources are up or have given up
             old = runtime.current
+            path = old.settings.path
             try:
                 async with asyncio.timeout(READ_TIMEOUT_S):
                     next_ = await _THREADS.run(plan, old.settings, runtime.demo)
             except ConfigError as exc:
                 return self._refused(old, exc.problems)
             except TimeoutError:
-                return self._refused(old, [f"{old.settings.path}: reading the config took longer than {READ_TIMEOUT_S:g} s"])
+                return self._refused(old, [f"{path}: reading the config took longer than {READ_TIMEOUT_S:g} s"])
             except Busy:
-                return self._refused(old, [f"{old.settings.path}: an earlier reload is still reading the config"])
+                return self._refused(old, [f"{path}: an earlier reload is still reading the config"])
+            except Exception as exc:
+                log.exception("config reload failed")
+                return self._refused(old, [f"{path}: the reload failed ({type(exc).__name__})"])
             if drain.draining():
-                return self._refused(old, ["the gateway is shutting down"])
+                return self._refused(old, [f"{path}: the gateway is shutting down"])
             for line in next_.warnings:
                 log.warning("config: %s", line)
-            self.own(next_.start)
-            await self._start(next_.start)
-            toolbox = await _THREADS.run(_prepared_toolbox, next_.settings)
-            retired = runtime.swap(next_.settings, toolbox)
-            for name in set(runtime.reachability) - set(next_.settings.upstreams):
-                del runtime.reachability[name]
-            self._retire(retired, next_.stop)
-            outcome = {
-                "outcome": "applied",
-                "at": round(time.time(), 3),
-                **({"restart_needed": next_.restart} if next_.restart else {}),
-            }
+            try:
+                await self._apply(next_)
+            except Exception as exc:  # nothing swapped: what started for it stops again
+                log.exception("config reload failed")
+                await asyncio.gather(*(self._stop(source) for source in next_.start))
+                return self._refused(old, [f"{path}: the reload failed ({type(exc).__name__})"])
+            outcome = {"outcome": "applied", "at": round(time.time(), 3), **({"restart_needed": next_.restart} if next_.restart else {})}
             runtime.last_reload = outcome
             metrics.CONFIG_GENERATION.set(runtime.current.number)
             metrics.CONFIG_RELOADS.labels("applied").inc()
-            log.info(
-                "config reloaded from %s: generation %d; %s",
-                old.settings.path,
-                runtime.current.number,
-                _summary(old.settings, next_),
-            )
+            log.info("config reloaded from %s: generation %d; %s", path, runtime.current.number, _summary(old.settings, next_))
             return outcome
+
+    async def _apply(self, next_: Plan) -> None:
+        """Start what is new, then serve the next generation; what it left behind stops later."""
+        runtime = self.runtime
+        self.own(next_.start)
+        await self._start(next_.start)
+        async with asyncio.timeout(READ_TIMEOUT_S):
+            toolbox = await _THREADS.run(_prepared_toolbox, next_.settings)
+        retired = runtime.swap(next_.settings, toolbox)
+        for name in set(runtime.reachability) - set(next_.settings.upstreams):
+            del runtime.reachability[name]
+        self._retire(retired, next_.stop)
 
     def _refused(self, old: Generation, problems: list[str]) -> dict[str, Any]:
         log.error(
@@ -249,7 +256,7 @@ class Reloader:
             return
         tasks = {asyncio.ensure_future(source.start(self.context)): source for source in sources}
         for task, source in tasks.items():
-            task.add_done_callback(lambda t, s=source: _log_start(s, t))
+            task.add_done_callback(functools.partial(_log_start, source))
         await asyncio.wait(tasks, timeout=START_TIMEOUT_S)
 
     def _retire(self, generation: Generation, sources: list[ToolSource]) -> None:
