@@ -36,7 +36,6 @@ class Generation:
     settings: Settings
     toolbox: Toolbox
     number: int = 1
-    loaded_at: float = field(default_factory=time.time)
     users: int = 0  # requests pinned to it, from their first byte to their last
     retired: bool = False
     idle: asyncio.Event = field(default_factory=asyncio.Event)  # set once retired and unused
@@ -345,7 +344,6 @@ def readyz(runtime: Runtime):
             return JSONResponse({"status": "starting", "reason": "tool sources are starting"}, status_code=503)
         runtime.probe_soon()
         body: dict[str, Any] = {"status": "ready"}
-        config = {"generation": runtime.current.number, **({"last_reload": runtime.last_reload} if runtime.last_reload else {})}
         degraded = {
             source.name: status.detail
             for source in runtime.toolbox.sources
@@ -366,7 +364,7 @@ def readyz(runtime: Runtime):
             # Ready, and never to be mistaken for a real upstream.
             body["demo"] = True
             body["reason"] = "the default upstream is the scripted demo model (no upstream URL is set)"
-        body["config"] = config
+        body["config"] = {"generation": runtime.current.number, **({"last_reload": runtime.last_reload} if runtime.last_reload else {})}
         return JSONResponse(body)
 
     return endpoint
