@@ -345,6 +345,49 @@ def test_demo_mode_keeps_the_demo_model_and_unchanged_upstreams_stay_the_same_ob
     assert with_demo["default"] is demo
 
 
+async def test_sighup_to_this_process_reloads_the_app_it_serves(tmp_path):
+    path = tmp_path / "toolgate.toml"
+    async with FakeLLM() as fake:
+        path.write_text(config_text(fake.url))
+        async with serve(path) as (base, app), httpx.AsyncClient(base_url=base) as http:
+            assert signal.getsignal(signal.SIGHUP) not in (signal.SIG_DFL, signal.SIG_IGN, None)  # else it would end pytest
+            path.write_text(config_text(fake.url, model="m2"))
+            os.kill(os.getpid(), signal.SIGHUP)
+            async with asyncio.timeout(20):
+                while (await http.get("/readyz")).json()["config"]["generation"] != 2:
+                    await asyncio.sleep(0.02)
+            models = (await http.get("/v1/models")).json()
+            # Asked before a reload began: that one reload reads what they asked for.
+            reloader = app.state.reloader
+            for _ in range(3):
+                reloader.soon()
+            await asyncio.wait_for(reloader._task, 20)
+            after_three = app.state.runtime.current.number
+            # Asked while one runs: one more after it, never a pile of them.
+            reloader.soon()
+            await asyncio.sleep(0)  # the reload's first step: the lock is taken, the file not read yet
+            assert reloader._lock.locked()
+            for _ in range(3):
+                reloader.soon()
+            await asyncio.wait_for(reloader._task, 20)
+            after_six = app.state.runtime.current.number
+    assert [m["id"] for m in models["data"]] == ["m2"]
+    assert (after_three, after_six) == (3, 5)
+    assert signal.getsignal(signal.SIGHUP) is signal.SIG_DFL  # restored when the server stopped
+
+
+def test_toolgate_reload_says_why_it_cannot_find_the_gateway(tmp_path):
+    garbage = tmp_path / "garbage.pid"
+    garbage.write_text("not a pid\n")
+    for kwargs, says in (
+        ({"pid_file": str(tmp_path / "missing.pid")}, "cannot read the pid file"),
+        ({"pid_file": str(garbage)}, "expected a process id, got 'not a pid'"),
+        ({}, "--pid-file PATH"),
+    ):
+        with pytest.raises(reload.NotFound, match=re.escape(says)):
+            reload.send_reload(**kwargs)
+
+
 # -- a real gateway process: `toolgate reload`, SIGHUP with two workers ------------------------------
 
 
