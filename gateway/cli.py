@@ -158,9 +158,13 @@ def _serve(args: argparse.Namespace) -> None:
     if demo and args.workers > 1:
         log.warning("the demo upstream runs in one process: ignoring --workers %d", args.workers)
         args.workers = 1
-    log.info("serving on http://%s:%d/v1 (%d worker%s)", host, port, args.workers, "s" * (args.workers > 1))
     if args.pid_file:
-        write_pid_file(args.pid_file)
+        try:
+            write_pid_file(args.pid_file)
+        except OSError as exc:
+            print(f"{args.pid_file}: cannot write the pid file ({exc.strerror or type(exc).__name__})", file=sys.stderr)
+            raise SystemExit(2) from None
+    log.info("serving on http://%s:%d/v1 (%d worker%s)", host, port, args.workers, "s" * (args.workers > 1))
     if demo:
         asyncio.run(_serve_demo(settings, options))
     elif args.workers > 1:
