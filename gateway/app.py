@@ -27,7 +27,6 @@ from gateway import reload, routes
 from gateway.config import Settings
 from gateway.middleware import GatewayMiddleware
 from gateway.redact import SECRETS
-from gateway.reload import Reloader, toolbox_for
 from gateway.responses.routes import CreateResponse, StoreSlot, store_routes
 from gateway.store import open_store
 from gateway.tools.base import SourceContext, ToolSource
@@ -45,7 +44,7 @@ def create_app(
     tool_transport: httpx.AsyncBaseTransport | None = None,
     demo: bool = False,
 ) -> Starlette:
-    runtime = routes.Runtime(settings, toolbox_for(settings))
+    runtime = routes.Runtime(settings, reload.toolbox_for(settings))
     store = StoreSlot(store_opener(settings))
 
     SECRETS.add(*settings.secrets())
@@ -64,7 +63,7 @@ def create_app(
             # The reloader stops every source at shutdown, those of later configs too; each is
             # registered before its start, so a start cancelled midway (shutdown during
             # startup) still stops what it began, children included.
-            reloader = app.state.reloader = Reloader(runtime, context)
+            reloader = app.state.reloader = reload.Reloader(runtime, context)
             stack.push_async_callback(reloader.close)
             reloader.own(settings.sources)
             # Sources start behind the open port: /healthz answers from the first second,
