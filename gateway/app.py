@@ -23,10 +23,11 @@ import httpx
 from starlette.applications import Starlette
 from starlette.routing import Route
 
-from gateway import reload, routes
+from gateway import routes
 from gateway.config import Settings
 from gateway.middleware import GatewayMiddleware
 from gateway.redact import SECRETS
+from gateway.reload import Reloader, register, toolbox_for, unregister
 from gateway.responses.routes import CreateResponse, StoreSlot, store_routes
 from gateway.store import open_store
 from gateway.tools.base import SourceContext, ToolSource
@@ -44,7 +45,7 @@ def create_app(
     tool_transport: httpx.AsyncBaseTransport | None = None,
     demo: bool = False,
 ) -> Starlette:
-    runtime = routes.Runtime(settings, reload.toolbox_for(settings))
+    runtime = routes.Runtime(settings, toolbox_for(settings))
     store = StoreSlot(store_opener(settings))
 
     SECRETS.add(*settings.secrets())
@@ -63,9 +64,11 @@ def create_app(
             # The reloader stops every source at shutdown, those of later configs too; each is
             # registered before its start, so a start cancelled midway (shutdown during
             # startup) still stops what it began, children included.
-            reloader = app.state.reloader = reload.Reloader(runtime, context)
+            reloader = app.state.reloader = Reloader(runtime, context)
             stack.push_async_callback(reloader.close)
             reloader.own(settings.sources)
+            register(reloader)  # SIGHUP reloads this app's config
+            stack.callback(unregister, reloader)
             # Sources start behind the open port: /healthz answers from the first second,
             # /readyz says "starting" until every source is up or has given up.
             runtime.starting = asyncio.ensure_future(_start_sources(settings.sources, context, runtime))
@@ -73,8 +76,6 @@ def create_app(
             runtime.probe = lambda: _probe_upstreams(upstream, runtime)
             stack.push_async_callback(runtime.stop_probing)
             stack.push_async_callback(store.close)
-            reload.register(reloader)  # SIGHUP reloads this app's config
-            stack.callback(reload.unregister, reloader)
             yield
             runtime.started = False
 

@@ -3,9 +3,9 @@
     toolgate serve                      # config/toolgate.toml; demo upstream if it names no URL
     toolgate serve --demo               # always the scripted demo upstream
     toolgate serve --workers 4 --host 0.0.0.0 --port 8080
+    toolgate reload --pid-file PATH     # the gateway re-reads its config (SIGHUP); see gateway/reload.py
     toolgate check                      # validate, print the resolved config and the tools
     toolgate mcp import mcp.json        # an mcpServers JSON file as [tools.mcp.NAME] TOML
-    toolgate reload --pid-file PATH     # the gateway re-reads its config (SIGHUP); see gateway/reload.py
 
 A config with problems prints one line per problem and exits 2.
 """
@@ -76,10 +76,10 @@ def main(argv: list[str] | None = None) -> None:
     logs.setup(args.log_level.upper() if args.command == "serve" else "WARNING")
     if args.command == "check":
         raise SystemExit(asyncio.run(_check(_load(args.config))))
-    if args.command == "mcp":
-        raise SystemExit(_mcp_import(args.file))
     if args.command == "reload":
         raise SystemExit(_reload(args))
+    if args.command == "mcp":
+        raise SystemExit(_mcp_import(args.file))
     _serve(args)
 
 
