@@ -337,7 +337,7 @@ _reloaders: set[Reloader] = set()
 _asked = False  # SIGHUP came before any app was up: the first to register reloads
 
 
-def request() -> None:
+def reload_all() -> None:
     """Reload every app of this process (the server's SIGHUP handler calls it on the event loop)."""
     global _asked
     if not _reloaders:

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import time
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,7 +50,7 @@ class Runtime:
 
     def __init__(self, settings: Settings, toolbox: Toolbox) -> None:
         self.current = Generation(settings, toolbox)
-        self._pinned: contextvars.ContextVar[Generation | None] = contextvars.ContextVar(f"toolgate-generation-{id(self)}", default=None)
+        self._pinned: ContextVar[Generation | None] = ContextVar(f"toolgate-generation-{id(self)}", default=None)
         self.last_reload: dict[str, Any] | None = None  # the outcome of the last reload, for /readyz
         self.upstream: UpstreamClient | None = None  # set in the lifespan
         self.started = False  # every tool source has started, or failed to

@@ -37,9 +37,10 @@ import orjson
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from gateway import drain, metrics, reload
+from gateway import drain, metrics
 from gateway.config import Settings
 from gateway.errors import error_body
+from gateway.reload import reload_all
 
 log = logging.getLogger("toolgate")
 access = logging.getLogger("toolgate.access")
@@ -239,7 +240,7 @@ def _hangup_reloads() -> Iterator[None]:
         yield
         return
     loop = asyncio.get_running_loop()
-    previous = signal.signal(signal.SIGHUP, lambda *_: loop.call_soon_threadsafe(reload.request))
+    previous = signal.signal(signal.SIGHUP, lambda *_: loop.call_soon_threadsafe(reload_all))
     # A worker starts with SIGHUP blocked (see serve_workers): from here on it is handled.
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
     try:
@@ -295,16 +296,11 @@ def serve_workers(config: uvicorn.Config, workers: int, grace_s: float) -> None:
 
     def start() -> multiprocessing.process.BaseProcess:
         process = spawn.Process(target=_worker, args=(config, grace_s), daemon=False)
-        # The worker inherits SIGHUP blocked, and unblocks it once it can reload: one sent
-        # while it starts waits for that instead of killing it (SIGHUP's default).
-        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
-        try:
-            process.start()
-        finally:
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
+        process.start()
         return process
 
-    processes.extend(start() for _ in range(workers))
+    with _hangup_held():
+        processes.extend(start() for _ in range(workers))
     restarts = 0
     while not stop.wait(0.5):
         for i, process in enumerate(processes):
@@ -312,7 +308,8 @@ def serve_workers(config: uvicorn.Config, workers: int, grace_s: float) -> None:
                 restarts += 1
                 log.error("worker %d exited with %s; starting another (%d restarts)", process.pid, process.exitcode, restarts)
                 time.sleep(min(5.0, 0.2 * restarts))  # a worker that dies at start must not spin
-                processes[i] = start()
+                with _hangup_held():
+                    processes[i] = start()
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     for process in processes:
         if process.is_alive() and process.pid is not None:
@@ -324,6 +321,17 @@ def serve_workers(config: uvicorn.Config, workers: int, grace_s: float) -> None:
             process.kill()
             process.join(1)
     probe.close()
+
+
+@contextlib.contextmanager
+def _hangup_held() -> Iterator[None]:
+    """SIGHUP blocked meanwhile. A worker started inside inherits it blocked and unblocks it once
+    it can reload: one sent while it starts waits for that instead of killing it (SIGHUP's default)."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
 
 
 def _signal_all(processes: list[multiprocessing.process.BaseProcess], sig: int) -> None:
