@@ -7,7 +7,8 @@ The lifespan opens the process's one upstream transport (aiohttp, or the
 injected httpx transport) and its one httpx client for tools, starts every
 tool source concurrently in the background (the port is open meanwhile), and
 closes all of it on shutdown, in reverse. Every secret the config knows is
-registered with the redactor when the app is created.
+registered with the redactor when the app is created. SIGHUP reloads the config
+(`gateway/reload.py`): each request keeps the config it began on (`routes.Pinned`).
 """
 
 from __future__ import annotations
@@ -26,10 +27,10 @@ from gateway import routes
 from gateway.config import Settings
 from gateway.middleware import GatewayMiddleware
 from gateway.redact import SECRETS
+from gateway.reload import Reloader, register, toolbox_for, unregister
 from gateway.responses.routes import CreateResponse, StoreSlot, store_routes
 from gateway.store import open_store
 from gateway.tools.base import SourceContext, ToolSource
-from gateway.tools.toolbox import Toolbox
 from gateway.tools.workers import WORKERS
 from gateway.transports import Transport, create_transport
 from gateway.upstream import Reachability, UpstreamClient, probe
@@ -44,19 +45,11 @@ def create_app(
     tool_transport: httpx.AsyncBaseTransport | None = None,
     demo: bool = False,
 ) -> Starlette:
-    loop = settings.loop
-    toolbox = Toolbox(
-        settings.sources,
-        max_parallel=loop.max_parallel_tools,
-        timeout_s=loop.tool_timeout_s,
-        max_result_chars=loop.max_tool_result_chars,
-        max_description_chars=loop.max_description_chars,
-    )
-    runtime = routes.Runtime(settings, toolbox)
+    runtime = routes.Runtime(settings, toolbox_for(settings))
     store = StoreSlot(store_opener(settings))
 
     SECRETS.add(*settings.secrets())
-    WORKERS.threads = loop.tool_threads
+    WORKERS.threads = settings.loop.tool_threads
 
     @asynccontextmanager
     async def lifespan(app: Starlette):
@@ -68,10 +61,14 @@ def create_app(
             )
             runtime.upstream = UpstreamClient(upstream)
             context = SourceContext(http=tool_http, environ=settings.environ)
-            # Each stop is registered before its start, so a start cancelled midway
-            # (shutdown during startup) still stops what it began, children included.
-            for source in reversed(settings.sources):
-                stack.push_async_callback(source.stop)
+            # The reloader stops every source at shutdown, those of later configs too; each is
+            # registered before its start, so a start cancelled midway (shutdown during
+            # startup) still stops what it began, children included.
+            reloader = app.state.reloader = Reloader(runtime, context)
+            stack.push_async_callback(reloader.close)
+            reloader.own(settings.sources)
+            register(reloader)  # SIGHUP reloads this app's config
+            stack.callback(unregister, reloader)
             # Sources start behind the open port: /healthz answers from the first second,
             # /readyz says "starting" until every source is up or has given up.
             runtime.starting = asyncio.ensure_future(_start_sources(settings.sources, context, runtime))
@@ -82,8 +79,9 @@ def create_app(
             yield
             runtime.started = False
 
-    chat = routes.ChatCompletions(runtime)
-    responses = CreateResponse(runtime, store)
+    # Each request sees the config of the moment it began, through its last byte.
+    chat = routes.Pinned(runtime, routes.ChatCompletions(runtime))
+    responses = routes.Pinned(runtime, CreateResponse(runtime, store))
     stored = store_routes(store)
     app = Starlette(
         routes=[

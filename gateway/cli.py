@@ -3,6 +3,7 @@
     toolgate serve                      # config/toolgate.toml; demo upstream if it names no URL
     toolgate serve --demo               # always the scripted demo upstream
     toolgate serve --workers 4 --host 0.0.0.0 --port 8080
+    toolgate reload --pid-file PATH     # the gateway re-reads its config (SIGHUP); see gateway/reload.py
     toolgate check                      # validate, print the resolved config and the tools
     toolgate mcp import mcp.json        # an mcpServers JSON file as [tools.mcp.NAME] TOML
 
@@ -23,6 +24,7 @@ import tempfile
 from gateway import logs
 from gateway.config import Settings, load_config
 from gateway.errors import ConfigError
+from gateway.reload import PID_FILE_ENV, NotFound, send_reload, write_pid_file
 from gateway.server import Server, serve_workers, server_config
 
 log = logging.getLogger("toolgate")
@@ -43,6 +45,10 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--workers", type=int, default=1, help="worker processes")
     serve.add_argument("--demo", action="store_true", help="serve a scripted fake model instead of a real upstream")
     serve.add_argument("--log-level", default="info")
+    serve.add_argument("--pid-file", default=os.environ.get(PID_FILE_ENV), help=f"write the process id here, for `toolgate reload` (or ${PID_FILE_ENV})")
+    reload = sub.add_parser("reload", help="make the running gateway re-read its config (sends it SIGHUP)")
+    reload.add_argument("--pid-file", default=os.environ.get(PID_FILE_ENV), help=f"the file `serve --pid-file` wrote (or ${PID_FILE_ENV})")
+    reload.add_argument("--pid", type=int, help="the gateway's process id (the supervisor's, with --workers)")
     mcp = sub.add_parser("mcp", help="MCP server configs").add_subparsers(dest="mcp_command", required=True)
     mcp_import = mcp.add_parser(
         "import",
@@ -70,6 +76,8 @@ def main(argv: list[str] | None = None) -> None:
     logs.setup(args.log_level.upper() if args.command == "serve" else "WARNING")
     if args.command == "check":
         raise SystemExit(asyncio.run(_check(_load(args.config))))
+    if args.command == "reload":
+        raise SystemExit(_reload(args))
     if args.command == "mcp":
         raise SystemExit(_mcp_import(args.file))
     _serve(args)
@@ -84,6 +92,16 @@ def _mcp_import(path: str) -> int:
         for line in exc.problems:
             print(line, file=sys.stderr)
         return 2
+    return 0
+
+
+def _reload(args: argparse.Namespace) -> int:
+    try:
+        pid = send_reload(pid_file=args.pid_file, pid=args.pid)
+    except NotFound as exc:
+        print(f"toolgate reload: {exc}", file=sys.stderr)
+        return 1
+    print(f"sent SIGHUP to the gateway (pid {pid}); its log and /readyz (config.last_reload) tell the outcome")
     return 0
 
 
@@ -140,6 +158,12 @@ def _serve(args: argparse.Namespace) -> None:
     if demo and args.workers > 1:
         log.warning("the demo upstream runs in one process: ignoring --workers %d", args.workers)
         args.workers = 1
+    if args.pid_file:
+        try:
+            write_pid_file(args.pid_file)
+        except OSError as exc:
+            print(f"{args.pid_file}: cannot write the pid file ({exc.strerror or type(exc).__name__})", file=sys.stderr)
+            raise SystemExit(2) from None
     log.info("serving on http://%s:%d/v1 (%d worker%s)", host, port, args.workers, "s" * (args.workers > 1))
     if demo:
         asyncio.run(_serve_demo(settings, options))

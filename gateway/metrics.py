@@ -35,6 +35,8 @@ TOOL_SECONDS = Histogram("toolgate_tool_duration_seconds", "Tool call duration",
 SOURCE_UP = Gauge("toolgate_tool_source_up", "1 when the tool source is ready (every live worker), else 0", ["source"], multiprocess_mode="livemin")
 ROUNDS = Histogram("toolgate_rounds", "Tool rounds per request", buckets=(0, 1, 2, 3, 4, 6, 8, 12, 16))
 TOKENS = Counter("toolgate_tokens_total", "Tokens reported by upstreams", ["model", "kind"])
+CONFIG_GENERATION = Gauge("toolgate_config_generation", "Config generation served: 1 at start, one more per applied reload", multiprocess_mode="liveall")
+CONFIG_RELOADS = Counter("toolgate_config_reloads_total", "Config reloads, by outcome (applied or refused)", ["outcome"])
 IN_FLIGHT = Gauge("toolgate_requests_in_flight", "Requests being served", multiprocess_mode="livesum")
 LOG_LINES_DROPPED = Counter("toolgate_log_lines_dropped_total", "Log lines dropped because the log pipe was not read")
 STREAMS = Gauge("toolgate_streams_open", "SSE streams open", multiprocess_mode="livesum")

@@ -6,6 +6,8 @@ import asyncio
 import os
 import time
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -30,12 +32,30 @@ _NO_TOOLS = Offer()
 PROBE_EVERY_S = 30.0
 
 
+@dataclass(eq=False)
+class Generation:
+    """One config as served: its settings and the toolbox over its sources. A reload
+    (`gateway/reload.py`) makes the next one; a request keeps the one it began on."""
+
+    settings: Settings
+    toolbox: Toolbox
+    number: int = 1
+    users: int = 0  # requests pinned to it, from their first byte to their last
+    retired: bool = False
+    idle: asyncio.Event = field(default_factory=asyncio.Event)  # set once retired and unused
+
+
 class Runtime:
-    """What the handlers share in one process: settings, the upstream client, the toolbox."""
+    """What the handlers share in one process: settings, the upstream client, the toolbox.
+
+    `settings` and `toolbox` are the current generation's, or, inside a request wrapped in
+    `Pinned`, the generation that request began on: a reload never changes them under it.
+    """
 
     def __init__(self, settings: Settings, toolbox: Toolbox) -> None:
-        self.settings = settings
-        self.toolbox = toolbox
+        self.current = Generation(settings, toolbox)
+        self._pinned: ContextVar[Generation | None] = ContextVar(f"toolgate-generation-{id(self)}", default=None)
+        self.last_reload: dict[str, Any] | None = None  # the outcome of the last reload, for /readyz
         self.upstream: UpstreamClient | None = None  # set in the lifespan
         self.started = False  # every tool source has started, or failed to
         self.starting: asyncio.Future | None = None  # the lifespan's task that starts them
@@ -48,6 +68,23 @@ class Runtime:
         tracing.setup(settings.environ or os.environ, content=settings.server.log_content)
         metrics.build_info(gateway.__version__)
         metrics.watch_sources(lambda: [(s.name, s.status().ready) for s in toolbox.sources])
+
+    @property
+    def settings(self) -> Settings:
+        return (self._pinned.get() or self.current).settings
+
+    @property
+    def toolbox(self) -> Toolbox:
+        return (self._pinned.get() or self.current).toolbox
+
+    def swap(self, settings: Settings, toolbox: Toolbox) -> Generation:
+        """Serve `settings` from the next request on; returns the generation it retires."""
+        old = self.current
+        self.current = Generation(settings, toolbox, old.number + 1)
+        old.retired = True
+        if not old.users:
+            old.idle.set()
+        return old
 
     def loop_job(
         self,
@@ -171,6 +208,27 @@ class Runtime:
             default = self.settings.server.default_upstream
             return ModelAlias(name=name, upstream=default, upstream_model=name, tools=("*",))
         raise ModelNotFound(f"The model {name!r} does not exist on this gateway.", param="model")
+
+
+class Pinned:
+    """A handler whose every request sees one config generation, the current one when it
+    began, until its last byte; the generation counts it, so a reload knows when it is unused."""
+
+    def __init__(self, runtime: Runtime, app: Any) -> None:
+        self.runtime, self.app = runtime, app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        runtime = self.runtime
+        generation = runtime.current
+        generation.users += 1
+        token = runtime._pinned.set(generation)
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            runtime._pinned.reset(token)
+            generation.users -= 1
+            if generation.retired and not generation.users:
+                generation.idle.set()
 
 
 async def _read_body(scope: dict, receive: Any, limit: int, timeout_s: float) -> bytes:
@@ -357,6 +415,7 @@ def readyz(runtime: Runtime):
             # Ready, and never to be mistaken for a real upstream.
             body["demo"] = True
             body["reason"] = "the default upstream is the scripted demo model (no upstream URL is set)"
+        body["config"] = {"generation": runtime.current.number, **({"last_reload": runtime.last_reload} if runtime.last_reload else {})}
         return JSONResponse(body)
 
     return endpoint

@@ -14,7 +14,8 @@ mark, and the request's task learns of the disconnect).
 `Server` lets running requests finish for `grace_s` after SIGTERM or SIGINT,
 then ends each one that is still open with an error (an SSE error event and
 `[DONE]`, or a 503) through `drain.end_all()`, and exits 0: a stop that was
-asked for is not a crash.
+asked for is not a crash. SIGHUP reloads the config (`gateway/reload.py`);
+`serve_workers` forwards it to every worker.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from gateway import drain, logs, metrics
 from gateway.config import Settings
 from gateway.errors import error_body
+from gateway.reload import reload_all
 
 log = logging.getLogger("toolgate")
 access = logging.getLogger("toolgate.access")
@@ -224,11 +226,27 @@ class Server(uvicorn.Server):
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
-        with super().capture_signals():
+        with super().capture_signals(), _hangup_reloads():
             yield
             # uvicorn re-raises a captured signal after shutdown (exit status -15);
             # a shutdown that was asked for and done is a clean exit.
             self._captured_signals.clear()
+
+
+@contextlib.contextmanager
+def _hangup_reloads() -> Iterator[None]:
+    """SIGHUP reloads the config of every app this process serves (`gateway/reload.py`)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    loop = asyncio.get_running_loop()
+    previous = signal.signal(signal.SIGHUP, lambda *_: loop.call_soon_threadsafe(reload_all))
+    # A worker starts with SIGHUP blocked (see serve_workers): from here on it is handled.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGHUP, previous)
 
 
 def server_config(app: Any, settings: Settings, **options: Any) -> uvicorn.Config:
@@ -282,13 +300,17 @@ def serve_workers(config: uvicorn.Config, workers: int, grace_s: float) -> None:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
+    processes: list[multiprocessing.process.BaseProcess] = []
+    # SIGHUP: every worker reloads its config.
+    signal.signal(signal.SIGHUP, lambda *_: _signal_all(processes, signal.SIGHUP))
 
     def start() -> multiprocessing.process.BaseProcess:
         process = spawn.Process(target=_worker, args=(config, grace_s, log_level), daemon=False)
         process.start()
         return process
 
-    processes = [start() for _ in range(workers)]
+    with _hangup_held():
+        processes.extend(start() for _ in range(workers))
     restarts = 0
     while not stop.wait(0.5):
         for i, process in enumerate(processes):
@@ -297,7 +319,9 @@ def serve_workers(config: uvicorn.Config, workers: int, grace_s: float) -> None:
                 restarts += 1
                 log.error("worker %d exited with %s; starting another (%d restarts)", process.pid, process.exitcode, restarts)
                 time.sleep(min(5.0, 0.2 * restarts))  # a worker that dies at start must not spin
-                processes[i] = start()
+                with _hangup_held():
+                    processes[i] = start()
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     for process in processes:
         if process.is_alive() and process.pid is not None:
             os.kill(process.pid, signal.SIGTERM)
@@ -309,3 +333,21 @@ def serve_workers(config: uvicorn.Config, workers: int, grace_s: float) -> None:
             process.join(1)
         metrics.process_dead(process.pid)
     probe.close()
+
+
+@contextlib.contextmanager
+def _hangup_held() -> Iterator[None]:
+    """SIGHUP blocked meanwhile. A worker started inside inherits it blocked and unblocks it once
+    it can reload: one sent while it starts waits for that instead of killing it (SIGHUP's default)."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
+
+
+def _signal_all(processes: list[multiprocessing.process.BaseProcess], sig: int) -> None:
+    for process in processes:
+        if process.pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(process.pid, sig)
