@@ -22,7 +22,7 @@ import httpx
 from starlette.applications import Starlette
 from starlette.routing import Route
 
-from gateway import routes
+from gateway import passthrough, routes
 from gateway.config import Settings
 from gateway.middleware import GatewayMiddleware
 from gateway.redact import SECRETS
@@ -96,6 +96,7 @@ def create_app(
             Route("/v1/responses/{response_id}/input_items", stored["input_items"], methods=["GET"]),
             Route("/v1/models", routes.models(runtime), methods=["GET"]),
             Route("/models", routes.models(runtime), methods=["GET"]),
+            *passthrough.routes(runtime),
             Route("/healthz", routes.healthz, methods=["GET"]),
             Route("/readyz", routes.readyz(runtime), methods=["GET"]),
             Route("/metrics", routes.metrics_endpoint, methods=["GET"]),

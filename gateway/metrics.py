@@ -14,8 +14,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 
 _BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
-REQUESTS = Counter("toolgate_requests_total", "Requests, rejected ones included (model empty when unknown)", ["model", "status"])
-REQUEST_SECONDS = Histogram("toolgate_request_duration_seconds", "Whole request duration", ["model"], buckets=_BUCKETS)
+# `api`: chat, responses, embeddings, moderations, models ("" for a request refused before its path was read).
+REQUESTS = Counter("toolgate_requests_total", "Requests, rejected ones included (model empty when unknown)", ["api", "model", "status"])
+REQUEST_SECONDS = Histogram("toolgate_request_duration_seconds", "Whole request duration", ["api", "model"], buckets=_BUCKETS)
 UPSTREAM_CALLS = Counter("toolgate_upstream_calls_total", "Calls to upstream hosts", ["upstream", "status"])
 UPSTREAM_RETRIES = Counter("toolgate_upstream_retries_total", "Upstream calls sent again (within the retry budget)", ["upstream"])
 UPSTREAM_SECONDS = Histogram("toolgate_upstream_latency_seconds", "Time to upstream response headers", ["upstream"], buckets=_BUCKETS)
@@ -47,10 +48,12 @@ def tool_call(tool: str, outcome: str, seconds: float) -> None:
     _child(TOOL_SECONDS, tool).observe(seconds)
 
 
-def request_done(model: str, status: int, seconds: float, rounds: int, usage: dict | None) -> None:
-    _child(REQUESTS, model, str(status)).inc()
-    _child(REQUEST_SECONDS, model).observe(seconds)
-    ROUNDS.observe(rounds)
+def request_done(model: str, status: int, seconds: float, rounds: int | None, usage: dict | None, api: str = "chat") -> None:
+    """One request served; `rounds` None for a pass-through (no loop ran)."""
+    _child(REQUESTS, api, model, str(status)).inc()
+    _child(REQUEST_SECONDS, api, model).observe(seconds)
+    if rounds is not None:
+        ROUNDS.observe(rounds)
     if usage:
         for kind in ("prompt_tokens", "completion_tokens"):
             value = usage.get(kind)
@@ -58,9 +61,21 @@ def request_done(model: str, status: int, seconds: float, rounds: int, usage: di
                 _child(TOKENS, model, kind).inc(value)
 
 
-def rejected(status: int, model: str = "") -> None:
+def rejected(status: int, model: str = "", api: str = "") -> None:
     """A request refused before the loop ran (bad input, auth, limits): counted like the rest."""
-    _child(REQUESTS, model, str(status)).inc()
+    _child(REQUESTS, api, model, str(status)).inc()
+
+
+_APIS = frozenset({"responses", "embeddings", "moderations", "models"})
+
+
+def api_of(path: str) -> str:
+    """The `api` label of a request path ("" when it is none of the APIs)."""
+    path = path.removeprefix("/v1").strip("/")
+    if path == "chat/completions":
+        return "chat"
+    head = path.partition("/")[0]
+    return head if head in _APIS else ""
 
 
 def render() -> tuple[bytes, str]:

@@ -100,7 +100,7 @@ class Runtime:
         """Count the request, and write its one log line."""
         final = outcome.final
         seconds = time.perf_counter() - started
-        metrics.request_done(alias, outcome.status, seconds, final.rounds if final else 0, outcome.usage)
+        metrics.request_done(alias, outcome.status, seconds, final.rounds if final else 0, outcome.usage, extra.get("api", "chat"))
         server = self.settings.server
         if not server.log_requests:
             return
@@ -191,7 +191,7 @@ async def reject(send: Any, exc: BaseException, scope: dict, started: float, **f
         raw += [(k.encode(), v.encode()) for k, v in headers.items()]
         await send({"type": "http.response.start", "status": status, "headers": raw})
         await send({"type": "http.response.body", "body": payload})
-    metrics.rejected(status, fields.get("model", ""))
+    metrics.rejected(status, fields.get("model", ""), fields.get("api") or metrics.api_of(scope.get("path", "")))
     logs.request_line(
         {
             "request_id": scope.get("request_id", ""),
