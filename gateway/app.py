@@ -24,7 +24,7 @@ from starlette.routing import Route
 
 from gateway import passthrough, routes
 from gateway.config import Settings
-from gateway.middleware import GatewayMiddleware
+from gateway.middleware import CORSMiddleware, GatewayMiddleware
 from gateway.redact import SECRETS
 from gateway.responses.routes import CreateResponse, StoreSlot, store_routes
 from gateway.store import open_store
@@ -110,6 +110,8 @@ def create_app(
     keys = tuple(k.value for k in settings.api_keys)
     direct = {"/v1/chat/completions": chat, "/chat/completions": chat, "/v1/responses": responses, "/responses": responses}
     app.add_middleware(GatewayMiddleware, api_keys=keys, direct=direct)
+    if settings.server.cors_origins:
+        app.add_middleware(CORSMiddleware, origins=settings.server.cors_origins)  # outermost
     return app
 
 
