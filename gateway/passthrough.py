@@ -93,8 +93,13 @@ async def _answer(call: Call, alias: str, not_found: str | None) -> AsyncIterato
     yield Final(message=body, finish_reason="", usage=usage, rounds=0, tool_calls=0)
 
 
-async def _serve(rt: Runtime, scope: dict, receive: Any, send: Any, started: float, call: Call, *, api: str, alias: str, upstream: str, not_found: str | None = None) -> None:
-    """Run one upstream call under the concurrency cap and the pump, then count and log it."""
+async def _local(body: dict[str, Any]) -> AsyncIterator[Event]:
+    """An answer the gateway makes itself (an alias's model object), as loop events."""
+    yield Final(message=body, finish_reason="", usage=None, rounds=0, tool_calls=0)
+
+
+async def _serve(rt: Runtime, scope: dict, receive: Any, send: Any, started: float, events: AsyncIterator[Event], *, api: str, alias: str, upstream: str) -> None:
+    """Serve `events` under the concurrency cap and the pump, then count and log the request."""
     server = rt.settings.server
     if rt.in_flight >= server.max_concurrency:
         await reject(send, Overloaded("The gateway is at its concurrency limit; retry shortly.", headers={"retry-after": "1"}), scope, started, model=alias, api=api)
@@ -102,7 +107,7 @@ async def _serve(rt: Runtime, scope: dict, receive: Any, send: Any, started: flo
     rt.in_flight += 1
     metrics.IN_FLIGHT.inc()
     try:
-        outcome = await pump(send, receive, _answer(call, alias, not_found), _Body(), Timing(deadline_s=server.request_timeout_s))
+        outcome = await pump(send, receive, events, _Body(), Timing(deadline_s=server.request_timeout_s))
     finally:
         rt.in_flight -= 1
         metrics.IN_FLIGHT.dec()
@@ -160,7 +165,7 @@ class Forward:
         def call() -> Awaitable[tuple[Reply, bytes]]:
             return rt.upstream.forward(upstream, url, payload, request_id=request_id, client_auth=client_auth)
 
-        await _serve(rt, scope, receive, send, started, call, api=api, alias=alias.name, upstream=upstream.name)
+        await _serve(rt, scope, receive, send, started, _answer(call, alias.name, None), api=api, alias=alias.name, upstream=upstream.name)
 
 
 def _payload(body: bytes) -> dict[str, Any]:
@@ -189,10 +194,8 @@ class ModelInfo:
         settings = rt.settings
         if name in settings.models:
             # The object the list shows: the list is the gateway's, and so is each entry of it.
-            async def call() -> tuple[Any, bytes]:
-                return _Local, orjson.dumps({"id": name, "object": "model", "created": self.created, "owned_by": "toolgate"})
-
-            await _serve(rt, scope, receive, send, started, call, api="models", alias=name, upstream="")
+            body = {"id": name, "object": "model", "created": self.created, "owned_by": "toolgate"}
+            await _serve(rt, scope, receive, send, started, _local(body), api="models", alias=name, upstream="")
             return
         missing = f"The model {name!r} does not exist on this gateway."
         try:
@@ -212,11 +215,4 @@ class ModelInfo:
         def forwarded() -> Awaitable[tuple[Reply, bytes]]:
             return rt.upstream.forward(upstream, url, None, request_id=request_id, client_auth=client_auth)
 
-        await _serve(rt, scope, receive, send, started, forwarded, api="models", alias=name, upstream=upstream.name, not_found=missing)
-
-
-class _Local:
-    """A reply the gateway makes itself (an alias's model object)."""
-
-    status = 200
-    headers = {"content-type": "application/json"}
+        await _serve(rt, scope, receive, send, started, _answer(forwarded, name, missing), api="models", alias=name, upstream=upstream.name)

@@ -40,7 +40,8 @@ def metric(text: str, name: str, **labels: str) -> float:
     return 0.0
 
 
-async def test_embeddings_reach_the_aliases_upstream_through_the_sdk():
+async def test_embeddings_reach_the_aliases_upstream_through_the_sdk(caplog):
+    caplog.set_level("INFO")
     async with FakeLLM(api_key="sk-upstream-secret-0123456789", models=("fake-model", "fake-embedder")) as fake:
         async with serve(config_for(fake)) as (base, _):
             async with httpx.AsyncClient() as http:
@@ -68,6 +69,12 @@ async def test_embeddings_reach_the_aliases_upstream_through_the_sdk():
         ("toolgate_upstream_calls_total", {"upstream": "default", "status": "200"}, 2),
     ):
         assert metric(metrics, name, **labels) - metric(before, name, **labels) == grew, name
+    lines = [r.fields for r in caplog.records if r.name == "toolgate.access"]
+    assert [(line["api"], line["model"], line["upstream"], line["status"], line["usage"]["prompt_tokens"]) for line in lines] == [
+        ("embeddings", "embed", "default", 200, 3),
+        ("embeddings", "embed", "default", 200, 2),
+    ]
+    assert lines[0]["request_id"] == sent[0].headers["x-request-id"]
 
 
 async def test_models_retrieve_answers_the_listed_alias_and_404s_the_rest():
@@ -98,7 +105,8 @@ async def test_unknown_models_pass_through_to_the_default_upstream_when_configur
     assert [r.path for r in fake.requests if r.method == "GET" and r.path != "/v1/models"] == ["/v1/models/org%2Fother", "/v1/models/gpt-nope"]
 
 
-async def test_upstream_errors_keep_the_chat_mapping_in_openai_shape():
+async def test_upstream_errors_keep_the_chat_mapping_in_openai_shape(caplog):
+    caplog.set_level("INFO")
     async with FakeLLM() as fake:
         fake.push(
             Fail(400, orjson.dumps({"error": {"message": "input too long", "type": "invalid_request_error"}})),
@@ -128,6 +136,12 @@ async def test_upstream_errors_keep_the_chat_mapping_in_openai_shape():
     assert no_model.value.param == "model"
     for error in (bad, auth, limited, html):
         assert "127.0.0.1" not in error.value.message and "sk-upstream" not in error.value.message
+    lines = [r.fields for r in caplog.records if r.name == "toolgate.access"]
+    assert [(line["api"], line["status"], line.get("ended")) for line in lines] == [
+        ("embeddings", 400, "error"), ("embeddings", 502, "error"), ("embeddings", 429, "error"),
+        ("moderations", 502, "error"), ("embeddings", 404, None), ("embeddings", 400, None),
+    ]  # fmt: skip
+    assert all("sk-upstream" not in str(line) for line in lines)
 
 
 async def test_moderations_pass_through():
@@ -199,3 +213,35 @@ async def test_azure_embeddings_use_the_deployment_path():
     assert reply.status_code == 200 and reply.json()["model"] == "embed"
     assert str(seen[0].url) == "https://res.openai.azure.com/openai/deployments/my-deployment/embeddings?api-version=2024-10-21"
     assert seen[0].headers["api-key"] == "azure-key-0123456789"
+
+
+async def test_malformed_answers_and_bodies_are_clear_errors():
+    async with FakeLLM() as fake:
+        fake.push(Raw(b'{"object": "list", "da'), Raw(b"[1, 2]"))
+        async with serve(config_for(fake)) as (base, _):
+            async with httpx.AsyncClient(base_url=base, timeout=10) as http:
+                truncated = await http.post("/embeddings", json={"model": "embed", "input": "x"})
+                listed = await http.post("/embeddings", json={"model": "embed", "input": "x"})
+                not_json = await http.post("/embeddings", content=b"{nope", headers={"content-type": "application/json"})
+                not_object = await http.post("/moderations", json=["m"])
+    assert truncated.status_code == 502 and "truncated" in truncated.json()["error"]["message"]
+    assert listed.status_code == 502 and "not an object" in listed.json()["error"]["message"]
+    assert not_json.status_code == 400 and not_object.status_code == 400
+    assert fake.request_count == 2
+
+
+async def test_a_host_without_a_models_path_cannot_tell_about_unknown_models():
+    config = make_settings(
+        {
+            "upstreams": {"default": {"url": "https://res.openai.azure.com", "type": "azure"}},
+            "models": [{"name": "embed", "upstream_model": "my-deployment"}],
+            "server": {"passthrough_unknown_models": True},
+        }
+    )
+    from tests.support import ScriptedUpstream, gateway
+
+    async with gateway(config, ScriptedUpstream()) as client:
+        known = await client.get("/v1/models/embed")
+        unknown = await client.get("/v1/models/other")
+    assert known.status_code == 200 and known.json()["id"] == "embed"
+    assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "model_not_found"
