@@ -245,3 +245,20 @@ async def test_a_host_without_a_models_path_cannot_tell_about_unknown_models():
         unknown = await client.get("/v1/models/other")
     assert known.status_code == 200 and known.json()["id"] == "embed"
     assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "model_not_found"
+
+
+async def test_a_client_that_leaves_cancels_the_upstream_call_and_the_deadline_holds():
+    slow = orjson.dumps({"object": "list", "data": [], "model": "fake-embedder"})
+    async with FakeLLM() as fake:
+        fake.push(Raw(slow, delay_s=30), Raw(slow, delay_s=30))
+        async with serve(config_for(fake, request_timeout_s=0.5)) as (base, _):
+            async with httpx.AsyncClient(base_url=base, timeout=10) as http:
+                late = await http.post("/embeddings", json={"model": "embed", "input": "x"})
+            await fake.wait_disconnects(1, timeout=5)
+        # The deadline is far off now: only the client leaving can end the upstream call.
+        async with serve(config_for(fake)) as (base, _):
+            async with httpx.AsyncClient(base_url=base) as http:
+                with pytest.raises(httpx.ReadTimeout):
+                    await http.post("/embeddings", json={"model": "embed", "input": "x"}, timeout=httpx.Timeout(10, read=0.2))
+            await fake.wait_disconnects(2, timeout=5)
+    assert late.status_code == 504 and late.json()["error"]["code"] == "request_timeout"
