@@ -98,8 +98,9 @@ async def _local(body: dict[str, Any]) -> AsyncIterator[Event]:
     yield Final(message=body, finish_reason="", usage=None, rounds=0, tool_calls=0)
 
 
-async def _serve(rt: Runtime, scope: dict, receive: Any, send: Any, started: float, events: AsyncIterator[Event], *, api: str, alias: str, upstream: str) -> None:
-    """Serve `events` under the concurrency cap and the pump, then count and log the request."""
+async def _serve(rt: Runtime, scope: dict, receive: Any, send: Any, started: float, events: AsyncIterator[Event], *, api: str, alias: str, upstream: str, client_auth: str = "") -> None:
+    """Serve `events` under the concurrency cap and the pump, then count and log the request;
+    a forwarded client key (`client_auth`) is masked like every known secret."""
     server = rt.settings.server
     if rt.in_flight >= server.max_concurrency:
         await reject(send, Overloaded("The gateway is at its concurrency limit; retry shortly.", headers={"retry-after": "1"}), scope, started, model=alias, api=api)
@@ -107,7 +108,7 @@ async def _serve(rt: Runtime, scope: dict, receive: Any, send: Any, started: flo
     rt.in_flight += 1
     metrics.IN_FLIGHT.inc()
     try:
-        outcome = await pump(send, receive, events, _Body(), Timing(deadline_s=server.request_timeout_s))
+        outcome = await pump(send, receive, events, _Body(), Timing(deadline_s=server.request_timeout_s, secrets=(client_auth,) if client_auth else ()))
     finally:
         rt.in_flight -= 1
         metrics.IN_FLIGHT.dec()
@@ -126,7 +127,7 @@ async def _serve(rt: Runtime, scope: dict, receive: Any, send: Any, started: flo
         "usage": outcome.usage,
     }
     if outcome.error is not None:
-        line["error"] = SECRETS(str(outcome.error))[:300]
+        line["error"] = SECRETS.scrub(str(outcome.error), client_auth)[:300]
     logs.request_line(line)
 
 
@@ -165,7 +166,7 @@ class Forward:
         def call() -> Awaitable[tuple[Reply, bytes]]:
             return rt.upstream.forward(upstream, url, payload, request_id=request_id, client_auth=client_auth)
 
-        await _serve(rt, scope, receive, send, started, _answer(call, alias.name, None), api=api, alias=alias.name, upstream=upstream.name)
+        await _serve(rt, scope, receive, send, started, _answer(call, alias.name, None), api=api, alias=alias.name, upstream=upstream.name, client_auth=client_auth)
 
 
 def _payload(body: bytes) -> dict[str, Any]:
@@ -215,4 +216,4 @@ class ModelInfo:
         def forwarded() -> Awaitable[tuple[Reply, bytes]]:
             return rt.upstream.forward(upstream, url, None, request_id=request_id, client_auth=client_auth)
 
-        await _serve(rt, scope, receive, send, started, _answer(forwarded, name, missing), api="models", alias=name, upstream=upstream.name)
+        await _serve(rt, scope, receive, send, started, _answer(forwarded, name, missing), api="models", alias=name, upstream=upstream.name, client_auth=client_auth)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import struct
 
 import httpx
@@ -262,3 +263,18 @@ async def test_a_client_that_leaves_cancels_the_upstream_call_and_the_deadline_h
                     await http.post("/embeddings", json={"model": "embed", "input": "x"}, timeout=httpx.Timeout(10, read=0.2))
             await fake.wait_disconnects(2, timeout=5)
     assert late.status_code == 504 and late.json()["error"]["code"] == "request_timeout"
+
+
+async def test_a_forwarded_client_key_goes_upstream_and_never_comes_back():
+    key = "client-own-key-0123456789abcdef"
+    async with FakeLLM() as fake:
+        fake.push(Fail(400, orjson.dumps({"error": {"message": f"bad key {key}"}})))
+        config = config_for(fake)
+        config = dataclasses.replace(config, upstreams={"default": dataclasses.replace(config.upstreams["default"], forward_client_auth=True)})
+        async with serve(config) as (base, _):
+            async with httpx.AsyncClient(base_url=base, timeout=10) as http:
+                failed = await http.post("/embeddings", json={"model": "embed", "input": "x"}, headers={"authorization": f"Bearer {key}"})
+                ok = await http.post("/embeddings", json={"model": "embed", "input": "x"}, headers={"authorization": f"Bearer {key}"})
+    assert failed.status_code == 400 and key not in failed.text
+    assert ok.status_code == 200
+    assert [r.headers["authorization"] for r in fake.requests if r.path == "/v1/embeddings"] == [f"Bearer {key}"] * 2
