@@ -42,7 +42,7 @@ def metric(text: str, name: str, **labels: str) -> float:
 
 
 async def test_embeddings_reach_the_aliases_upstream_through_the_sdk(caplog):
-    caplog.set_level("INFO")
+    caplog.set_level("INFO", logger="toolgate.access")  # whatever an earlier test left on "toolgate"
     async with FakeLLM(api_key="sk-upstream-secret-0123456789", models=("fake-model", "fake-embedder")) as fake:
         async with serve(config_for(fake)) as (base, _):
             async with httpx.AsyncClient() as http:
@@ -107,7 +107,7 @@ async def test_unknown_models_pass_through_to_the_default_upstream_when_configur
 
 
 async def test_upstream_errors_keep_the_chat_mapping_in_openai_shape(caplog):
-    caplog.set_level("INFO")
+    caplog.set_level("INFO", logger="toolgate.access")  # whatever an earlier test left on "toolgate"
     async with FakeLLM() as fake:
         fake.push(
             Fail(400, orjson.dumps({"error": {"message": "input too long", "type": "invalid_request_error"}})),
