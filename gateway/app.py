@@ -23,9 +23,9 @@ import httpx
 from starlette.applications import Starlette
 from starlette.routing import Route
 
-from gateway import routes
+from gateway import passthrough, routes
 from gateway.config import Settings
-from gateway.middleware import GatewayMiddleware
+from gateway.middleware import CORSMiddleware, GatewayMiddleware
 from gateway.redact import SECRETS
 from gateway.reload import Reloader, register, toolbox_for, unregister
 from gateway.responses.routes import CreateResponse, StoreSlot, store_routes
@@ -94,6 +94,7 @@ def create_app(
             Route("/v1/responses/{response_id}/input_items", stored["input_items"], methods=["GET"]),
             Route("/v1/models", routes.models(runtime), methods=["GET"]),
             Route("/models", routes.models(runtime), methods=["GET"]),
+            *passthrough.routes(runtime),
             Route("/healthz", routes.healthz, methods=["GET"]),
             Route("/readyz", routes.readyz(runtime), methods=["GET"]),
             Route("/metrics", routes.metrics_endpoint, methods=["GET"]),
@@ -107,6 +108,8 @@ def create_app(
     keys = tuple(k.value for k in settings.api_keys)
     direct = {"/v1/chat/completions": chat, "/chat/completions": chat, "/v1/responses": responses, "/responses": responses}
     app.add_middleware(GatewayMiddleware, api_keys=keys, direct=direct)
+    if settings.server.cors_origins:
+        app.add_middleware(CORSMiddleware, origins=settings.server.cors_origins)  # outermost
     return app
 
 

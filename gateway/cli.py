@@ -6,6 +6,8 @@
     toolgate reload --pid-file PATH     # the gateway re-reads its config (SIGHUP); see gateway/reload.py
     toolgate check                      # validate, print the resolved config and the tools
     toolgate mcp import mcp.json        # an mcpServers JSON file as [tools.mcp.NAME] TOML
+    toolgate init [PATH]                # write a commented starter config (never over a file)
+    toolgate --version
 
 A config with problems prints one line per problem and exits 2.
 """
@@ -21,8 +23,10 @@ import os
 import sys
 import tempfile
 
-from gateway import logs
-from gateway.config import Settings, load_config
+from importlib.resources import files
+
+from gateway import __version__, logs
+from gateway.config import DEFAULT_PATH, Settings, load_config
 from gateway.errors import ConfigError
 from gateway.reload import PID_FILE_ENV, NotFound, send_reload, write_pid_file
 from gateway.server import Server, serve_workers, server_config
@@ -35,7 +39,10 @@ WORKER_LOG_LEVEL = "TOOLGATE_WORKER_LOG_LEVEL"
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="toolgate", description="An OpenAI-compatible gateway that runs the tool loop.")
+    parser.add_argument("--version", action="version", version=f"toolgate {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
+    init = sub.add_parser("init", help="write a commented starter config", description="Write a commented starter config; an existing file is never overwritten.")
+    init.add_argument("path", nargs="?", default=DEFAULT_PATH, help=f"where (default {DEFAULT_PATH}, where serve and check look)")
     serve = sub.add_parser("serve", help="run the gateway")
     check = sub.add_parser("check", help="validate the config and list the tools")
     for p in (serve, check):
@@ -80,7 +87,27 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(_reload(args))
     if args.command == "mcp":
         raise SystemExit(_mcp_import(args.file))
+    if args.command == "init":
+        raise SystemExit(_init(args.path))
     _serve(args)
+
+
+def _init(path: str) -> int:
+    """Write the starter config (the one this repository ships as config/toolgate.toml)."""
+    starter = files("gateway").joinpath("starter.toml").read_bytes()
+    try:
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        with open(path, "xb") as f:
+            f.write(starter)
+    except FileExistsError:
+        print(f"{path}: already exists; not overwritten (name another path, or remove it first)", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"{path}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    flag = "" if path == DEFAULT_PATH else f" --config {path}"
+    print(f"wrote {path}\ncheck it:  toolgate check{flag}\nstart it:  toolgate serve{flag}   (the demo model until TOOLGATE_UPSTREAM_URL is set)")
+    return 0
 
 
 def _mcp_import(path: str) -> int:

@@ -119,6 +119,8 @@ class ServerSettings:
     body_timeout_s: float = 60.0  # the whole body must arrive within
     keep_alive_s: float = 5.0  # an idle keep-alive connection is closed after
     send_timeout_s: float = 30.0  # one write to a client that does not read
+    # Browser origins allowed to call the API (CORS); empty: CORS is off. "*": any origin.
+    cors_origins: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -294,6 +296,19 @@ def _shown_url(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
+def _origin_problem(origin: str) -> str | None:
+    """What is wrong with a CORS origin ("*", or scheme://host[:port] as a browser sends it), or None."""
+    if origin == "*":
+        return None
+    wrong = _url_problem(origin)
+    if wrong:
+        return wrong
+    parts = urlsplit(origin)
+    if parts.path or parts.query or parts.fragment or "@" in parts.netloc:
+        return f"expected an origin (scheme://host[:port], no path), got {origin!r}"
+    return None
+
+
 def _url_problem(url: str) -> str | None:
     """What is wrong with an upstream URL, or None."""
     shown = _shown_url(url)
@@ -394,7 +409,13 @@ def _dataclass_from(cls: type, table: Mapping[str, Any], key: str, problems: Pro
     """Fill a flat settings dataclass from a table, checking each value's type and range."""
     reader = _Reader(table, key, problems)
     reader.unknown({f.name for f in fields(cls)})
-    return cls(**{f.name: reader.field(f) for f in fields(cls) if f.name in table})
+    return cls(
+        **{
+            f.name: _strings(reader, f.name, "a list of strings") if isinstance(f.default, tuple) else reader.field(f)
+            for f in fields(cls)
+            if f.name in table
+        }
+    )
 
 
 def _str_table(reader: _Reader, name: str) -> dict[str, str]:
@@ -653,6 +674,10 @@ def settings_from_dict(raw: dict[str, Any], environ: Mapping[str, str], path: st
         problems.add("server.progress", f"expected one of {', '.join(_PROGRESS)}, got {server.progress!r}")
     if not server.host or not server.host.isprintable() or " " in server.host:
         problems.add("server.host", f"expected a host name or address to bind, got {server.host!r}")
+    for origin in server.cors_origins:
+        wrong = _origin_problem(origin)
+        if wrong:
+            problems.add("server.cors_origins", wrong)
     loop = _dataclass_from(LoopSettings, table("loop"), "loop", problems)
     if loop.on_max_rounds not in _ON_MAX_ROUNDS:
         problems.add("loop.on_max_rounds", f"expected one of {', '.join(_ON_MAX_ROUNDS)}, got {loop.on_max_rounds!r}")

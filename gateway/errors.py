@@ -127,6 +127,7 @@ class UpstreamError(GatewayError):
     type = "upstream_error"
     code = "bad_gateway"
     retryable = False  # the request provably never reached the host
+    upstream_status: int | None = None  # the host's own status, when it answered one
 
 
 class UpstreamBusy(UpstreamError):

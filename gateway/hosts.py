@@ -26,6 +26,9 @@ class HostType:
     # most hosts reject or ignore it, so no row sends it today.
     send_reasoning: bool = False
     query: tuple[tuple[str, str], ...] = ()  # default query parameters (overridable in config)
+    # The host's other OpenAI endpoints, for the pass-through routes (gateway/passthrough.py):
+    # (base url, upstream model, "embeddings" | "moderations") -> URL.
+    endpoint: Callable[[str, str, str], str] | None = None
 
 
 def bearer(key: str) -> dict[str, str]:
@@ -62,6 +65,7 @@ HOST_TYPES: dict[str, HostType] = {
             models_path=lambda url: f"{url}/models",
             auth=bearer,
             strip_suffixes=("/chat/completions",),
+            endpoint=lambda url, model, name: f"{url}/{name}",
         ),
         HostType(
             "openwebui",
@@ -70,6 +74,7 @@ HOST_TYPES: dict[str, HostType] = {
             auth=bearer,
             strip_suffixes=("/api/chat/completions", "/api/v1", "/api", "/v1"),
             extra_params=_LOCAL_EXTRAS,
+            endpoint=lambda url, model, name: f"{url}/api/{name}",
         ),
         HostType(
             "ollama",
@@ -78,6 +83,7 @@ HOST_TYPES: dict[str, HostType] = {
             auth=bearer,  # empty key: no header (Ollama needs none)
             strip_suffixes=("/v1/chat/completions", "/api/chat", "/v1", "/api"),
             extra_params=_LOCAL_EXTRAS,
+            endpoint=lambda url, model, name: f"{url}/v1/{name}",
         ),
         HostType(
             "ollama-native",
@@ -95,6 +101,7 @@ HOST_TYPES: dict[str, HostType] = {
             auth=api_key_header,
             strip_suffixes=("/openai/deployments/{model}/chat/completions", "/openai/deployments/{model}", "/openai"),
             query=(("api-version", "2024-10-21"),),
+            endpoint=lambda url, model, name: f"{url}/openai/deployments/{quote(model, safe='')}/{name}",
         ),
     )
 }

@@ -21,8 +21,9 @@ _TTFT_BUCKETS = (0.05, 0.1, 0.25, 0.5, 0.75, 1, 1.5, 2, 3, 5, 8, 13, 20, 30, 60,
 # Tool names come from the config and from servers (an MCP server may list thousands).
 MAX_TOOL_SERIES = 200
 
-REQUESTS = Counter("toolgate_requests_total", "Requests, rejected ones included (model empty when unknown)", ["model", "status"])
-REQUEST_SECONDS = Histogram("toolgate_request_duration_seconds", "Whole request duration", ["model"], buckets=_BUCKETS)
+# `api`: chat, responses, embeddings, moderations, models ("" for a request refused before its path was read).
+REQUESTS = Counter("toolgate_requests_total", "Requests, rejected ones included (model empty when unknown)", ["api", "model", "status"])
+REQUEST_SECONDS = Histogram("toolgate_request_duration_seconds", "Whole request duration", ["api", "model"], buckets=_BUCKETS)
 FIRST_TOKEN_SECONDS = Histogram(
     "toolgate_time_to_first_token_seconds", "Streamed requests: from arrival to the first token sent to the client", ["model"], buckets=_TTFT_BUCKETS
 )
@@ -109,10 +110,12 @@ def refresh_sources() -> None:
     _shown.update(now)
 
 
-def request_done(model: str, status: int, seconds: float, rounds: int, usage: dict | None) -> None:
-    _child(REQUESTS, model, str(status)).inc()
-    _child(REQUEST_SECONDS, model).observe(seconds)
-    ROUNDS.observe(rounds)
+def request_done(model: str, status: int, seconds: float, rounds: int | None, usage: dict | None, api: str = "chat") -> None:
+    """One request served; `rounds` None for a pass-through (no loop ran)."""
+    _child(REQUESTS, api, model, str(status)).inc()
+    _child(REQUEST_SECONDS, api, model).observe(seconds)
+    if rounds is not None:
+        ROUNDS.observe(rounds)
     if usage:
         for kind in ("prompt_tokens", "completion_tokens"):
             value = usage.get(kind)
@@ -120,9 +123,21 @@ def request_done(model: str, status: int, seconds: float, rounds: int, usage: di
                 _child(TOKENS, model, kind).inc(value)
 
 
-def rejected(status: int, model: str = "") -> None:
+def rejected(status: int, model: str = "", api: str = "") -> None:
     """A request refused before the loop ran (bad input, auth, limits): counted like the rest."""
-    _child(REQUESTS, model, str(status)).inc()
+    _child(REQUESTS, api, model, str(status)).inc()
+
+
+_APIS = frozenset({"responses", "embeddings", "moderations", "models"})
+
+
+def api_of(path: str) -> str:
+    """The `api` label of a request path ("" when it is none of the APIs)."""
+    path = path.removeprefix("/v1").strip("/")
+    if path == "chat/completions":
+        return "chat"
+    head = path.partition("/")[0]
+    return head if head in _APIS else ""
 
 
 def build_info(version: str) -> None:

@@ -1,8 +1,9 @@
-"""Pure-ASGI middleware: request id and API-key auth.
+"""Pure-ASGI middleware: request id and API-key auth; CORS when origins are configured.
 
-One class, two steps, no per-request objects beyond a wrapped `send`. (The
-concurrency cap is the chat route's: it counts requests being served, not
-clients still sending a body.)
+`GatewayMiddleware`: one class, two steps, no per-request objects beyond a wrapped
+`send`. (The concurrency cap is the routes': it counts requests being served, not
+clients still sending a body.) `CORSMiddleware` sits outside it, and only when
+`server.cors_origins` names an origin.
 """
 
 from __future__ import annotations
@@ -92,3 +93,55 @@ class GatewayMiddleware:
 
 def _tag(key: bytes) -> str:
     return hashlib.sha256(b"toolgate-owner:" + key).hexdigest()[:32]
+
+
+_CORS_METHODS = b"GET, POST, DELETE, OPTIONS"
+# What a browser script may read of a response: the request id and the loop's facts.
+_CORS_EXPOSED = b"x-request-id, x-toolgate-rounds, x-toolgate-tool-calls, retry-after, x-should-retry"
+_TOKENS = re.compile(rb"[A-Za-z0-9!#$%&'*+.^_`|~-]+(?:[ \t]*,[ \t]*[A-Za-z0-9!#$%&'*+.^_`|~-]+)*")
+CORS_MAX_AGE_S = 600
+
+
+class CORSMiddleware:
+    """Browser access for the configured origins (`"*"`: any).
+
+    Outermost, so a preflight never meets the key check (browsers send no Authorization
+    with it), and every answer to an allowed origin, errors included, carries what a
+    browser needs to read it. Another origin gets no CORS headers at all, so the browser
+    refuses it. Credentials (cookies) are never allowed: the gateway's keys are headers.
+    """
+
+    def __init__(self, app: Any, *, origins: tuple[str, ...]) -> None:
+        self.app = app
+        self.any = "*" in origins
+        self.origins = frozenset(o.encode() for o in origins)
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        origin = method = asked = None
+        for name, value in scope["headers"]:
+            if name == b"origin":
+                origin = value
+            elif name == b"access-control-request-method":
+                method = value
+            elif name == b"access-control-request-headers":
+                asked = value.strip()
+        if origin is None or not (self.any or origin in self.origins):
+            return await self.app(scope, receive, send)
+        allowed = [(b"access-control-allow-origin", b"*" if self.any else origin), (b"vary", b"origin")]
+        if scope["method"] == "OPTIONS" and method is not None:
+            headers = [*allowed, (b"access-control-allow-methods", _CORS_METHODS), (b"access-control-max-age", b"%d" % CORS_MAX_AGE_S)]
+            if asked and _TOKENS.fullmatch(asked):
+                headers.append((b"access-control-allow-headers", asked))
+            await send({"type": "http.response.start", "status": 204, "headers": headers})
+            await send({"type": "http.response.body", "body": b""})
+            return
+        allowed.append((b"access-control-expose-headers", _CORS_EXPOSED))
+
+        async def send_with_cors(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", ()), *allowed]
+            await send(message)
+
+        await self.app(scope, receive, send_with_cors)

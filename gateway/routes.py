@@ -152,7 +152,7 @@ class Runtime:
         """Count the request, and write its one log line (`scope`: the client, the key, the first token)."""
         final = outcome.final
         seconds = time.perf_counter() - started
-        metrics.request_done(alias, outcome.status, seconds, final.rounds if final else 0, outcome.usage)
+        metrics.request_done(alias, outcome.status, seconds, final.rounds if final else 0, outcome.usage, extra.get("api", "chat"))
         first = scope.get(FIRST_TOKEN) if scope is not None else None
         if first is not None:
             metrics.first_token(alias, first)
@@ -270,7 +270,7 @@ async def reject(send: Any, exc: BaseException, scope: dict, started: float, **f
         raw += [(k.encode(), v.encode()) for k, v in headers.items()]
         await send({"type": "http.response.start", "status": status, "headers": raw})
         await send({"type": "http.response.body", "body": payload})
-    metrics.rejected(status, fields.get("model", ""))
+    metrics.rejected(status, fields.get("model", ""), fields.get("api") or metrics.api_of(scope.get("path", "")))
     if tracing.ON:
         tracing.rejected(scope, started, status, exc, fields.get("model", ""))
     logs.request_line(

@@ -44,6 +44,8 @@ class Reply(Protocol):
 class Transport(Protocol):
     async def post(self, url: str, headers: Mapping[str, str], body: bytes, *, connect_s: float, read_s: float, name: str) -> Reply: ...
 
+    async def get(self, url: str, headers: Mapping[str, str], *, connect_s: float, read_s: float, name: str) -> Reply: ...
+
     async def status(self, url: str, headers: Mapping[str, str], *, timeout_s: float, name: str) -> int:
         """The status of a GET (the body is not read); the gateway's errors if it cannot be had."""
 
@@ -133,6 +135,12 @@ class AiohttpTransport:
             response = await self.session.post(url, data=body, headers=headers, timeout=timeout, allow_redirects=False)
         return AiohttpReply(response, name)
 
+    async def get(self, url: str, headers: Mapping[str, str], *, connect_s: float, read_s: float, name: str) -> AiohttpReply:
+        timeout = aiohttp.ClientTimeout(total=None, connect=connect_s, sock_read=read_s)
+        with _aiohttp_errors(name):
+            response = await self.session.get(url, headers=headers, timeout=timeout, allow_redirects=False)
+        return AiohttpReply(response, name)
+
     async def status(self, url: str, headers: Mapping[str, str], *, timeout_s: float, name: str) -> int:
         timeout = aiohttp.ClientTimeout(total=timeout_s)
         with _aiohttp_errors(name):
@@ -189,6 +197,13 @@ class HttpxTransport:
     async def post(self, url: str, headers: Mapping[str, str], body: bytes, *, connect_s: float, read_s: float, name: str) -> HttpxReply:
         timeout = httpx.Timeout(read_s, connect=connect_s, pool=connect_s)
         request = self.client.build_request("POST", url, content=body, headers=headers, timeout=timeout)
+        with _httpx_errors(name):
+            response = await self.client.send(request, stream=True)
+        return HttpxReply(response, name)
+
+    async def get(self, url: str, headers: Mapping[str, str], *, connect_s: float, read_s: float, name: str) -> HttpxReply:
+        timeout = httpx.Timeout(read_s, connect=connect_s, pool=connect_s)
+        request = self.client.build_request("GET", url, headers=headers, timeout=timeout)
         with _httpx_errors(name):
             response = await self.client.send(request, stream=True)
         return HttpxReply(response, name)

@@ -222,7 +222,25 @@ class UpstreamClient:
                 span.end(error=failure)
         yield fold.finish()
 
-    async def _send(self, target: _Target, payload: dict[str, Any], request_id: str, client_auth: str, span: Any = None) -> Reply:
+    async def forward(self, upstream: Upstream, endpoint: str, payload: dict[str, Any] | None, *, request_id: str = "", client_auth: str = "") -> tuple[Reply, bytes]:
+        """One call that is not the loop's (gateway/passthrough.py): `payload` POSTed to
+        `endpoint` (a URL on the host; a GET when `payload` is None), under the same slots,
+        retries, budget and error mapping as chat; a 2xx reply and its whole body."""
+        target = self._target(upstream)
+        await target.slot()
+        try:
+            reply = await self._send(target, payload, request_id, client_auth, url=endpoint + target.query)
+            try:
+                raw = await reply.read()
+            finally:
+                await reply.close()
+        finally:
+            target.slots.release()
+        return reply, raw
+
+    async def _send(
+        self, target: _Target, payload: dict[str, Any] | None, request_id: str, client_auth: str, span: Any = None, *, url: str = ""
+    ) -> Reply:
         upstream = target.upstream
         headers = target.headers
         if request_id or client_auth:
@@ -231,9 +249,9 @@ class UpstreamClient:
                 headers.update(upstream.host.auth(client_auth))
         if span is not None:
             headers = span.headers(headers)  # traceparent: the round's span
-        url = target.url(payload.get("model", ""))
+        url = url or target.url(payload.get("model", "") if payload else "")
         try:
-            body = orjson.dumps(payload)
+            body = orjson.dumps(payload) if payload is not None else None
         except orjson.JSONEncodeError:
             raise InvalidRequest("The request nests JSON too deeply to forward (at most 255 levels).") from None
         target.active += 1
@@ -243,9 +261,12 @@ class UpstreamClient:
                 last = attempt == upstream.retries
                 started = time.perf_counter()
                 try:
-                    reply = await self.transport.post(
-                        url, headers, body, connect_s=upstream.connect_timeout_s, read_s=upstream.read_timeout_s, name=upstream.name
-                    )
+                    if body is None:
+                        reply = await self.transport.get(url, headers, connect_s=upstream.connect_timeout_s, read_s=upstream.read_timeout_s, name=upstream.name)
+                    else:
+                        reply = await self.transport.post(
+                            url, headers, body, connect_s=upstream.connect_timeout_s, read_s=upstream.read_timeout_s, name=upstream.name
+                        )
                 except UpstreamError as exc:
                     metrics.upstream_attempt(upstream.name, "error", time.perf_counter() - started)
                     if last or not exc.retryable or not (retrying or target.may_retry()):
@@ -373,6 +394,7 @@ async def _status_error(response: Reply, target: _Target, client_auth: str) -> G
     message = SECRETS.scrub(message, client_auth, target.where)
     headers = {"retry-after": response.headers["retry-after"]} if "retry-after" in response.headers else {}
     error = cls(message, headers=headers)
+    error.upstream_status = status  # what the host said, before mapping (a pass-through's 404)
     if cls is UpstreamStatus:
         error.status = 502
         error.code = "upstream_auth_failed" if status in (401, 403) else "upstream_error"

@@ -351,7 +351,7 @@ async def test_models_ready_metrics_and_unknown_routes():
     assert [m["id"] for m in models.json()["data"]] == ["m"]
     assert models.json()["object"] == "list"
     assert ready.status_code == 200 and ready.json()["status"] == "ready"
-    assert 'toolgate_requests_total{model="m",status="200"}' in metrics.text
+    assert 'toolgate_requests_total{api="chat",model="m",status="200"}' in metrics.text
     assert missing.status_code == 404 and "error" in missing.json()
 
 

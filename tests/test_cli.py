@@ -9,6 +9,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+import gateway
+
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = ROOT / "config" / "toolgate.toml"
 _SCRIPT = Path(sys.executable).with_name("toolgate")
@@ -139,3 +141,32 @@ def test_the_container_refuses_to_start_without_an_upstream():
     result = toolgate("serve", "--config", str(SHIPPED), "--port", "1", env=env)
     assert result.returncode == 2
     assert "no upstream URL is set" in result.stderr and "--demo" in result.stderr
+
+
+def test_version():
+    result = toolgate("--version")
+    assert result.returncode == 0
+    assert result.stdout.strip() == f"toolgate {gateway.__version__}"
+
+
+def test_init_writes_the_shipped_starter_which_passes_check(tmp_path):
+    target = tmp_path / "conf" / "toolgate.toml"
+    result = toolgate("init", str(target), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert f"toolgate check --config {target}" in result.stdout
+    assert target.read_bytes() == SHIPPED.read_bytes()  # what init writes is what the repository ships
+    checked = toolgate("check", "--config", str(target), cwd=tmp_path)
+    assert checked.returncode == 0, checked.stderr
+    assert "model toolgate -> default/gpt-4o-mini: current_time, calculate" in checked.stdout
+
+
+def test_init_defaults_to_where_serve_looks_and_never_overwrites(tmp_path):
+    first = toolgate("init", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    written = tmp_path / "config" / "toolgate.toml"
+    assert "toolgate check\n" in first.stdout
+    written.write_text("# mine\n")
+    again = toolgate("init", cwd=tmp_path)
+    assert again.returncode == 1
+    assert again.stderr.strip() == "config/toolgate.toml: already exists; not overwritten (name another path, or remove it first)"
+    assert written.read_text() == "# mine\n"

@@ -222,17 +222,34 @@ class FakeLLM:
         kind, deployment = host.route(path)
         if kind is None:
             return json_response(404, wire.NOT_FOUND)
-        if method != ("POST" if kind == "chat" else "GET"):
+        if method != ("GET" if kind in ("models", "model") else "POST"):
             return json_response(405, wire.METHOD_NOT_ALLOWED)
         if self.api_key is not None and headers.get(host.auth_header) != self._credential:
             return json_response(401, host.unauthorized)
         if kind == "models":
             return json_response(200, self._models_body)
+        if kind == "model":
+            if deployment in self.models:
+                return json_response(200, wire.model_body(deployment))
+            return json_response(404, wire.error_body(404, f"The model '{deployment}' does not exist"))
         if host.required_query and host.required_query not in query:
             return json_response(404, wire.AZURE_NOT_FOUND)
         if bad_json or not isinstance(body, dict):
             return json_response(400, wire.error_body(400, "fakellm: the body is not a JSON object"))
+        if kind != "chat":
+            return self._other(kind, body)
         return self._render(self._next_turn(body), body, deployment)
+
+    def _other(self, kind: str, body: dict[str, Any]) -> Response:
+        """Embeddings and moderations: a scripted Fail or Raw next in line is taken (to test
+        errors); anything else stays for the next chat request, and the answer is computed."""
+        if self._script and isinstance(self._script[0], Fail | Raw):
+            return self._render(self._script.popleft(), body, None)
+        if kind == "embeddings":
+            data = wire.embeddings(body)
+        else:
+            data = wire.moderation(body, f"modr-fake{next(self._response_ids):08d}")
+        return Response(head(200, "application/json", len(data)), (data,), delay_s=self.latency_s)
 
     def _next_turn(self, body: dict[str, Any]) -> Turn:
         if not self._script:

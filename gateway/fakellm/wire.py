@@ -5,12 +5,16 @@ Pure functions, no I/O: the server only decides when each piece goes out.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import re
+import struct
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from functools import lru_cache
 from http import HTTPStatus
 from typing import Any
+from urllib.parse import unquote
 
 import orjson
 
@@ -37,10 +41,16 @@ class HostType:
     )
 
     def route(self, path: str) -> tuple[str | None, str | None]:
-        """``(kind, deployment)`` for a path: kind is "chat", "models" or None."""
+        """``(kind, name)`` for a path: kind is "chat", "models", "model" (one model's info,
+        named), "embeddings", "moderations" or None; an Azure chat path names its deployment."""
         kind = self.routes.get(path)
-        if kind is not None or self.deployment_path is None:
+        if kind is not None:
             return kind, None
+        for route, name in self.routes.items():
+            if name == "models" and path.startswith(route + "/") and len(path) > len(route) + 1:
+                return "model", unquote(path[len(route) + 1 :])
+        if self.deployment_path is None:
+            return None, None
         prefix, suffix = self.deployment_path
         if path.startswith(prefix) and path.endswith(suffix):
             deployment = path[len(prefix) : len(path) - len(suffix)]
@@ -61,7 +71,10 @@ def _openwebui_models(models: Sequence[str]) -> dict[str, Any]:
 
 HOST_TYPES: Mapping[str, HostType] = {
     "openai": HostType(
-        "openai", "/v1", {"/v1/chat/completions": "chat", "/v1/models": "models"}, _openai_models
+        "openai",
+        "/v1",
+        {"/v1/chat/completions": "chat", "/v1/models": "models", "/v1/embeddings": "embeddings", "/v1/moderations": "moderations"},
+        _openai_models,
     ),
     # Only /api/...: a gateway that forgets to rewrite the path gets the 404 the real one sends.
     "openwebui": HostType(
@@ -72,7 +85,7 @@ HOST_TYPES: Mapping[str, HostType] = {
         unauthorized=b'{"detail":"Not authenticated"}',
     ),
     "ollama": HostType(
-        "ollama", "", {"/v1/chat/completions": "chat", "/v1/models": "models"}, _openai_models
+        "ollama", "", {"/v1/chat/completions": "chat", "/v1/models": "models", "/v1/embeddings": "embeddings"}, _openai_models
     ),
     "azure": HostType(
         "azure",
@@ -93,6 +106,37 @@ HOST_TYPES: Mapping[str, HostType] = {
 NOT_FOUND = b'{"detail":"Not Found"}'
 AZURE_NOT_FOUND = b'{"error":{"code":"404","message":"Resource not found"}}'
 METHOD_NOT_ALLOWED = b'{"detail":"Method Not Allowed"}'
+
+
+def model_body(model: str) -> bytes:
+    return orjson.dumps({"id": model, "object": "model", "created": 0, "owned_by": "fakellm"})
+
+
+def embeddings(body: Mapping[str, Any]) -> bytes:
+    """Deterministic vectors, one per input (a string, token list, or a list of either):
+    the same input always gets the same vector; base64 (float32) when asked, as the SDKs do."""
+    given = body.get("input")
+    inputs = given if isinstance(given, list) and given and not isinstance(given[0], int) else [given]
+    dimensions = body.get("dimensions") if isinstance(body.get("dimensions"), int) else 8
+    data, tokens = [], 0
+    for index, item in enumerate(inputs):
+        seed = hashlib.sha256(orjson.dumps(item)).digest()
+        vector = [round(seed[i % len(seed)] / 127.5 - 1.0, 4) for i in range(dimensions)]
+        tokens += len(item) if isinstance(item, list) else len(str(item).split())
+        value: Any = vector
+        if body.get("encoding_format") == "base64":
+            value = base64.b64encode(struct.pack(f"<{dimensions}f", *vector)).decode()
+        data.append({"object": "embedding", "index": index, "embedding": value})
+    usage = {"prompt_tokens": tokens, "total_tokens": tokens}
+    return orjson.dumps({"object": "list", "data": data, "model": body.get("model"), "usage": usage})
+
+
+def moderation(body: Mapping[str, Any], id: str) -> bytes:
+    """Nothing is ever flagged; one result per input."""
+    given = body.get("input")
+    count = len(given) if isinstance(given, list) else 1
+    result = {"flagged": False, "categories": {"harassment": False, "violence": False}, "category_scores": {"harassment": 0.0, "violence": 0.0}}
+    return orjson.dumps({"id": id, "model": body.get("model"), "results": [result] * count})
 
 
 def error_body(status: int, message: str | None = None) -> bytes:
