@@ -33,8 +33,8 @@ async def test_a_retry_is_an_attempt_and_a_rejection_is_a_request():
         "503": value("toolgate_upstream_attempts_total", upstream="default", status="503"),
         "200": value("toolgate_upstream_attempts_total", upstream="default", status="200"),
         "retries": value("toolgate_upstream_retries_total", upstream="default", reason="503"),
-        "rejected": value("toolgate_requests_total", model="", status="404"),
-        "served": value("toolgate_requests_total", model="m", status="200"),
+        "rejected": value("toolgate_requests_total", api="chat", model="", status="404"),
+        "served": value("toolgate_requests_total", api="chat", model="m", status="200"),
     }
     upstream = ScriptedUpstream(httpx.Response(503, json={"error": {"message": "warming up"}}, headers={"retry-after": "0"}), completion("hi"))
     config = settings({"upstreams": {"default": {"url": "http://upstream.test/v1", "retries": 2}}})
@@ -46,8 +46,8 @@ async def test_a_retry_is_an_attempt_and_a_rejection_is_a_request():
     assert value("toolgate_upstream_attempts_total", upstream="default", status="503") - before["503"] == 1
     assert value("toolgate_upstream_attempts_total", upstream="default", status="200") - before["200"] == 1
     assert value("toolgate_upstream_retries_total", upstream="default", reason="503") - before["retries"] == 1
-    assert value("toolgate_requests_total", model="", status="404") - before["rejected"] == 1
-    assert value("toolgate_requests_total", model="m", status="200") - before["served"] == 1
+    assert value("toolgate_requests_total", api="chat", model="", status="404") - before["rejected"] == 1
+    assert value("toolgate_requests_total", api="chat", model="m", status="200") - before["served"] == 1
     assert 'toolgate_tool_source_up{source="builtin"} 1.0' in scraped
     assert 'toolgate_build_info{python="' in scraped and 'version="0.1.0"} 1.0' in scraped
 

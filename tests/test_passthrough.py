@@ -67,7 +67,7 @@ async def test_embeddings_reach_the_aliases_upstream_through_the_sdk(caplog):
     for name, labels, grew in (
         ("toolgate_requests_total", {"api": "embeddings", "model": "embed", "status": "200"}, 2),
         ("toolgate_tokens_total", {"model": "embed", "kind": "prompt_tokens"}, 5),
-        ("toolgate_upstream_calls_total", {"upstream": "default", "status": "200"}, 2),
+        ("toolgate_upstream_attempts_total", {"upstream": "default", "status": "200"}, 2),
     ):
         assert metric(metrics, name, **labels) - metric(before, name, **labels) == grew, name
     lines = [r.fields for r in caplog.records if r.name == "toolgate.access"]
