@@ -21,7 +21,8 @@ from typing import Any
 from gateway.assemble import StreamAssembler, Turn, turn_from_completion
 from gateway.config import Upstream
 from gateway.errors import LoopLimit
-from gateway.events import Event, Final, RoundUsage, ToolFinished, ToolStarted
+from gateway.events import Event, Final, RoundUsage, ToolFinished, ToolProgress, ToolStarted
+from gateway.tools.progress import Note
 from gateway.tools.toolbox import Offer, Toolbox
 from gateway.upstream import UpstreamClient
 from gateway.usage import add_usage
@@ -208,6 +209,9 @@ class _Tally:
                     "cut": cut,
                 }
             )
+            tool = self.job.offer.tools.get(function["name"])
+            if tool is not None and tool.annotations:
+                self.trace[-1]["annotations"] = tool.annotations
 
     def final(self, message: dict[str, Any], finish_reason: str, usage: dict[str, Any] | None, rounds: int, logprobs: Any = None) -> Final:
         return Final(message, finish_reason, usage, rounds, self.tool_calls, self.trace, logprobs=logprobs)
@@ -223,6 +227,9 @@ async def _run_calls(job: LoopJob, toolbox: Toolbox, calls: list[dict[str, Any]]
     results = {}
     async with aclosing(toolbox.run_round(calls, job.offer, tool_images=job.upstream.host.tool_images)) as outcomes:
         async for outcome in outcomes:
+            if isinstance(outcome, Note):
+                yield ToolProgress(round_no, outcome.call_id, outcome.name, outcome.progress, outcome.total, outcome.message)
+                continue
             results[outcome.call_id] = outcome
             yield ToolFinished(round_no, outcome.call_id, outcome.name, outcome.outcome, outcome.duration_s, outcome.content)
     for call in calls:
