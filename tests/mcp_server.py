@@ -241,6 +241,14 @@ def _refuse(status: int, code: int, message: str, data: object = None):
     return app
 
 
+methods_seen: dict[str, int] = {}
+
+
+@server.tool(description="How many HTTP requests named this method in their Mcp-Method header (2026-07-28).")
+def requests(method: str) -> int:
+    return methods_seen.get(method, 0)
+
+
 def only_era(app, era: str):
     """``app`` answering one era's requests only: a request stamped with the 2026-07-28 version
     header goes to ``app`` only in the modern era, any other only in the legacy era."""
@@ -248,7 +256,12 @@ def only_era(app, era: str):
     async def gate(scope, receive, send) -> None:
         if scope["type"] != "http":
             return await app(scope, receive, send)
-        version = dict(scope["headers"]).get(b"mcp-protocol-version", b"").decode()
+        headers = dict(scope["headers"])
+        method = headers.get(b"mcp-method", b"").decode()
+        methods_seen[method] = methods_seen.get(method, 0) + 1
+        if era == "dual":
+            return await app(scope, receive, send)
+        version = headers.get(b"mcp-protocol-version", b"").decode()
         modern = version in MODERN_PROTOCOL_VERSIONS
         if era == "legacy" and modern:
             # What a 2025 server says to a version it does not know.
@@ -284,7 +297,7 @@ async def serve_http(port: int, transport: str, era: str) -> None:
         app = server.sse_app()
     else:
         app = server.streamable_http_app(stateless_http=era == "modern")
-        app = app if era == "dual" else only_era(app, era)
+        app = only_era(app, era)
     config = uvicorn.Config(app, log_level="warning", lifespan="on")
     await Announcing(config).serve(sockets=[sock])
 

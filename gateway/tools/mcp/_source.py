@@ -229,9 +229,9 @@ class McpSource:
                     self._discovered = client.session.discover_result or self._discovered
                     self._up(client, signals, listing)
                     await self._serve(client, signals, ttl_ms)
-            except Exception:
-                if not up:
-                    # Perhaps the server changed era: the next attempt asks afresh.
+            except Exception as exc:
+                if not up and not connection_gone(exc):
+                    # It answered, but not as before: perhaps it changed era. The next attempt asks afresh.
                     self._learned = self._discovered = None
                 raise
         if startup.cancelled_caught:
