@@ -211,7 +211,7 @@ class _Tally:
             )
             tool = self.job.offer.tools.get(function["name"])
             if tool is not None and tool.annotations:
-                self.trace[-1]["annotations"] = tool.annotations
+                self.trace[-1]["annotations"] = dict(tool.annotations)
 
     def final(self, message: dict[str, Any], finish_reason: str, usage: dict[str, Any] | None, rounds: int, logprobs: Any = None) -> Final:
         return Final(message, finish_reason, usage, rounds, self.tool_calls, self.trace, logprobs=logprobs)

@@ -23,8 +23,9 @@ import anyio
 import mcp_types as types
 from mcp.client import Client
 from mcp.client.session import ClientSession
+from mcp.shared.dispatcher import ProgressFnT
 
-from gateway.tools.base import SourceContext, SourceStatus, Tool, ToolError, ToolOutput, progress_listener
+from gateway.tools.base import Progress, SourceContext, SourceStatus, Tool, ToolError, ToolOutput, progress_listener
 from gateway.tools.mcp import _era
 from gateway.tools.mcp._config import ServerSpec, secret_values
 from gateway.tools.mcp._convert import connection_gone, describe, to_output, tool_error
@@ -78,7 +79,7 @@ async def _list_tools(client: Client) -> tuple[list[types.Tool], int]:
     return tools, ttl_ms
 
 
-def _progress_callback(listener: Any) -> Any:
+def _progress_callback(listener: Progress) -> ProgressFnT:
     async def on_progress(progress: float, total: float | None, message: str | None) -> None:
         listener(progress, total, message)
 
@@ -254,7 +255,8 @@ class McpSource:
 
     async def _refresh(self, client: Client, ttl_ms: int) -> int:
         try:
-            listing, ttl_ms = await _list_tools(client)
+            with anyio.fail_after(self.spec.startup_timeout_s):
+                listing, ttl_ms = await _list_tools(client)
         except Exception as exc:
             if connection_gone(exc):
                 raise
