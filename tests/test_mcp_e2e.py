@@ -4,6 +4,7 @@ an alias's tool selection."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import re
 import sys
@@ -17,7 +18,7 @@ from gateway.config import StoreSettings, settings_from_dict
 from gateway.errors import ConfigError
 from gateway.fakellm import Calls, FakeLLM, Reply
 from tests.test_e2e import sdk, serve
-from tests.test_mcp import SERVER, HttpServer
+from tests.test_mcp import SERVER, HttpServer, wait_until
 
 KINDS = {  # name -> (era, transport)
     "stateless_http": ("modern", "http"),
@@ -173,3 +174,25 @@ def test_an_unknown_exclusion_is_a_config_problem() -> None:
     with pytest.raises(ConfigError) as caught:
         settings_from_dict(raw, {})
     assert "models[0].tools: '!dangerous' names no annotation; expected one of !destructive, !open_world" in str(caught.value)
+
+
+@pytest.mark.parametrize("kind", ["stateless_http", "handshake_http", "sse"])
+async def test_a_server_killed_mid_call_is_a_tool_message_not_a_hang(kind: str) -> None:
+    era, transport = KINDS[kind]
+    server = HttpServer(transport, "--era", era)
+    await server.start()
+    try:
+        async with FakeLLM() as fake:
+            fake.push(Calls([("sleep", {"seconds": 60})]), Reply("It broke."))
+            async with serve(config(fake, server.table(), ["*"])) as (base, _):
+                async with sdk(base) as client:
+                    asked = asyncio.ensure_future(client.chat.completions.create(model="m", messages=[{"role": "user", "content": "nap"}]))
+                    await wait_until(lambda: len(fake.requests) == 1)
+                    await asyncio.sleep(0.3)  # the call is on the wire
+                    await server.stop()
+                    reply = await asyncio.wait_for(asked, 10)
+    finally:
+        await server.stop()
+    assert reply.choices[0].message.content == "It broke."
+    [message] = _tool_messages(fake.requests[1])
+    assert message.startswith("Error: MCP server 'srv': "), message

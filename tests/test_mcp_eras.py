@@ -99,7 +99,7 @@ async def test_a_pin_the_server_does_not_speak_is_a_clear_not_ready(make_source:
 
 async def test_the_era_is_remembered_across_reconnects(make_source: Factory, servers) -> None:
     server = await servers("--era", "dual")
-    source = await make_source(server.table())
+    source = await make_source(server.table(list_ttl_min_s=0.2))  # an idle stateless server is re-listed, so missed, this soon
     assert await call(source, "requests", method="server/discover") == "1"
     await server.stop()
     await wait_until(lambda: not source.status().ready)
