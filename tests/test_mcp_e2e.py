@@ -66,7 +66,8 @@ def _tool_messages(request: Any) -> list[str]:
 async def test_each_era_and_transport_lists_and_calls_through_the_loop(mcp_table, kind: str) -> None:
     table = await mcp_table(kind)
     async with FakeLLM() as fake:
-        fake.push(Calls([("add", {"a": 2, "b": 3}), ("echo", {"text": "hi"})]), Reply("5, and hi."))
+        # count reports progress: a non-streamed reply shows none of it
+        fake.push(Calls([("add", {"a": 2, "b": 3}), ("echo", {"text": "hi"}), ("count", {"steps": 2, "pause": 0.01})]), Reply("5, and hi."))
         async with serve(config(fake, table, ["*"])) as (base, app):
             status = app.state.runtime.toolbox.sources[1].status()
             async with sdk(base) as client:
@@ -79,7 +80,8 @@ async def test_each_era_and_transport_lists_and_calls_through_the_loop(mcp_table
     assert reply.choices[0].message.content == "5, and hi."
     offered = {t["function"]["name"] for t in fake.requests[0].body["tools"]}
     assert {"add", "echo", "count", "calculate"} <= offered
-    assert _tool_messages(fake.requests[1]) == ["5", "hi"]
+    assert _tool_messages(fake.requests[1]) == ["5", "hi", "counted 2"]
+    assert set(reply.choices[0].message.model_extra or {}) <= {"reasoning_content"} and not getattr(reply.choices[0].message, "reasoning_content", None)
     trace = {t["name"]: t for t in reply.model_extra["toolgate"]["tools"]}
     assert trace["add"]["annotations"] == {"title": "Adder", "readOnlyHint": True, "idempotentHint": True, "openWorldHint": False}
     assert "annotations" not in trace["echo"]  # it states none

@@ -822,3 +822,24 @@ def test_builtins_state_their_hints():
 
     for tool in (Calculate(), CurrentTime()):
         assert not hints.destructive(tool) and not hints.open_world(tool)
+
+
+class ReportsFromAThread(Tool):
+    reports_progress = True
+
+    def __init__(self) -> None:
+        super().__init__("threaded", "Reports from a worker thread.")
+
+    async def call(self, arguments):
+        def work():
+            report_progress(1, 1, "from a thread")
+            return "worked"
+
+        result = await asyncio.to_thread(work)
+        await asyncio.sleep(0.05)  # the report crosses to the loop before the outcome
+        return result
+
+
+async def test_progress_from_a_worker_thread_reaches_the_loop():
+    items = await run(box(ReportsFromAThread()), [call("threaded")])
+    assert [(type(i).__name__, getattr(i, "message", None)) for i in items] == [("Note", "from a thread"), ("ToolOutcome", None)]

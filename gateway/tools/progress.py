@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import threading
 import time
 from dataclasses import dataclass
 
@@ -66,9 +67,14 @@ class Board:
         self._shown: dict[str, float] = {}  # call id -> when its progress was last taken
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._closed: set[str] = set()
+        self._loop = asyncio.get_running_loop()
+        self._thread = threading.get_ident()
 
     def listener(self, call_id: str, name: str) -> Progress:
         def report(progress: float, total: float | None, message: str | None) -> None:
+            if threading.get_ident() != self._thread:  # a tool's blocking work on a worker thread
+                self._loop.call_soon_threadsafe(report, progress, total, message)
+                return
             value = _number(progress)
             if value is None or call_id in self._closed:
                 return
@@ -80,7 +86,7 @@ class Board:
             if wait <= 0:
                 self._queue.put_nowait(Due(call_id))
             else:
-                self._timers[call_id] = asyncio.get_running_loop().call_later(wait, self._raise, call_id)
+                self._timers[call_id] = self._loop.call_later(wait, self._raise, call_id)
 
         return report
 
