@@ -22,7 +22,7 @@ import mcp_types as types
 logger = logging.getLogger("toolgate.mcp")
 
 
-def annotations(tool: types.Tool) -> dict[str, Any] | None:
+def stated_hints(tool: types.Tool) -> dict[str, Any] | None:
     """The hints the server stated, under their wire names; None when it stated none."""
     if tool.annotations is None:
         return None
@@ -30,7 +30,7 @@ def annotations(tool: types.Tool) -> dict[str, Any] | None:
 
 
 def digest(tool: types.Tool) -> str:
-    definition = {"description": tool.description or "", "inputSchema": tool.input_schema, "annotations": annotations(tool)}
+    definition = {"description": tool.description or "", "inputSchema": tool.input_schema, "annotations": stated_hints(tool)}
     return hashlib.sha256(json.dumps(definition, sort_keys=True).encode()).hexdigest()
 
 

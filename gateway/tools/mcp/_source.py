@@ -29,7 +29,7 @@ from gateway.tools.base import Progress, SourceContext, SourceStatus, Tool, Tool
 from gateway.tools.mcp import _era
 from gateway.tools.mcp._config import ServerSpec, secret_values
 from gateway.tools.mcp._convert import connection_gone, describe, to_output, tool_error
-from gateway.tools.mcp._guard import Guard, annotations
+from gateway.tools.mcp._guard import Guard, stated_hints
 from gateway.tools.mcp._transport import TRANSPORTS
 from gateway.tools.mcp._watch import Signals, Watched
 
@@ -57,7 +57,7 @@ class McpTool(Tool):
     def __init__(self, source: McpSource, remote: types.Tool, timeout_s: float) -> None:
         super().__init__(remote.name, remote.description or "", remote.input_schema, timeout_s=timeout_s)
         self.remote_name = remote.name
-        self.annotations = annotations(remote)
+        self.annotations = stated_hints(remote)
         self._source = source
 
     async def call(self, arguments: dict[str, Any]) -> ToolOutput:
