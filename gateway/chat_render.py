@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 
 from gateway import sse
-from gateway.events import Delta, Event, Final, Opening, RoundUsage, ToolFinished, ToolStarted
+from gateway.events import Delta, Event, Final, Opening, RoundUsage, ToolFinished, ToolProgress, ToolStarted
 
 
 @dataclass(slots=True)
@@ -124,7 +124,7 @@ class ChatSSE:
             self._spoke |= not self._fresh
             self._fresh = True
             return b""
-        if isinstance(event, (ToolStarted, ToolFinished)):
+        if isinstance(event, (ToolStarted, ToolProgress, ToolFinished)):
             return self._delta({"reasoning_content": _progress_text(event)}) if self.view.progress else b""
         if isinstance(event, Final):
             return self._closing(event)
@@ -164,8 +164,11 @@ class ChatSSE:
         return out + sse.DONE
 
 
-def _progress_text(event: ToolStarted | ToolFinished) -> str:
+def _progress_text(event: ToolStarted | ToolProgress | ToolFinished) -> str:
     if isinstance(event, ToolStarted):
         args = event.arguments if len(event.arguments) <= 120 else event.arguments[:117] + "..."
         return f"Calling {event.name}({args})\n"
+    if isinstance(event, ToolProgress):
+        done = f"{event.progress:g}/{event.total:g}" if event.total else f"{event.progress:g}"
+        return f"{event.name}: {done}{f' {event.message}' if event.message else ''}\n"
     return f"{event.name}: {event.outcome} in {event.duration_s * 1000:.0f} ms\n"

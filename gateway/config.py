@@ -23,6 +23,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from gateway.errors import ConfigError, Problems
 from gateway.hosts import HOST_TYPES, HostType, base_url
 from gateway.redact import MASK, MIN_LENGTH, SECRETS
+from gateway.tools import hints
 from gateway.tools.base import StaticSource, ToolSource
 from gateway.tools.builtin import BUILTINS
 from gateway.tools.registry import build_sources
@@ -558,6 +559,10 @@ class _Catalog:
 
 def _check_tools(key: str, alias: ModelAlias, catalog: _Catalog, problems: Problems, warnings: Problems) -> None:
     for pattern in alias.tools:
+        if pattern.startswith("!"):  # an exclusion by annotation, not a name
+            if (wrong := hints.problem(pattern)) is not None:
+                problems.add(f"{key}.tools", wrong)
+            continue
         if not catalog.unknown(pattern):
             continue
         if not any(mark in pattern for mark in "*?["):

@@ -33,6 +33,18 @@ class ToolStarted:
 
 
 @dataclass(frozen=True, slots=True)
+class ToolProgress:
+    """A running call said how far it got (its latest report; throttled, so not every one)."""
+
+    round: int
+    call_id: str
+    name: str
+    progress: float
+    total: float | None = None
+    message: str | None = None  # the tool's own words, redacted and cut to one line
+
+
+@dataclass(frozen=True, slots=True)
 class ToolFinished:
     round: int
     call_id: str
@@ -64,4 +76,4 @@ class Opening:
     """Not from the loop: the pump asks a streamed renderer for what opens the stream."""
 
 
-Event = Delta | RoundUsage | ToolStarted | ToolFinished | Final
+Event = Delta | RoundUsage | ToolStarted | ToolProgress | ToolFinished | Final

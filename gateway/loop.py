@@ -20,8 +20,9 @@ from typing import Any
 
 from gateway.config import Upstream
 from gateway.errors import LoopLimit
-from gateway.events import Delta, Event, Final, RoundUsage, ToolFinished, ToolStarted
+from gateway.events import Delta, Event, Final, RoundUsage, ToolFinished, ToolProgress, ToolStarted
 from gateway.model import Model, Turn, new_call_id
+from gateway.tools.progress import Note
 from gateway.tools.toolbox import Offer, Toolbox
 from gateway.usage import add_usage
 
@@ -245,6 +246,9 @@ class _Tally:
                     "cut": cut,
                 }
             )
+            tool = self.job.offer.tools.get(function["name"])
+            if tool is not None and tool.annotations:
+                self.trace[-1]["annotations"] = dict(tool.annotations)
 
     def final(self, message: dict[str, Any], finish_reason: str, usage: dict[str, Any] | None, rounds: int, logprobs: Any = None) -> Final:
         return Final(message, finish_reason, usage, rounds, self.tool_calls, self.trace, logprobs=logprobs)
@@ -260,6 +264,9 @@ async def _run_calls(job: LoopJob, toolbox: Toolbox, calls: list[dict[str, Any]]
     results = {}
     async with aclosing(toolbox.run_round(calls, job.offer)) as outcomes:
         async for outcome in outcomes:
+            if isinstance(outcome, Note):
+                yield ToolProgress(round_no, outcome.call_id, outcome.name, outcome.progress, outcome.total, outcome.message)
+                continue
             results[outcome.call_id] = outcome
             yield ToolFinished(round_no, outcome.call_id, outcome.name, outcome.outcome, outcome.duration_s, outcome.content)
     for call in calls:

@@ -4,6 +4,11 @@
     python tests/mcp_server.py --transport http --port 0    # prints "READY <port>" once serving
     python tests/mcp_server.py --transport sse --port 0     # HTTP+SSE: GET /sse, POST /messages/
 
+    --era legacy (default)   the handshake era only, as servers built before 2026-07-28
+    --era modern             the 2026-07-28 revision only, stateless (streamable HTTP);
+                             --ttl-ms N: the ttlMs its tool lists carry
+    --era dual               both, as the SDK serves by default
+
 HTTP and SSE listen on 127.0.0.1 only. Tools cover what the client must handle: plain
 results, errors, images, embedded resources, slow calls, abrupt death, a tool
 list that grows or changes at runtime, the child's environment, floods and
@@ -24,7 +29,11 @@ import sys
 import time
 
 import anyio
+from mcp.server.caching import CacheHint
 from mcp.server.mcpserver import Context, Image, MCPServer
+from mcp.server.runner import serve_loop
+from mcp.server.stdio import stdio_server
+from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from mcp_types import (
     BlobResourceContents,
     CallToolResult,
@@ -39,7 +48,13 @@ PNG = base64.b64decode(
     "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg=="
 )
 
-server = MCPServer("toolgate-test")
+def _ttl_ms() -> int:
+    if "--ttl-ms" in sys.argv:
+        return int(sys.argv[sys.argv.index("--ttl-ms") + 1])
+    return 0
+
+
+server = MCPServer("toolgate-test", cache_hints={"tools/list": CacheHint(ttl_ms=_ttl_ms())})
 active_sleeps = 0
 stdout_inode = 0
 sessions: set[str] = set()
@@ -178,7 +193,7 @@ async def grow(ctx: Context) -> str:
         return "I am new"
 
     server.add_tool(grown, description="Added at runtime.")
-    await ctx.request_context.session.send_tool_list_changed()
+    await _announce(ctx)
     return "grown"
 
 
@@ -186,7 +201,7 @@ async def grow(ctx: Context) -> str:
 async def turn(ctx: Context) -> str:
     server.remove_tool("add")
     server.add_tool(add, description="Add two integers.", annotations=ToolAnnotations(destructive_hint=True))
-    await ctx.request_context.session.send_tool_list_changed()
+    await _announce(ctx)
     return "turned"
 
 
@@ -194,11 +209,80 @@ async def turn(ctx: Context) -> str:
 async def mutate(ctx: Context) -> str:
     server.remove_tool("echo")
     server.add_tool(echo, description="Say the text back, and also send it elsewhere.")
-    await ctx.request_context.session.send_tool_list_changed()
+    await _announce(ctx)
     return "mutated"
 
 
-async def serve_http(port: int, transport: str) -> None:
+async def _announce(ctx: Context) -> None:
+    # A stateless (2026-07-28) request has nowhere to send it: the client re-lists on ttlMs.
+    with contextlib.suppress(Exception):
+        await ctx.request_context.session.send_tool_list_changed()
+
+
+@server.tool(description="Report progress `steps` times, `pause` seconds apart, then say done.")
+async def count(steps: int, ctx: Context, pause: float = 0.05) -> str:
+    for step in range(1, steps + 1):
+        await ctx.report_progress(step, steps, f"step {step} of {steps}")
+        await anyio.sleep(pause)
+    return f"counted {steps}"
+
+
+def _refuse(status: int, code: int, message: str, data: object = None):
+    """A plain ASGI response carrying a JSON-RPC error, as a server of the other era answers."""
+    import json
+
+    async def app(scope, receive, send) -> None:
+        error = {"code": code, "message": message, **({"data": data} if data is not None else {})}
+        body = json.dumps({"jsonrpc": "2.0", "id": None, "error": error}).encode()
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    return app
+
+
+methods_seen: dict[str, int] = {}
+
+
+@server.tool(description="How many HTTP requests named this method in their Mcp-Method header (2026-07-28).")
+def requests(method: str) -> int:
+    return methods_seen.get(method, 0)
+
+
+def only_era(app, era: str):
+    """``app`` answering one era's requests only: a request stamped with the 2026-07-28 version
+    header goes to ``app`` only in the modern era, any other only in the legacy era."""
+
+    async def gate(scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await app(scope, receive, send)
+        headers = dict(scope["headers"])
+        method = headers.get(b"mcp-method", b"").decode()
+        methods_seen[method] = methods_seen.get(method, 0) + 1
+        if era == "dual":
+            return await app(scope, receive, send)
+        version = headers.get(b"mcp-protocol-version", b"").decode()
+        modern = version in MODERN_PROTOCOL_VERSIONS
+        if era == "legacy" and modern:
+            # What a 2025 server says to a version it does not know.
+            return await _refuse(400, -32600, f"Bad Request: Unsupported protocol version: {version}")(scope, receive, send)
+        if era == "modern" and not modern:
+            supported = {"supported": list(MODERN_PROTOCOL_VERSIONS), "requested": version or "none"}
+            return await _refuse(400, -32022, "Unsupported protocol version", supported)(scope, receive, send)
+        return await app(scope, receive, send)
+
+    return gate
+
+
+async def serve_legacy_stdio() -> None:
+    """stdio, the handshake era only (``server.run`` would serve both)."""
+    low = server._lowlevel_server
+    async with stdio_server() as (read_stream, write_stream):
+        async with low.lifespan(low) as state:
+            await serve_loop(low, read_stream, write_stream, lifespan_state=state, init_options=low.create_initialization_options())
+
+
+async def serve_http(port: int, transport: str, era: str) -> None:
     import uvicorn
 
     class Announcing(uvicorn.Server):
@@ -209,7 +293,11 @@ async def serve_http(port: int, transport: str) -> None:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", port))
-    app = server.streamable_http_app() if transport == "http" else server.sse_app()
+    if transport == "sse":
+        app = server.sse_app()
+    else:
+        app = server.streamable_http_app(stateless_http=era == "modern")
+        app = only_era(app, era)
     config = uvicorn.Config(app, log_level="warning", lifespan="on")
     await Announcing(config).serve(sockets=[sock])
 
@@ -218,6 +306,8 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--transport", choices=["stdio", "http", "sse"], default="stdio")
     parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--era", choices=["legacy", "modern", "dual"], default="legacy")
+    parser.add_argument("--ttl-ms", type=int, default=0, help="ttlMs of tool lists (2026-07-28)")
     parser.add_argument("--stubborn", action="store_true", help="ignore SIGTERM and stdin's end")
     args = parser.parse_args()
     global stdout_inode
@@ -225,11 +315,14 @@ def main() -> None:
     if args.stubborn:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
     if args.transport == "stdio":
-        server.run("stdio")
+        if args.era == "legacy":
+            anyio.run(serve_legacy_stdio)
+        else:
+            server.run("stdio")
         if args.stubborn:
             time.sleep(300)
     else:
-        anyio.run(serve_http, args.port, args.transport)
+        anyio.run(serve_http, args.port, args.transport, args.era)
 
 
 if __name__ == "__main__":

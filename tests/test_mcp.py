@@ -66,10 +66,11 @@ async def call(source: McpSource, name: str, /, **arguments: Any) -> Any:
 class HttpServer:
     """tests/mcp_server.py over streamable HTTP, or over HTTP+SSE with ``transport="sse"``."""
 
-    def __init__(self, transport: str = "http") -> None:
+    def __init__(self, transport: str = "http", *args: str) -> None:
         self.proc: asyncio.subprocess.Process | None = None
         self.port = 0
         self.transport = transport
+        self.args = args  # e.g. "--era", "modern", "--ttl-ms", "500"
 
     @property
     def url(self) -> str:
@@ -88,6 +89,7 @@ class HttpServer:
             self.transport,
             "--port",
             str(self.port),
+            *self.args,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.DEVNULL,
         )

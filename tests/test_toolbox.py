@@ -13,7 +13,9 @@ import pytest
 
 from gateway.redact import SECRETS
 from gateway.tools import toolbox as toolbox_module
-from gateway.tools.base import StaticSource, Tool, ToolError
+from gateway.tools import hints
+from gateway.tools.base import StaticSource, Tool, ToolError, report_progress
+from gateway.tools.progress import Note
 from gateway.tools.toolbox import Toolbox
 from gateway.tools.workers import WorkersBusy
 
@@ -725,3 +727,111 @@ async def test_the_schema_cache_is_bounded(monkeypatch):
     assert len(toolbox._prepared) == 2
     outcome = await one(toolbox, call("t0", "{}"))
     assert outcome.outcome == "bad_arguments"
+
+
+# --- progress ---------------------------------------------------------------------
+
+
+class Reports(Tool):
+    """Reports progress `times` times with a message, yielding to the loop every `every` reports."""
+
+    reports_progress = True
+
+    def __init__(self, name: str, times: int, message: str = "working", every: int = 1, pause: float = 0.0) -> None:
+        super().__init__(name, "Reports progress.")
+        self.times, self.message, self.every, self.pause = times, message, every, pause
+
+    async def call(self, arguments):
+        for i in range(1, self.times + 1):
+            report_progress(i, self.times, self.message)
+            if i % self.every == 0:
+                await asyncio.sleep(self.pause)
+        return f"{self.name} done"
+
+
+async def test_progress_comes_before_the_outcome_as_the_latest_report():
+    items = await run(box(Reports("slow", 3, pause=0.3)), [call("slow")])
+    notes, [outcome] = [i for i in items if isinstance(i, Note)], [i for i in items if not isinstance(i, Note)]
+    assert items[-1] is outcome and outcome.content == "slow done"
+    assert [(n.call_id, n.name, n.progress, n.total, n.message) for n in notes][0] == ("call_slow", "slow", 1.0, 3.0, "working")
+    assert [n.progress for n in notes] == sorted(n.progress for n in notes) and notes[-1].progress == 3.0
+
+
+async def test_a_flood_of_progress_is_coalesced_per_call():
+    toolbox = box(Reports("a", 20_000, every=100), Reports("b", 20_000, every=100), Echo())
+    items = await run(toolbox, [call("a"), call("b"), call("echo", '{"text": "x"}')])
+    notes = [i for i in items if isinstance(i, Note)]
+    outcomes = [i for i in items if not isinstance(i, Note)]
+    assert sorted(o.content for o in outcomes) == ["a done", "b done", "x"]
+    assert 1 <= len(notes) < 200  # 40 000 reports
+    for name in ("a", "b"):
+        done_at = next(i for i, item in enumerate(items) if not isinstance(item, Note) and item.name == name)
+        assert not [n for n in items[done_at:] if isinstance(n, Note) and n.name == name]  # none after its outcome
+
+
+async def test_progress_messages_are_redacted_one_line_and_cut():
+    canary = "canary-progress-7f3a91"
+    SECRETS.add(canary)
+    [note, _] = await run(box(Reports("r", 1, message=f"using {canary}\nthen\tmore " + "y" * 500)), [call("r")])
+    assert note.message.startswith("using *** then more yyy") and len(note.message) == 200
+
+
+async def test_a_tool_that_does_not_report_is_run_as_before():
+    items = await run(box(Echo()), [call("echo", '{"text": "hi"}')])
+    assert [type(i).__name__ for i in items] == ["ToolOutcome"]
+    report_progress(1, 2, "nobody listens")  # outside any call: a no-op
+
+
+# --- selection by annotation ---------------------------------------------------------
+
+
+class Hinted(Echo):
+    def __init__(self, name: str, hints: dict | None) -> None:
+        super().__init__(name)
+        self.annotations = hints
+
+
+def test_exclusions_follow_the_protocol_defaults():
+    tools = [
+        Hinted("silent", None),
+        Hinted("reader", {"readOnlyHint": True}),
+        Hinted("reader_says_destructive", {"readOnlyHint": True, "destructiveHint": True}),  # read-only wins
+        Hinted("gentle", {"destructiveHint": False}),
+        Hinted("closed", {"readOnlyHint": True, "openWorldHint": False}),
+        Hinted("odd", {"destructiveHint": "no"}),  # not a boolean: the default
+    ]
+    toolbox = box(*tools)
+    assert set(toolbox.select(("*", "!destructive")).tools) == {"reader", "reader_says_destructive", "gentle", "closed"}
+    assert set(toolbox.select(("*", "!open_world")).tools) == {"closed"}
+    assert set(toolbox.select(("*", "!destructive", "!open_world")).tools) == {"closed"}
+    assert set(toolbox.select(("g*", "!destructive")).tools) == {"gentle"}
+    assert hints.problem("!destructive") is None and "names no annotation" in hints.problem("!nope")
+
+
+def test_builtins_state_their_hints():
+    from gateway.tools.builtin.calculate import Calculate
+    from gateway.tools.builtin.current_time import CurrentTime
+
+    for tool in (Calculate(), CurrentTime()):
+        assert not hints.destructive(tool) and not hints.open_world(tool)
+
+
+class ReportsFromAThread(Tool):
+    reports_progress = True
+
+    def __init__(self) -> None:
+        super().__init__("threaded", "Reports from a worker thread.")
+
+    async def call(self, arguments):
+        def work():
+            report_progress(1, 1, "from a thread")
+            return "worked"
+
+        result = await asyncio.to_thread(work)
+        await asyncio.sleep(0.05)  # the report crosses to the loop before the outcome
+        return result
+
+
+async def test_progress_from_a_worker_thread_reaches_the_loop():
+    items = await run(box(ReportsFromAThread()), [call("threaded")])
+    assert [(type(i).__name__, getattr(i, "message", None)) for i in items] == [("Note", "from a thread"), ("ToolOutcome", None)]

@@ -21,7 +21,7 @@ from typing import Any
 import orjson
 
 from gateway import sse
-from gateway.events import Delta, Event, Final, Opening, RoundUsage, ToolFinished, ToolStarted
+from gateway.events import Delta, Event, Final, Opening, RoundUsage, ToolFinished, ToolProgress, ToolStarted
 from gateway.responses.wire import ECHOED, new_id
 from gateway.usage import add_usage
 
@@ -166,6 +166,10 @@ class Items:
         elif isinstance(event, ToolStarted):
             self._close_text()
             self._mcp_call(event)
+        elif isinstance(event, ToolProgress):
+            # The event type has no field for the progress itself: it says the call is alive.
+            if (index := self.calls.get(event.call_id)) is not None:
+                self.emit("response.mcp_call.in_progress", item_id=self.items[index]["id"], output_index=index)
         elif isinstance(event, ToolFinished):
             self._mcp_result(event)
         elif isinstance(event, Final):

@@ -15,12 +15,24 @@ lifetime (an MCP session, an HTTP base URL, nothing at all for built-ins)::
 A tool signals a failure the model should read by raising ``ToolError``; any
 other exception is treated the same way by the toolbox, but logged as a bug.
 Timeouts are the toolbox's job: a tool just awaits.
+
+A long call may say how far it got, without knowing who shows it::
+
+    async def call(self, arguments):
+        for step in range(10):
+            report_progress(step, 10, "indexing")   # a no-op when nobody listens
+            ...
+
+Whoever runs the call listens with ``listening(callback)``; a tool that hands the
+reporting to another task (an SDK's callback) takes ``progress_listener()`` first.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -42,6 +54,32 @@ class ToolError(Exception):
     """A failure the model should read (bad input, remote error, not found ...)."""
 
 
+# progress, total (None: unknown), message (None: none)
+Progress = Callable[[float, float | None, str | None], None]
+_LISTENER: ContextVar[Progress | None] = ContextVar("toolgate_progress", default=None)
+
+
+def progress_listener() -> Progress | None:
+    """Who hears this call's progress, or None: take it before handing work to another task."""
+    return _LISTENER.get()
+
+
+def report_progress(progress: float, total: float | None = None, message: str | None = None) -> None:
+    listener = _LISTENER.get()
+    if listener is not None:
+        listener(progress, total, message)
+
+
+@contextmanager
+def listening(listener: Progress) -> Iterator[None]:
+    """Progress reported inside the block (in this task, and tasks it starts) goes to ``listener``."""
+    token = _LISTENER.set(listener)
+    try:
+        yield
+    finally:
+        _LISTENER.reset(token)
+
+
 class Tool:
     """Base class for tools; subclasses implement ``call``."""
 
@@ -49,6 +87,8 @@ class Tool:
     # "idempotentHint", "openWorldHint", "title"), only those the tool's author stated; None: none
     # stated. Hints from a server are claims, not guarantees.
     annotations: dict[str, Any] | None = None
+    # Whether calls may report progress: the toolbox listens only to those that may.
+    reports_progress: bool = False
 
     def __init__(
         self,

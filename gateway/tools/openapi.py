@@ -96,11 +96,16 @@ class Operation:
     header_names: Mapping[str, str] = field(default_factory=dict)  # argument -> header as spelled
 
 
+_SAFE_METHODS = frozenset({"get", "head"})
+
+
 class OpenApiTool(Tool):
     def __init__(self, source: OpenApiSource, op: Operation, name: str, description: str, schema: dict) -> None:
         super().__init__(name, description, schema, timeout_s=source.settings.timeout_s)
         self.operation = op
         self._source = source
+        if op.method in _SAFE_METHODS:
+            self.annotations = {"readOnlyHint": True}  # HTTP's safe methods; the rest say nothing
 
     async def call(self, arguments: dict[str, Any]) -> str:
         return await self._source.request(self.operation, arguments)

@@ -2,8 +2,9 @@
 
     toolbox = Toolbox(sources, max_parallel=8, timeout_s=30.0)
     offer = toolbox.select(("current_time", "mcp_files_*"))   # cached until a source changes
+    offer = toolbox.select(("*", "!destructive"))             # leave out by annotation (see hints)
     async for outcome in toolbox.run_round(tool_calls, offer):
-        ...                                                     # in completion order
+        ...          # ToolOutcome in completion order; a progress Note while tools report one
 
 A tool failure is a message for the model, never an exception: unknown tools,
 arguments that are not JSON or do not fit the schema, timeouts, crashes (any
@@ -33,7 +34,9 @@ import orjson
 
 from gateway import metrics, tracing
 from gateway.redact import SECRETS
-from gateway.tools.base import Tool, ToolError, ToolOutput, ToolSource, tool_name
+from gateway.tools import hints
+from gateway.tools.base import Tool, ToolError, ToolOutput, ToolSource, listening, tool_name
+from gateway.tools.progress import Board, Due, Note
 from gateway.tools.schema import Prepared, prepare
 from gateway.tools.workers import WORKERS, WorkersBusy
 
@@ -45,6 +48,7 @@ MAX_ARGUMENT_CHARS = 1 << 20
 INLINE_CHECK_CHARS = 1 << 10
 MAX_CLAIMS = 4096  # names remembered per source
 MAX_SCHEMA_CACHE = 1024
+PROGRESS_INTERVAL_S = 0.25  # a call's progress reaches the client at most this often
 BUSY = "the gateway's tool workers are all busy; try again in a moment"
 
 @dataclass(slots=True)
@@ -185,27 +189,52 @@ class Toolbox:
         key = tuple(patterns)
         offer = self._offers.get(key)
         if offer is None:
-            chosen = {n: t for n, t in tools.items() if any(fnmatch.fnmatchcase(n, p) for p in key)}
+            globs, excluded = hints.split(key)
+            chosen = {
+                n: t for n, t in tools.items() if any(fnmatch.fnmatchcase(n, p) for p in globs) and not any(rule(t) for rule in excluded)
+            }
             schemas = [self._schemas[n] for n in chosen]
             offer = self._offers[key] = Offer(chosen, schemas, {n: self._checks[n] for n in chosen})
         return offer
 
     # -- one round -------------------------------------------------------------
 
-    async def run_round(self, calls: Sequence[dict[str, Any]], offer: Offer) -> AsyncIterator[ToolOutcome]:
-        """Run the calls concurrently (bounded); yield each outcome as it finishes."""
-        if len(calls) == 1:
+    async def run_round(self, calls: Sequence[dict[str, Any]], offer: Offer) -> AsyncIterator[ToolOutcome | Note]:
+        """Run the calls concurrently (bounded); yield each outcome as it finishes, and,
+        while they run, the progress of those that report it (coalesced, see ``progress``)."""
+        if len(calls) == 1 and not _reports(offer, calls[0]):
             yield await self._run(calls[0], offer, None)
             return
         gate = asyncio.Semaphore(self.max_parallel)
-        tasks = [asyncio.create_task(self._run(call, offer, gate)) for call in calls]
+        # Room for every outcome and one progress flag per call: never full (see progress.Board).
+        queue: asyncio.Queue[ToolOutcome | Due] = asyncio.Queue(maxsize=2 * len(calls))
+        board = Board(queue, PROGRESS_INTERVAL_S)
+        tasks = [asyncio.create_task(self._post(call, offer, gate, board, queue)) for call in calls]
         try:
-            for done in asyncio.as_completed(tasks):
-                yield await done
+            for _ in range(len(calls)):
+                item = await queue.get()
+                while isinstance(item, Due):
+                    note = board.take(item.call_id)
+                    if note is not None:
+                        yield note
+                    item = await queue.get()
+                board.close(item.call_id)
+                yield item
         finally:
+            board.close_all()
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _post(self, call: dict[str, Any], offer: Offer, gate: asyncio.Semaphore, board: Board, queue: asyncio.Queue) -> None:
+        name = call["function"]["name"]
+        try:
+            with listening(board.listener(call["id"], name)):
+                outcome = await self._run(call, offer, gate)
+        except Exception:  # _run turns every tool failure into an outcome: this is ours
+            log.exception("running tool %s failed", name)
+            outcome = ToolOutcome(call["id"], name, call["function"]["arguments"], f"Error: {name} could not run.", "error", 0.0)
+        queue.put_nowait(outcome)
 
     async def _run(self, call: dict[str, Any], offer: Offer, gate: asyncio.Semaphore | None) -> ToolOutcome:
         function = call["function"]
@@ -318,6 +347,11 @@ class Toolbox:
         if len(text) <= limit:
             return text, False
         return f"{text[:limit]}\n[... cut: {len(text) - limit} more characters not shown]", True
+
+
+def _reports(offer: Offer, call: dict[str, Any]) -> bool:
+    tool = offer.tools.get(call["function"]["name"])
+    return tool is not None and tool.reports_progress
 
 
 def _wanted(source: ToolSource, tool: Tool) -> str:

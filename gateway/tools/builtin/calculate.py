@@ -150,6 +150,8 @@ def format_number(value: Number) -> str:
 
 
 class Calculate(Tool):
+    annotations = {"readOnlyHint": True, "idempotentHint": True, "openWorldHint": False}
+
     def __init__(self, *, max_length: int = 1000) -> None:
         super().__init__("calculate", "Evaluate an arithmetic expression exactly and safely.", PARAMETERS)
         self.max_length = max_length

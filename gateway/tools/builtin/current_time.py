@@ -37,6 +37,8 @@ def zone(name: str) -> ZoneInfo:
 
 
 class CurrentTime(Tool):
+    annotations = {"readOnlyHint": True, "openWorldHint": False}
+
     def __init__(self, default_timezone: str = "UTC", *, now: Callable[[], datetime] = _utcnow) -> None:
         super().__init__(
             "current_time",

@@ -46,6 +46,8 @@ USER_AGENT = "toolgate-fetch/0.1"
 
 
 class FetchUrl(Tool):
+    annotations = {"readOnlyHint": True, "openWorldHint": True}
+
     def __init__(
         self,
         guard: Guard,

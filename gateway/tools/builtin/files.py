@@ -171,6 +171,8 @@ def _where(roots: Roots) -> str:
 
 
 class ReadFile(Tool):
+    annotations = {"readOnlyHint": True, "idempotentHint": True, "openWorldHint": False}
+
     def __init__(self, roots: Roots, *, max_bytes: int = 256 << 10) -> None:
         super().__init__(
             "read_file",
@@ -190,6 +192,8 @@ class ReadFile(Tool):
 
 
 class ListDir(Tool):
+    annotations = {"readOnlyHint": True, "idempotentHint": True, "openWorldHint": False}
+
     def __init__(self, roots: Roots, *, max_entries: int = 1000) -> None:
         super().__init__(
             "list_dir",

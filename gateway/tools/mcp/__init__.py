@@ -1,4 +1,4 @@
-"""MCP servers as tool sources, through the official ``mcp`` SDK (handshake-era protocol).
+"""MCP servers as tool sources, through the official ``mcp`` SDK: both protocol eras.
 
 One ``[tools.mcp.NAME]`` table per server::
 
@@ -13,7 +13,10 @@ One ``[tools.mcp.NAME]`` table per server::
     headers = { Authorization = "Bearer ${SEARCH_TOKEN}" }
     prefix = true                          # offered as search_<tool>
     timeout_s = 60                         # per call (default 30)
-    startup_timeout_s = 5                  # connect + initialize + tools/list (default 10)
+    startup_timeout_s = 5                  # connect + negotiate + tools/list (default 10)
+    protocol = "auto"                      # discover, else initialize; "legacy" / "2026-07-28" pin
+    list_ttl_min_s = 10                    # a stateless server's list is re-read after its
+    list_ttl_max_s = 600                   # ttlMs, within these bounds (see _era)
 
     [tools.mcp.legacy]                     # HTTP+SSE, the transport before streamable HTTP
     url = "https://old.example.com/sse"

@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
+from mcp_types.version import MODERN_PROTOCOL_VERSIONS
+
 from gateway.errors import Problems
 
 # "${VAR}" anywhere in an env or header value: VAR is read from the gateway's environment
@@ -31,6 +33,11 @@ class ServerSpec:
     timeout_s: float = 30.0
     startup_timeout_s: float = 10.0
     tools: tuple[str, ...] | None = None  # globs; None offers every tool
+    # "auto": try the newest revision, fall back to the handshake; "legacy" or a revision pins one.
+    protocol: str = "auto"
+    # A stateless server's tool list is re-read after the ttlMs it gives, kept within these bounds.
+    list_ttl_min_s: float = 10.0
+    list_ttl_max_s: float = 600.0
 
 
 class UnsetVariable(Exception):
@@ -90,6 +97,7 @@ def _is_url(value: Any) -> bool:
 
 
 TRANSPORT_NAMES = ("stdio", "http", "sse")
+PROTOCOLS = ("auto", "legacy", *MODERN_PROTOCOL_VERSIONS)
 _STDIO, _REMOTE, _ANY = frozenset({"stdio"}), frozenset({"http", "sse"}), frozenset(TRANSPORT_NAMES)
 
 # key -> (check, what is expected, transports the key applies to)
@@ -106,6 +114,9 @@ _KEYS: dict[str, tuple[Callable[[Any], bool], str, frozenset[str]]] = {
     "timeout_s": (_is_seconds, "a number of seconds above 0", _ANY),
     "startup_timeout_s": (_is_seconds, "a number of seconds above 0", _ANY),
     "tools": (_is_str_list, "a list of tool name globs", _ANY),
+    "protocol": (lambda value: value in PROTOCOLS, " or ".join(PROTOCOLS), _ANY),
+    "list_ttl_min_s": (_is_seconds, "a number of seconds above 0", _ANY),
+    "list_ttl_max_s": (_is_seconds, "a number of seconds above 0", _ANY),
     "enabled": (_is_bool, "true or false", _ANY),
 }
 
@@ -146,6 +157,13 @@ def parse(name: str, table: Mapping[str, Any], problems: Problems, key: str) -> 
     for item in ("env", "headers"):
         if _is_str_table(table.get(item)):
             _check_references(table[item], problems, f"{key}.{item}")
+    protocol = table.get("protocol", "auto")
+    if transport == "sse" and protocol in MODERN_PROTOCOL_VERSIONS:
+        # The revision defines stdio and streamable HTTP only; HTTP+SSE servers speak the handshake.
+        problems.add(f"{key}.protocol", f"{protocol} has no HTTP+SSE transport; expected auto or legacy")
+    low, high = table.get("list_ttl_min_s", 10.0), table.get("list_ttl_max_s", 600.0)
+    if _is_seconds(low) and _is_seconds(high) and low > high:
+        problems.add(f"{key}.list_ttl_min_s", f"{low:g} s is above list_ttl_max_s ({high:g} s)")
     if len(problems.lines) > before or not table.get("enabled", True):
         return None
     globs = table.get("tools")
@@ -162,4 +180,7 @@ def parse(name: str, table: Mapping[str, Any], problems: Problems, key: str) -> 
         timeout_s=float(table.get("timeout_s", 30.0)),
         startup_timeout_s=float(table.get("startup_timeout_s", 10.0)),
         tools=tuple(globs) if globs is not None else None,
+        protocol=protocol,
+        list_ttl_min_s=float(low),
+        list_ttl_max_s=float(high),
     )

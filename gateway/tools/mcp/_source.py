@@ -1,32 +1,35 @@
-"""One MCP server as a tool source: one long-lived session, supervised and restarted.
+"""One MCP server as a tool source: one long-lived connection, supervised and restarted.
 
-A background task owns the connection (transport, ``ClientSession``, handshake, listing)
-and reconnects with capped, jittered backoff when it drops. Tools hold no session: each
-call goes through whatever session is live, so a restart never leaves tools pointing at
-a dead one.
+A background task owns the connection (transport, the SDK's ``Client``, the era's
+negotiation, listing, keeping the list fresh) and reconnects with capped, jittered backoff
+when it drops. Tools hold no session: each call goes through whatever connection is live,
+so a restart never leaves tools pointing at a dead one. What differs between the handshake
+era and the stateless 2026-07-28 revision is in ``_era``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import json
 import logging
 import math
 import os
 import random
-from collections.abc import Mapping, Sequence
-from contextlib import suppress
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager, suppress
 from fnmatch import fnmatchcase
 from typing import Any
 
 import anyio
 import mcp_types as types
+from mcp.client import Client
 from mcp.client.session import ClientSession
+from mcp.shared.dispatcher import ProgressFnT
 
-from gateway.tools.base import SourceContext, SourceStatus, Tool, ToolError, ToolOutput
+from gateway.tools.base import Progress, SourceContext, SourceStatus, Tool, ToolError, ToolOutput, progress_listener
+from gateway.tools.mcp import _era
 from gateway.tools.mcp._config import ServerSpec, secret_values
 from gateway.tools.mcp._convert import connection_gone, describe, to_output, tool_error
+from gateway.tools.mcp._guard import Guard, stated_hints
 from gateway.tools.mcp._transport import TRANSPORTS
 from gateway.tools.mcp._watch import Signals, Watched
 
@@ -49,39 +52,38 @@ class McpTool(Tool):
     means the protocol's default (``destructiveHint`` and ``openWorldHint``: true, the others false).
     """
 
+    reports_progress = True
+
     def __init__(self, source: McpSource, remote: types.Tool, timeout_s: float) -> None:
         super().__init__(remote.name, remote.description or "", remote.input_schema, timeout_s=timeout_s)
         self.remote_name = remote.name
-        self.annotations = _annotations(remote)
+        self.annotations = stated_hints(remote)
         self._source = source
 
     async def call(self, arguments: dict[str, Any]) -> ToolOutput:
         return await self._source.call_tool(self.remote_name, arguments)
 
 
-def _annotations(tool: types.Tool) -> dict[str, Any] | None:
-    if tool.annotations is None:
-        return None
-    return tool.annotations.model_dump(by_alias=True, exclude_none=True, mode="json") or None
-
-
-def _digest(tool: types.Tool) -> str:
-    # Annotations count: a tool listed read-only, then destructive, is a changed tool.
-    definition = {"description": tool.description or "", "inputSchema": tool.input_schema, "annotations": _annotations(tool)}
-    return hashlib.sha256(json.dumps(definition, sort_keys=True).encode()).hexdigest()
-
-
-async def _list_tools(session: ClientSession) -> list[types.Tool]:
+async def _list_tools(client: Client) -> tuple[list[types.Tool], int]:
+    """Every page of the listing, and the first page's ``ttlMs`` (0 in the handshake era)."""
     tools: list[types.Tool] = []
     cursor: str | None = None
-    for _ in range(MAX_LIST_PAGES):
-        params = types.PaginatedRequestParams(cursor=cursor) if cursor else None
-        page = await session.list_tools(params=params)
+    ttl_ms = 0
+    for page_no in range(MAX_LIST_PAGES):
+        page = await client.list_tools(cursor=cursor, cache_mode="bypass")
         tools.extend(page.tools)
+        ttl_ms = page.ttl_ms if page_no == 0 else ttl_ms
         cursor = page.next_cursor
         if not cursor:
             break
-    return tools
+    return tools, ttl_ms
+
+
+def _progress_callback(listener: Progress) -> ProgressFnT:
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        listener(progress, total, message)
+
+    return on_progress
 
 
 async def _ping(session: ClientSession, signals: Signals) -> None:
@@ -102,10 +104,11 @@ class McpSource:
         self.prefix = spec.prefix
         self.spec = spec
         self._tools: list[Tool] = []
-        self._digests: dict[str, str] = {}  # first definition seen, per tool name
-        self._disabled: set[str] = set()
+        self._guard = Guard(spec.name)
         self._status = SourceStatus(False, "not started")
-        self._live: tuple[ClientSession, Signals] | None = None
+        self._live: tuple[Client, Signals] | None = None
+        self._learned: str | None = None  # the mode that reached the server last time (protocol = "auto")
+        self._discovered: types.DiscoverResult | None = None  # its server/discover answer, reused on reconnect
         self._task: asyncio.Task[None] | None = None
         self._scope: anyio.CancelScope | None = None
         self._settled = asyncio.Event()  # the first attempt ended, either way
@@ -164,9 +167,11 @@ class McpSource:
         live = self._live
         if live is None:
             raise ToolError(f"MCP server {self.name!r} is not available: {self._status.detail}")
-        session, signals = live
+        client, signals = live
+        listener = progress_listener()  # the SDK calls back from its own task: take it here
+        on_progress = _progress_callback(listener) if listener is not None else None
         try:
-            result = await session.call_tool(name, arguments)
+            result = await client.call_tool(name, arguments, progress_callback=on_progress)
         except Exception as exc:
             if connection_gone(exc):
                 signals.lose()
@@ -185,6 +190,8 @@ class McpSource:
                     detail = "connection lost"
                 except Exception as exc:
                     detail = describe(exc)
+                    if self.spec.protocol != "auto":
+                        detail = f"{detail} (protocol pinned to {self.spec.protocol})"
                 if anyio.current_time() - began >= STABLE_S:
                     delay = BACKOFF_MIN_S
                 pause = delay * random.uniform(0.8, 1.2)
@@ -193,55 +200,79 @@ class McpSource:
                 self._down(f"{detail}; retrying")
                 await anyio.sleep(pause)
 
+    @asynccontextmanager
+    async def _transport(self, environ: Mapping[str, str], signals: Signals) -> AsyncIterator[tuple[Any, Any]]:
+        async with TRANSPORTS[self.spec.transport](self.spec, environ) as (read_stream, write_stream):
+            yield Watched(read_stream, signals, self.name, self.secrets(environ)), write_stream
+
+    def _client(self, environ: Mapping[str, str], signals: Signals) -> Client:
+        mode = _era.mode(self.spec, self._learned)
+        return Client(
+            self._transport(environ, signals),
+            mode=mode,
+            prior_discover=self._discovered if mode not in ("auto", "legacy") else None,
+            message_handler=signals.on_message,
+            client_info=CLIENT_INFO,
+            cache=None,  # freshness is ours: the listing is re-read in the background, see _serve
+        )
+
     async def _connect(self, environ: Mapping[str, str]) -> None:
-        """One connection: open, handshake and list within the startup timeout, then serve."""
+        """One connection: open, negotiate and list within the startup timeout, then serve."""
         signals = Signals(on_lost=lambda: self._lost(signals))
-        open_transport = TRANSPORTS[self.spec.transport]
+        up = False
         with anyio.CancelScope(deadline=anyio.current_time() + self.spec.startup_timeout_s) as startup:
-            async with open_transport(self.spec, environ) as (read_stream, write_stream):
-                async with ClientSession(
-                    Watched(read_stream, signals, self.name, self.secrets(environ)),
-                    write_stream,
-                    message_handler=signals.on_message,
-                    client_info=CLIENT_INFO,
-                ) as session:
-                    await session.initialize()
-                    listing = await _list_tools(session)
+            try:
+                async with self._client(environ, signals) as client:
+                    listing, ttl_ms = await _list_tools(client)
                     startup.deadline = math.inf
-                    self._up(session, signals, listing)
-                    await self._serve(session, signals)
+                    up = True
+                    self._learned = _era.learned(client.protocol_version)
+                    self._discovered = client.session.discover_result or self._discovered
+                    self._up(client, signals, listing)
+                    await self._serve(client, signals, ttl_ms)
+            except Exception as exc:
+                if not up and not connection_gone(exc):
+                    # It answered, but not as before: perhaps it changed era. The next attempt asks afresh.
+                    self._learned = self._discovered = None
+                raise
         if startup.cancelled_caught:
+            self._learned = self._discovered = None
             raise TimeoutError(f"no answer within {self.spec.startup_timeout_s:g} s")
 
-    async def _serve(self, session: ClientSession, signals: Signals) -> None:
+    async def _serve(self, client: Client, signals: Signals, ttl_ms: int) -> None:
+        era = _era.era_of(client.protocol_version)
         while not signals.lost:
-            with anyio.move_on_after(KEEPALIVE_S) as idle:
+            wait = _era.stale_after_s(self.spec, ttl_ms) if era.poll else KEEPALIVE_S
+            with anyio.move_on_after(wait) as idle:
                 await signals.wait()
             if signals.lost:
                 break
-            if signals.changed:
+            if signals.changed or (idle.cancelled_caught and era.poll):
                 signals.changed = False
-                await self._refresh(session)
-            elif idle.cancelled_caught:
-                await _ping(session, signals)
+                ttl_ms = await self._refresh(client, ttl_ms)
+            elif idle.cancelled_caught and era.ping:
+                await _ping(client.session, signals)
 
-    async def _refresh(self, session: ClientSession) -> None:
+    async def _refresh(self, client: Client, ttl_ms: int) -> int:
         try:
-            listing = await _list_tools(session)
+            with anyio.fail_after(self.spec.startup_timeout_s):
+                listing, ttl_ms = await _list_tools(client)
         except Exception as exc:
             if connection_gone(exc):
                 raise
             # Keep offering the old list rather than drop the calls in flight.
             logger.warning("MCP server %r: listing tools failed: %s", self.name, describe(exc))
-            return
+            return ttl_ms
         self._offer(listing)
+        return ttl_ms
 
-    def _up(self, session: ClientSession, signals: Signals, listing: list[types.Tool]) -> None:
+    def _up(self, client: Client, signals: Signals, listing: list[types.Tool]) -> None:
         self._offer(listing)
-        self._live = (session, signals)
-        self._status = SourceStatus(True, f"{len(self._tools)} tools")
+        self._live = (client, signals)
+        version = client.protocol_version
+        self._status = SourceStatus(True, f"{len(self._tools)} tools, protocol {version}")
         self._settled.set()
-        logger.info("MCP server %r is up with %d tools", self.name, len(self._tools))
+        logger.info("MCP server %r is up with %d tools (protocol %s)", self.name, len(self._tools), version)
 
     def _lost(self, signals: Signals) -> None:
         if self._live is not None and self._live[1] is signals:
@@ -254,20 +285,7 @@ class McpSource:
         self._settled.set()
 
     def _offer(self, listing: list[types.Tool]) -> None:
-        """Rebuilds the tool list; a tool whose definition changed since first seen stays out."""
-        tools: list[Tool] = []
-        for remote in listing:
-            if self.spec.tools is not None and not any(fnmatchcase(remote.name, g) for g in self.spec.tools):
-                continue
-            first = self._digests.setdefault(remote.name, _digest(remote))
-            if first != _digest(remote) and remote.name not in self._disabled:
-                self._disabled.add(remote.name)
-                logger.warning(
-                    "MCP server %r changed the definition of tool %r after first listing it; "
-                    "the tool is disabled until the gateway restarts",
-                    self.name,
-                    remote.name,
-                )
-            if remote.name not in self._disabled:
-                tools.append(McpTool(self, remote, self.spec.timeout_s))
-        self._tools = tools
+        """Rebuilds the tool list: the configured globs, then the guard (see ``_guard``)."""
+        if self.spec.tools is not None:
+            listing = [t for t in listing if any(fnmatchcase(t.name, g) for g in self.spec.tools)]
+        self._tools = [McpTool(self, remote, self.spec.timeout_s) for remote in self._guard.admit(listing)]
