@@ -28,7 +28,7 @@ from gateway.errors import InvalidRequest, ModelNotFound, Overloaded, UpstreamEr
 from gateway.events import Event, Final, RoundUsage
 from gateway.pump import Timing, pump
 from gateway.redact import SECRETS
-from gateway.routes import Runtime, _bearer, _header, _read_body, reject
+from gateway.routes import Pinned, Runtime, _bearer, _header, _read_body, reject
 from gateway.transports import Reply
 
 # The POST endpoints forwarded as they are: each one is the host's path segment and the `api` label.
@@ -38,11 +38,14 @@ Call = Callable[[], Awaitable[tuple[Reply, bytes]]]
 
 
 def routes(runtime: Runtime) -> list[Route]:
-    """The pass-through routes, under /v1 and bare (as the chat route is)."""
+    """The pass-through routes, under /v1 and bare (as the chat route is); each request keeps
+    the config it began on (``Pinned``), as the loop's routes do."""
     out: list[Route] = []
+    forwards = {api: Pinned(runtime, Forward(runtime, api)) for api in FORWARDED}
+    info = Pinned(runtime, ModelInfo(runtime))
     for prefix in ("/v1", ""):
-        out += [Route(f"{prefix}/{api}", Forward(runtime, api), methods=["POST"]) for api in FORWARDED]
-        out.append(Route(f"{prefix}/models/{{model_id:path}}", ModelInfo(runtime), methods=["GET"]))
+        out += [Route(f"{prefix}/{api}", forwards[api], methods=["POST"]) for api in FORWARDED]
+        out.append(Route(f"{prefix}/models/{{model_id:path}}", info, methods=["GET"]))
     return out
 
 
