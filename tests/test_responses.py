@@ -11,7 +11,7 @@ import pytest
 from openai.types.responses import Response, ResponseItem, ResponseStreamEvent
 from pydantic import TypeAdapter
 
-from gateway.responses.wire import to_messages
+from gateway.responses.conversation import to_messages
 from gateway.tools.base import StaticSource, Tool
 from tests.support import ScriptedUpstream, call, chunk, completion, gateway, settings, sse_body
 

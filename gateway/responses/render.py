@@ -22,7 +22,8 @@ import orjson
 
 from gateway import sse
 from gateway.events import Delta, Event, Final, Opening, RoundUsage, ToolFinished, ToolStarted
-from gateway.responses.wire import ECHOED, new_id
+from gateway.responses.ids import new_id
+from gateway.responses.params import ECHOED
 from gateway.usage import add_usage
 
 
@@ -87,7 +88,7 @@ class Items:
         self.streamed = streamed  # text arrives as deltas (else only in Final)
         self.items: list[dict[str, Any]] = []
         self.rounds: list[int] = []  # the round each item belongs to
-        self.events: list[dict[str, Any]] = []
+        self.events = bytearray()  # encoded stream events not yet sent
         self.seq = 0
         self.message: int | None = None  # open message item
         self.reasoning: int | None = None  # open reasoning item
@@ -100,19 +101,28 @@ class Items:
     # -- events out -----------------------------------------------------------------
 
     def emit(self, type_: str, **fields: Any) -> None:
+        # Encoded at once: the event says the item as it is now, however it changes later.
         if self.streamed:
-            self.events.append({"type": type_, "sequence_number": self.seq, **fields})
+            data = orjson.dumps({"type": type_, "sequence_number": self.seq, **fields})
+            self.events += b"event: " + type_.encode() + b"\ndata: " + data + b"\n\n"
+            self.seq += 1
+
+    def emit_response(self, type_: str, encoded: bytes) -> None:
+        """An event around the Response object already encoded (for the body or the store)."""
+        if self.streamed:
+            data = b'{"type":"%s","sequence_number":%d,"response":%s}' % (type_.encode(), self.seq, encoded)
+            self.events += b"event: " + type_.encode() + b"\ndata: " + data + b"\n\n"
             self.seq += 1
 
     def add(self, item: dict[str, Any], round_no: int) -> int:
         index = len(self.items)
         self.items.append(item)
         self.rounds.append(round_no)
-        self.emit("response.output_item.added", output_index=index, item=_copy(item))
+        self.emit("response.output_item.added", output_index=index, item=item)
         return index
 
     def done(self, index: int) -> None:
-        self.emit("response.output_item.done", output_index=index, item=_copy(self.items[index]))
+        self.emit("response.output_item.done", output_index=index, item=self.items[index])
 
     def response(self, status: str, *, output: bool = True, error: dict[str, Any] | None = None, incomplete: str | None = None) -> dict[str, Any]:
         echo = self.view.echo
@@ -122,7 +132,7 @@ class Items:
             "created_at": self.view.created_at,
             "status": status,
             "model": self.view.alias,
-            "output": _copy(self.items) if output else [],
+            "output": list(self.items) if output else [],
             "parallel_tool_calls": echo.get("parallel_tool_calls", True),
             "tool_choice": echo.get("tool_choice", "auto"),
             "tools": echo.get("tools", []),
@@ -144,12 +154,14 @@ class Items:
         if self.opened:
             return
         self.opened = True
-        self.emit("response.created", response=self.response("in_progress", output=False))
-        self.emit("response.in_progress", response=self.response("in_progress", output=False))
+        if self.streamed:
+            opening = orjson.dumps(self.response("in_progress", output=False))
+            self.emit_response("response.created", opening)
+            self.emit_response("response.in_progress", opening)
         for item in self.view.list_tools:
             index = self.add({**item, "tools": []}, 0)
             self.emit("response.mcp_list_tools.in_progress", output_index=index, item_id=item["id"])
-            self.items[index] = _copy(item)
+            self.items[index] = item
             self.emit("response.mcp_list_tools.completed", output_index=index, item_id=item["id"])
             self.done(index)
 
@@ -191,7 +203,7 @@ class Items:
             self.message = self.add(item, self.round + 1)
             part = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
             item["content"].append(part)
-            self.emit("response.content_part.added", item_id=item["id"], output_index=self.message, content_index=0, part=_copy(part))
+            self.emit("response.content_part.added", item_id=item["id"], output_index=self.message, content_index=0, part=part)
         item = self.items[self.message]
         part = item["content"][0]
         part["text"] += text
@@ -207,7 +219,7 @@ class Items:
         item["status"] = "completed"
         text = item["content"][0]["text"]
         self.emit("response.reasoning_text.done", item_id=item["id"], output_index=index, content_index=0, text=text)
-        self.emit("response.content_part.done", item_id=item["id"], output_index=index, content_index=0, part=_copy(item["content"][0]))
+        self.emit("response.content_part.done", item_id=item["id"], output_index=index, content_index=0, part=item["content"][0])
         self.done(index)
 
     def _close_text(self, refusal: str | None = None) -> None:
@@ -220,7 +232,7 @@ class Items:
         part = item["content"][0]
         lp = [{k: v for k, v in e.items() if k != "bytes"} for e in part["logprobs"]]
         self.emit("response.output_text.done", item_id=item["id"], output_index=index, content_index=0, text=part["text"], logprobs=lp)
-        self.emit("response.content_part.done", item_id=item["id"], output_index=index, content_index=0, part=_copy(part))
+        self.emit("response.content_part.done", item_id=item["id"], output_index=index, content_index=0, part=part)
         if refusal:
             self._refusal(index, refusal)
         item["status"] = "completed"
@@ -231,11 +243,11 @@ class Items:
         content_index = len(item["content"])
         part = {"type": "refusal", "refusal": ""}
         item["content"].append(part)
-        self.emit("response.content_part.added", item_id=item["id"], output_index=index, content_index=content_index, part=_copy(part))
+        self.emit("response.content_part.added", item_id=item["id"], output_index=index, content_index=content_index, part=part)
         part["refusal"] = refusal
         self.emit("response.refusal.delta", item_id=item["id"], output_index=index, content_index=content_index, delta=refusal)
         self.emit("response.refusal.done", item_id=item["id"], output_index=index, content_index=content_index, refusal=refusal)
-        self.emit("response.content_part.done", item_id=item["id"], output_index=index, content_index=content_index, part=_copy(part))
+        self.emit("response.content_part.done", item_id=item["id"], output_index=index, content_index=content_index, part=part)
 
     def _label(self, name: str) -> str:
         return self.view.labels.get(name, "toolgate")
@@ -283,7 +295,7 @@ class Items:
             item = {"id": new_id("msg"), "type": "message", "role": "assistant", "status": "in_progress", "content": []}
             self.message = self.add(item, final.rounds)
             item["content"].append({"type": "output_text", "text": "", "annotations": [], "logprobs": []})
-            self.emit("response.content_part.added", item_id=item["id"], output_index=self.message, content_index=0, part=_copy(item["content"][0]))
+            self.emit("response.content_part.added", item_id=item["id"], output_index=self.message, content_index=0, part=item["content"][0])
         self._close_text(refusal)
         for call in final.client_tool_calls or ():
             function = call["function"]
@@ -347,10 +359,6 @@ class Items:
         return self.response("failed", error=problem)
 
 
-def _copy(value: Any) -> Any:
-    return orjson.loads(orjson.dumps(value))
-
-
 _JSON_HEADERS = [(b"content-type", b"application/json")]
 _SSE_HEADERS = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
@@ -374,7 +382,7 @@ class ResponsesJSON:
     def __init__(self, view: ResponseView) -> None:
         self.items = Items(view, streamed=False)
         self.response: dict[str, Any] | None = None
-        self._length = 0
+        self.encoded = b""  # the response as sent: the store keeps these bytes
 
     def feed(self, event: Event) -> bytes:
         self.items.feed(event)
@@ -382,16 +390,15 @@ class ResponsesJSON:
             return b""
         status, reason = self.items.ending()
         self.response = self.items.response(status, incomplete=reason)
-        payload = orjson.dumps(self.response)
-        self._length = len(payload)
-        return payload
+        self.encoded = orjson.dumps(self.response)
+        return self.encoded
 
     def headers(self) -> list[tuple[bytes, bytes]]:
         final = self.items.final
         assert final is not None
         return [
             *_JSON_HEADERS,
-            (b"content-length", b"%d" % self._length),
+            (b"content-length", b"%d" % len(self.encoded)),
             (b"x-toolgate-rounds", b"%d" % final.rounds),
             (b"x-toolgate-tool-calls", b"%d" % final.tool_calls),
         ]
@@ -409,6 +416,7 @@ class ResponsesSSE:
     def __init__(self, view: ResponseView) -> None:
         self.items = Items(view, streamed=True)
         self.response: dict[str, Any] | None = None
+        self.encoded = b""  # the response of the last event, encoded once for the event and the store
 
     def headers(self) -> list[tuple[bytes, bytes]]:
         return _SSE_HEADERS
@@ -419,7 +427,8 @@ class ResponsesSSE:
         if isinstance(event, Final):
             status, reason = self.items.ending()
             self.response = self.items.response(status, incomplete=reason)
-            self.items.emit(f"response.{status}", response=self.response)
+            self.encoded = orjson.dumps(self.response)
+            self.items.emit_response(f"response.{status}", self.encoded)
         return self._flush()
 
     def failure(self, error: bytes) -> bytes:
@@ -427,9 +436,11 @@ class ResponsesSSE:
         self.items.open()
         self.items.emit("error", code=body.get("code"), message=str(body.get("message") or "The request failed."), param=body.get("param"))
         self.response = self.items.failed(error, _status_of(error))
-        self.items.emit("response.failed", response=self.response)
+        self.encoded = orjson.dumps(self.response)
+        self.items.emit_response("response.failed", self.encoded)
         return self._flush()
 
     def _flush(self) -> bytes:
-        events, self.items.events = self.items.events, []
-        return b"".join(b"event: " + e["type"].encode() + b"\ndata: " + orjson.dumps(e) + b"\n\n" for e in events)
+        events = bytes(self.items.events)
+        self.items.events.clear()
+        return events

@@ -4,9 +4,10 @@
     slot = StoreSlot(lambda: open_store(url, ttl_s=..., max_bytes=...))   # opened on first use
     create = CreateResponse(runtime, slot)                                # a raw ASGI app
 
-A response is stored after its last byte went out (`store: true`, the default),
-bounded by WRITE_S; a failed write is logged, never a late error. Reads of an id
-whose write is still running wait for it, so `create` then `retrieve` holds.
+A response (`store: true`, the default) is stored before the bytes that end it go
+out (StoreBeforeTheEnd), bounded by WRITE_S; a failed write is logged, never a late
+error, and the response still goes out. Reads of an id whose write is still running
+(a streamed response's id is known from its first event) wait for it.
 Only the owner (the gateway key's tag in `scope["owner"]`) reads or deletes.
 """
 
@@ -26,7 +27,10 @@ from gateway.errors import GatewayError, InvalidRequest, NotFound, error_json
 from gateway.loop import LoopJob
 from gateway.redact import SECRETS
 from gateway.responses.render import ResponsesJSON, ResponsesSSE, ResponseView
-from gateway.responses.wire import McpTool, ResponsesRequest, new_id, parse_request, to_messages
+from gateway.responses.conversation import to_messages
+from gateway.responses.ids import new_id, with_ids
+from gateway.responses.tools import McpTool
+from gateway.responses.wire import ResponsesRequest, parse_request
 from gateway.routes import Runtime, _read_body, reject
 from gateway.store import ResponseStore, Stored, StoreUnavailable
 from gateway.tools.toolbox import Offer
@@ -37,12 +41,6 @@ WRITE_S = 10.0  # one store write after the response, at most
 OPEN_S = 10.0  # opening the store, at most
 RETRY_OPEN_S = 5.0  # after a failed open, the next request tries again no sooner
 WAIT_WRITE_S = 5.0  # a read waits this long for the same id's write
-
-
-_ID_PREFIX = {
-    "message": "msg", "function_call": "fc", "function_call_output": "fco", "mcp_call": "mcp",
-    "mcp_list_tools": "mcpl", "mcp_approval_request": "mcpr", "mcp_approval_response": "mcpa", "reasoning": "rs",
-}  # fmt: skip
 
 
 class StoreSlot:
@@ -86,18 +84,23 @@ class StoreSlot:
             except (TimeoutError, Exception):
                 pass
 
-    def write(self, stored: Stored) -> None:
+    async def put(self, stored: Stored) -> bool:
+        """Store `stored` and wait for it (bounded by WRITE_S); False, and logged, if that failed.
+        The write itself runs on even when the waiting request is cancelled."""
         task = asyncio.ensure_future(self._write(stored))
         self.writes[stored.id] = task
         task.add_done_callback(lambda _: self.writes.pop(stored.id, None))
+        return await asyncio.shield(task)
 
-    async def _write(self, stored: Stored) -> None:
+    async def _write(self, stored: Stored) -> bool:
         try:
             store = await self.get()
             async with asyncio.timeout(WRITE_S):
                 await store.put(stored)
+            return True
         except Exception as exc:
             log.error("response %s was not stored: %s", stored.id, SECRETS(str(exc))[:300] or type(exc).__name__)
+            return False
 
     async def close(self) -> None:
         if self.writes:
@@ -107,13 +110,27 @@ class StoreSlot:
             await store.close()
 
 
-def _with_ids(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    out = []
-    for item in items:
-        if not isinstance(item.get("id"), str) or not item["id"]:
-            item = {**item, "id": new_id(_ID_PREFIX.get(item["type"], "item"))}
-        out.append(item)
-    return out
+class StoreBeforeTheEnd:
+    """The ASGI `send` of a stored response: the message that carries the response's last
+    event (the JSON body, or the SSE event `response.completed` / `.incomplete` / `.failed`)
+    waits until the store holds the response. So "stored" means: by the time a client can
+    see the response end, `GET /v1/responses/{id}` and `previous_response_id` find it, on
+    this replica and on every other one sharing the store. A store that fails is logged and
+    the response still goes out (the answer is never lost to its store)."""
+
+    __slots__ = ("send", "renderer", "record", "stored")
+
+    def __init__(self, send: Any, renderer: ResponsesJSON | ResponsesSSE, record: Callable[[], Awaitable[bool]]) -> None:
+        self.send = send
+        self.renderer = renderer
+        self.record = record
+        self.stored: bool | None = None  # None: nothing to store was rendered
+
+    async def __call__(self, message: dict[str, Any]) -> None:
+        if self.stored is None and self.renderer.response is not None:
+            self.stored = False
+            self.stored = await self.record()
+        await self.send(message)
 
 
 class CreateResponse:
@@ -142,15 +159,20 @@ class CreateResponse:
             return
         job.trace = server.trace or server.log_requests
         renderer = ResponsesSSE(view) if request.stream else ResponsesJSON(view)
+        if request.store:
+            slot = self.slot
+
+            def record() -> Awaitable[bool]:
+                assert renderer.response is not None
+                return slot.put(Stored(view.id, owner, renderer.response, conversation_items, view.created_at, renderer.encoded))
+
+            send = StoreBeforeTheEnd(send, renderer, record)
         outcome = await rt.serve(send, receive, scope, started, job, renderer, model=model, api="responses")
         if outcome is None:
             return
-        stored = request.store and renderer.response is not None and outcome.ended in ("complete", "error")
-        if stored:
-            # After the last byte: the client never waits on the store.
-            self.slot.write(Stored(view.id, owner, renderer.response, conversation_items, view.created_at))
+        stored = isinstance(send, StoreBeforeTheEnd) and bool(send.stored)
         known = alias.name if alias.name in rt.settings.models else "(passthrough)"
-        rt.record(started, job, outcome, known, model=request.model, stream=request.stream, request_id=request_id, api="responses", response_id=view.id, stored=bool(stored))
+        rt.record(started, job, outcome, known, model=request.model, stream=request.stream, request_id=request_id, api="responses", response_id=view.id, stored=stored)
 
     async def _history(self, request: ResponsesRequest, owner: str) -> list[dict[str, Any]]:
         """The conversation before this request: the previous response's input and output items."""
@@ -164,23 +186,34 @@ class CreateResponse:
                 raise NotFound(f"No response with id {request.previous_response_id!r} found.", param="previous_response_id")
             history = [*record.input_items, *record.response.get("output", [])]
         if any(item["type"] == "item_reference" for item in request.input):
-            # References resolve within the conversation `previous_response_id` names.
-            by_id = {item.get("id"): item for item in history}
-            resolved = []
-            for i, item in enumerate(request.input):
-                if item["type"] == "item_reference":
-                    found = by_id.get(item["id"])
-                    if found is None:
-                        raise NotFound(f"No item with id {item['id']!r} in the previous response's conversation.", param=f"input[{i}].id")
-                    item = found
-                resolved.append(item)
-            request.input = resolved
+            request.input = await self._resolve(request.input, history, owner)
         return history
+
+    async def _resolve(self, items: list[dict[str, Any]], history: list[dict[str, Any]], owner: str) -> list[dict[str, Any]]:
+        """Each item_reference as the item it names: from the previous conversation, or from
+        any stored response of the same key (404 naming the id, as the hosted API, otherwise)."""
+        by_id = {item.get("id"): item for item in history}
+        store: ResponseStore | None = None
+        resolved = []
+        for i, item in enumerate(items):
+            if item["type"] == "item_reference":
+                found = by_id.get(item["id"])
+                if found is None:
+                    store = store or await self.slot.get()
+                    found = await store.find_item(item["id"], owner)
+                if found is None or found.get("type") == "item_reference":
+                    raise NotFound(
+                        f"Item with id {item['id']!r} not found. Items are not persisted when `store` is set to false.",
+                        param=f"input[{i}].id",
+                    )
+                item = found
+            resolved.append(item)
+        return resolved
 
     def _job(self, request: ResponsesRequest, history: list[dict[str, Any]], scope: dict, request_id: str) -> tuple[LoopJob, ResponseView, list[dict[str, Any]]]:
         rt = self.rt
         alias = rt.alias(request.model)
-        items = _with_ids([*history, *request.input])
+        items = with_ids([*history, *request.input])
         conversation = to_messages(items)
         if not conversation.messages:
             raise InvalidRequest("input is empty: send a message.", param="input")

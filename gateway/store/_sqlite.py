@@ -6,8 +6,14 @@ Every operation is one transaction run as one job on the store's own thread,
 inside `asyncio.timeout(timeout_s)`; SQLite's busy timeout is shorter, so a
 locked database fails as "database is locked" and frees the thread before the
 loop gives up. Either way the caller gets StoreUnavailable, never a hang.
-Writers purge expired rows and evict the soonest-to-expire (under one ttl, the
-oldest) past the size cap, at most CLEANUP_BATCH of each per write.
+
+Puts are group-committed: the puts that arrive while one batch is being written
+go together as the next job (at most MAX_BATCH, at most MAX_WAITING waiting), one
+record per savepoint in one transaction, so one bad record fails alone and the
+thread hop and the commit are paid once per batch, not per response. Each put
+returns when its own record is committed. Writers purge expired rows and evict
+the soonest-to-expire (under one ttl, the oldest) past the size cap, at most
+CLEANUP_BATCH of each per batch.
 """
 
 from __future__ import annotations
@@ -22,14 +28,17 @@ from typing import Any, TypeVar
 
 import orjson
 
-from gateway.errors import StoreUnavailable
+from gateway.errors import StoreUnavailable, TooLargeToStore
 from gateway.store._schema import SchemaTooNew, migrate
-from gateway.store.base import CLEANUP_BATCH, Stored, check_page, encode
+from gateway.store.base import CLEANUP_BATCH, Encoded, Stored, check_page, encode
 from gateway.threads import Busy, Threads
 
 T = TypeVar("T")
 
 # Per order: the comparison past `after`, the direction, and the bound when no `after`.
+MAX_BATCH = 64  # records per write job
+MAX_WAITING = 1024  # puts waiting for a batch; past it, StoreUnavailable
+
 _PAGES = {
     "asc": ("seq > ?", "ASC", -1),
     "desc": ("seq < ?", "DESC", 1 << 62),
@@ -44,6 +53,8 @@ class SqliteStore:
         self.timeout_s = timeout_s
         self._thread = Threads("toolgate-store", threads=1, queued=256)
         self._conn: sqlite3.Connection | None = None  # touched only on self._thread
+        self._waiting: list[tuple[Stored, asyncio.Future]] = []  # puts for the next batch
+        self._writer: asyncio.Task | None = None  # writing batches while puts wait
 
     @classmethod
     async def open(cls, path: str, *, ttl_s: float, max_bytes: int, timeout_s: float = 5.0) -> SqliteStore:
@@ -57,7 +68,39 @@ class SqliteStore:
         return store
 
     async def put(self, stored: Stored) -> None:
-        await self._call(self._put, stored, time.time())
+        if len(self._waiting) >= MAX_WAITING:
+            raise StoreUnavailable(f"the response store is unavailable: {MAX_WAITING} writes wait already")
+        done = asyncio.get_running_loop().create_future()
+        self._waiting.append((stored, done))
+        if self._writer is None:
+            self._writer = asyncio.ensure_future(self._write_batches())
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                await asyncio.shield(done)
+        except TimeoutError:
+            raise StoreUnavailable(f"the response store did not answer within {self.timeout_s:g}s") from None
+
+    async def _write_batches(self) -> None:
+        try:
+            while self._waiting:
+                batch, self._waiting = self._waiting[:MAX_BATCH], self._waiting[MAX_BATCH:]
+                try:
+                    failures = await self._call(self._put_many, [stored for stored, _ in batch], time.time())
+                except StoreUnavailable as exc:
+                    failures = [exc] * len(batch)
+                for (_, done), failure in zip(batch, failures):
+                    if done.done():
+                        continue
+                    if failure is None:
+                        done.set_result(None)
+                    else:
+                        done.set_exception(failure)
+                        done.exception()  # a put that timed out no longer waits: not an unretrieved error
+        finally:
+            self._writer = None
+
+    async def find_item(self, item_id: str, owner: str) -> dict[str, Any] | None:
+        return await self._call(self._find_item, item_id, owner, time.time())
 
     async def get(self, response_id: str, owner: str) -> Stored | None:
         return await self._call(self._get, response_id, owner, time.time())
@@ -116,22 +159,44 @@ class SqliteStore:
             self._conn.close()
             self._conn = None
 
-    def _put(self, stored: Stored, now: float) -> None:
-        encoded = encode(stored, self.max_bytes)
+    def _put_many(self, batch: list[Stored], now: float) -> list[Exception | None]:
+        failures: list[Exception | None] = []
         with self._transaction("BEGIN IMMEDIATE") as db:
-            # Delete, then insert: REPLACE would skip the delete trigger that keeps the total.
-            db.execute("DELETE FROM responses WHERE id = ?", (stored.id,))
-            db.execute(
-                "INSERT INTO responses (id, owner, created_at, expires_at, response, bytes) VALUES (?, ?, ?, ?, ?, ?)",
-                (stored.id, stored.owner, stored.created_at, now + self.ttl_s, encoded.response, encoded.size),
-            )
-            db.executemany(
-                "INSERT INTO items (response_id, seq, item_id, item) VALUES (?, ?, ?, ?)",
-                ((stored.id, seq, item_id, blob) for seq, (item_id, blob) in enumerate(encoded.items)),
-            )
-            self._clean(db, now, keep=stored.id)
+            for stored in batch:
+                try:
+                    encoded = encode(stored, self.max_bytes)
+                except (ValueError, TooLargeToStore) as exc:
+                    failures.append(exc)
+                    continue
+                db.execute("SAVEPOINT one")
+                try:
+                    self._put(db, stored, encoded, now)
+                except sqlite3.Error as exc:
+                    db.execute("ROLLBACK TO one")
+                    failures.append(StoreUnavailable(f"the response store failed: {exc}"))
+                else:
+                    failures.append(None)
+                db.execute("RELEASE one")
+            self._clean(db, now, keep={stored.id for stored in batch})
+        return failures
 
-    def _clean(self, db: sqlite3.Connection, now: float, keep: str) -> None:
+    def _put(self, db: sqlite3.Connection, stored: Stored, encoded: Encoded, now: float) -> None:
+        # Delete, then insert: REPLACE would skip the delete trigger that keeps the total.
+        db.execute("DELETE FROM responses WHERE id = ?", (stored.id,))
+        db.execute(
+            "INSERT INTO responses (id, owner, created_at, expires_at, response, bytes) VALUES (?, ?, ?, ?, ?, ?)",
+            (stored.id, stored.owner, stored.created_at, now + self.ttl_s, encoded.response, encoded.size),
+        )
+        db.executemany(
+            "INSERT INTO items (response_id, seq, item_id, item) VALUES (?, ?, ?, ?)",
+            ((stored.id, seq, item_id, blob) for seq, (item_id, blob) in enumerate(encoded.items)),
+        )
+        db.executemany(
+            "INSERT INTO outputs (response_id, idx, item_id) VALUES (?, ?, ?)",
+            ((stored.id, idx, item_id) for idx, item_id in enumerate(encoded.outputs) if item_id),
+        )
+
+    def _clean(self, db: sqlite3.Connection, now: float, keep: set[str]) -> None:
         db.execute(
             "DELETE FROM responses WHERE rowid IN"
             " (SELECT rowid FROM responses WHERE expires_at <= ? ORDER BY expires_at LIMIT ?)",
@@ -141,12 +206,13 @@ class SqliteStore:
             (total,) = db.execute("SELECT bytes FROM totals").fetchone()
             if total <= self.max_bytes:
                 return
-            victim = db.execute(
-                "SELECT rowid FROM responses WHERE id != ? ORDER BY expires_at LIMIT 1", (keep,)
-            ).fetchone()
+            victims = db.execute(
+                "SELECT rowid, id FROM responses ORDER BY expires_at LIMIT ?", (len(keep) + 1,)
+            ).fetchall()
+            victim = next((rowid for rowid, id_ in victims if id_ not in keep), None)
             if victim is None:
                 return
-            db.execute("DELETE FROM responses WHERE rowid = ?", victim)
+            db.execute("DELETE FROM responses WHERE rowid = ?", (victim,))
 
     def _get(self, response_id: str, owner: str, now: float) -> Stored | None:
         with self._transaction("BEGIN") as db:
@@ -158,6 +224,23 @@ class SqliteStore:
                 return None
             items = db.execute("SELECT item FROM items WHERE response_id = ? ORDER BY seq", (response_id,)).fetchall()
         return Stored(response_id, owner, orjson.loads(row[1]), [orjson.loads(blob) for (blob,) in items], row[0])
+
+    def _find_item(self, item_id: str, owner: str, now: float) -> dict[str, Any] | None:
+        with self._transaction("BEGIN") as db:
+            row = db.execute(
+                "SELECT r.created_at, i.item FROM items i JOIN responses r ON r.id = i.response_id"
+                " WHERE i.item_id = ? AND r.owner = ? AND r.expires_at > ? ORDER BY r.created_at DESC LIMIT 1",
+                (item_id, owner, now),
+            ).fetchone()
+            out = db.execute(
+                "SELECT r.created_at, r.response, o.idx FROM outputs o JOIN responses r ON r.id = o.response_id"
+                " WHERE o.item_id = ? AND r.owner = ? AND r.expires_at > ? ORDER BY r.created_at DESC LIMIT 1",
+                (item_id, owner, now),
+            ).fetchone()
+        if out is not None and (row is None or out[0] >= row[0]):
+            output = orjson.loads(out[1]).get("output") or []
+            return output[out[2]] if out[2] < len(output) else None
+        return orjson.loads(row[1]) if row is not None else None
 
     def _page(
         self, response_id: str, owner: str, after: str | None, limit: int, order: str, now: float

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import orjson
@@ -30,6 +30,8 @@ class Stored:
     response: dict[str, Any]
     input_items: list[dict[str, Any]]
     created_at: float
+    # `response` as JSON when the caller has it already (the bytes it sent): encoded once.
+    response_json: bytes = field(default=b"", repr=False, compare=False)
 
 
 class ResponseStore(Protocol):
@@ -49,6 +51,10 @@ class ResponseStore(Protocol):
     async def delete(self, response_id: str, owner: str) -> bool:
         """True when the owner's live record was deleted."""
 
+    async def find_item(self, item_id: str, owner: str) -> dict[str, Any] | None:
+        """The item with this id, input or output, of any live response of the owner
+        (the newest one's when several hold it), or None."""
+
     async def close(self) -> None: ...
 
 
@@ -58,6 +64,7 @@ class Encoded:
 
     response: bytes
     items: list[tuple[str, bytes]]  # (item id, item JSON), in input order
+    outputs: list[str]  # the output items' ids, in order (an item without one is skipped)
     size: int
 
 
@@ -68,11 +75,12 @@ def encode(stored: Stored, max_bytes: int) -> Encoded:
         if not isinstance(item_id, str) or not item_id:
             raise ValueError(f"input item {index} of {stored.id} has no string id")
         items.append((item_id, orjson.dumps(item)))
-    response = orjson.dumps(stored.response)
+    response = stored.response_json or orjson.dumps(stored.response)
+    outputs = [item.get("id") or "" for item in stored.response.get("output") or ()]
     size = len(response) + sum(len(blob) for _, blob in items)
     if size > max_bytes:
         raise TooLargeToStore(f"the response takes {size} bytes, more than the response store's whole cap of {max_bytes}")
-    return Encoded(response, items, size)
+    return Encoded(response, items, outputs, size)
 
 
 def check_page(limit: int, order: str) -> None:
