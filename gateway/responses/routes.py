@@ -5,7 +5,7 @@
     create = CreateResponse(runtime, slot)                                # a raw ASGI app
 
 A response (`store: true`, the default) is stored before the bytes that end it go
-out (StoreBeforeTheEnd), bounded by WRITE_S; a failed write is logged, never a late
+out (StoreBeforeTheEnd), bounded by the store's timeout; a failed write is logged, never a late
 error, and the response still goes out. Reads of an id whose write is still running
 (a streamed response's id is known from its first event) wait for it.
 Only the owner (the gateway key's tag in `scope["owner"]`) reads or deletes.
@@ -17,6 +17,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any
 
 import orjson
@@ -37,10 +38,14 @@ from gateway.tools.toolbox import Offer
 
 log = logging.getLogger("toolgate")
 
-WRITE_S = 10.0  # one store write after the response, at most
 OPEN_S = 10.0  # opening the store, at most
 RETRY_OPEN_S = 5.0  # after a failed open, the next request tries again no sooner
 WAIT_WRITE_S = 5.0  # a read waits this long for the same id's write
+
+
+def _not_stored(response_id: str, exc: BaseException) -> bool:
+    log.error("response %s was not stored: %s", response_id, SECRETS(str(exc))[:300] or type(exc).__name__)
+    return False
 
 
 class StoreSlot:
@@ -52,7 +57,7 @@ class StoreSlot:
         self.store: ResponseStore | None = None
         self.failed_at = 0.0
         self.problem = ""
-        self.writes: dict[str, asyncio.Task] = {}
+        self.writes: dict[str, asyncio.Future] = {}
         self._lock = asyncio.Lock()
 
     async def get(self) -> ResponseStore:
@@ -74,6 +79,12 @@ class StoreSlot:
                     raise StoreUnavailable(f"The response store is unavailable ({self.problem}); send store: false or retry shortly.", headers={"retry-after": "5"}) from None
         return self.store
 
+    def _written(self, response_id: str, done: asyncio.Future) -> None:
+        if self.writes.get(response_id) is done:
+            del self.writes[response_id]
+        if not done.cancelled():
+            done.exception()  # retrieved here: the request that waited may be gone
+
     async def settled(self, response_id: str) -> None:
         """Wait (bounded) for a write of `response_id` that is still running."""
         task = self.writes.get(response_id)
@@ -85,22 +96,22 @@ class StoreSlot:
                 pass
 
     async def put(self, stored: Stored) -> bool:
-        """Store `stored` and wait for it (bounded by WRITE_S); False, and logged, if that failed.
-        The write itself runs on even when the waiting request is cancelled."""
-        task = asyncio.ensure_future(self._write(stored))
-        self.writes[stored.id] = task
-        task.add_done_callback(lambda _: self.writes.pop(stored.id, None))
-        return await asyncio.shield(task)
-
-    async def _write(self, stored: Stored) -> bool:
+        """Store `stored` and wait for it (bounded by the store's own timeout); False, and
+        logged, if that failed. The write runs on even when the waiting request is cancelled."""
         try:
             store = await self.get()
-            async with asyncio.timeout(WRITE_S):
-                await store.put(stored)
-            return True
+        except StoreUnavailable as exc:
+            return _not_stored(stored.id, exc)
+        done = store.submit(stored)
+        self.writes[stored.id] = done
+        done.add_done_callback(partial(self._written, stored.id))
+        try:
+            await asyncio.shield(done)
+        except asyncio.CancelledError:
+            raise
         except Exception as exc:
-            log.error("response %s was not stored: %s", stored.id, SECRETS(str(exc))[:300] or type(exc).__name__)
-            return False
+            return _not_stored(stored.id, exc)
+        return True
 
     async def close(self) -> None:
         if self.writes:

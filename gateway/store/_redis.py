@@ -141,6 +141,9 @@ class RedisStore:
 
         await self._call(write())
 
+    def submit(self, stored: Stored) -> asyncio.Future:
+        return asyncio.ensure_future(self.put(stored))
+
     async def get(self, response_id: str, owner: str) -> Stored | None:
         record = await self._call(self._client.hgetall(self.records + response_id))
         if record.get(b"owner") != owner.encode():

@@ -8,10 +8,11 @@ locked database fails as "database is locked" and frees the thread before the
 loop gives up. Either way the caller gets StoreUnavailable, never a hang.
 
 Puts are group-committed: the puts that arrive while one batch is being written
-go together as the next job (at most MAX_BATCH, at most MAX_WAITING waiting), one
-record per savepoint in one transaction, so one bad record fails alone and the
-thread hop and the commit are paid once per batch, not per response. Each put
-returns when its own record is committed. Writers purge expired rows and evict
+go together as the next job (at most MAX_WAITING of them), in one transaction,
+so the thread hop, the commit and the WAL pages are paid once per batch, not per
+response; if the database refuses a record, the batch is written again with a
+savepoint per record, so that one fails alone. Each put returns when its own
+record is committed. Writers purge expired rows and evict
 the soonest-to-expire (under one ttl, the oldest) past the size cap, at most
 CLEANUP_BATCH of each per batch.
 """
@@ -36,8 +37,11 @@ from gateway.threads import Busy, Threads
 T = TypeVar("T")
 
 # Per order: the comparison past `after`, the direction, and the bound when no `after`.
-MAX_BATCH = 64  # records per write job
-MAX_WAITING = 1024  # puts waiting for a batch; past it, StoreUnavailable
+_INSERT_NEW = (
+    "INSERT INTO responses (id, owner, created_at, expires_at, response, bytes) VALUES (?, ?, ?, ?, ?, ?)"
+    " ON CONFLICT (id) DO NOTHING"
+)
+MAX_WAITING = 1024  # puts waiting for the next batch; past it, StoreUnavailable
 
 _PAGES = {
     "asc": ("seq > ?", "ASC", -1),
@@ -68,22 +72,27 @@ class SqliteStore:
         return store
 
     async def put(self, stored: Stored) -> None:
-        if len(self._waiting) >= MAX_WAITING:
-            raise StoreUnavailable(f"the response store is unavailable: {MAX_WAITING} writes wait already")
+        await self.submit(stored)
+
+    def submit(self, stored: Stored) -> asyncio.Future:
+        """Queue `stored` for the next batch; the future is done when the batch is committed
+        (or failed: StoreUnavailable, TooLargeToStore), within twice timeout_s. Cancelling it
+        does not take the record back."""
         done = asyncio.get_running_loop().create_future()
+        if len(self._waiting) >= MAX_WAITING:
+            done.set_exception(StoreUnavailable(f"the response store is unavailable: {MAX_WAITING} writes wait already"))
+            return done
         self._waiting.append((stored, done))
         if self._writer is None:
             self._writer = asyncio.ensure_future(self._write_batches())
-        try:
-            async with asyncio.timeout(self.timeout_s):
-                await asyncio.shield(done)
-        except TimeoutError:
-            raise StoreUnavailable(f"the response store did not answer within {self.timeout_s:g}s") from None
+        return done
 
     async def _write_batches(self) -> None:
+        # One batch at a time, and each takes every put waiting when it starts: a put
+        # waits for at most the batch being written and its own.
         try:
             while self._waiting:
-                batch, self._waiting = self._waiting[:MAX_BATCH], self._waiting[MAX_BATCH:]
+                batch, self._waiting = self._waiting, []
                 try:
                     failures = await self._call(self._put_many, [stored for stored, _ in batch], time.time())
                 except StoreUnavailable as exc:
@@ -95,7 +104,6 @@ class SqliteStore:
                         done.set_result(None)
                     else:
                         done.set_exception(failure)
-                        done.exception()  # a put that timed out no longer waits: not an unretrieved error
         finally:
             self._writer = None
 
@@ -161,32 +169,59 @@ class SqliteStore:
 
     def _put_many(self, batch: list[Stored], now: float) -> list[Exception | None]:
         failures: list[Exception | None] = []
+        encoded: list[tuple[Stored, Encoded]] = []
+        for stored in batch:
+            try:
+                encoded.append((stored, encode(stored, self.max_bytes)))
+                failures.append(None)
+            except (ValueError, TooLargeToStore) as exc:
+                failures.append(exc)
+        try:
+            # The usual case in one go; only when the database refuses something does
+            # each record get a savepoint of its own, so that one fails alone.
+            with self._transaction("BEGIN IMMEDIATE") as db:
+                self._put_all(db, encoded, now)
+                self._clean(db, now, keep={stored.id for stored in batch})
+            return failures
+        except sqlite3.IntegrityError:
+            pass
+        except sqlite3.DatabaseError as exc:
+            if len(encoded) == 1 or "locked" in str(exc) or "busy" in str(exc):
+                raise
+        places = [i for i, failure in enumerate(failures) if failure is None]
         with self._transaction("BEGIN IMMEDIATE") as db:
-            for stored in batch:
-                try:
-                    encoded = encode(stored, self.max_bytes)
-                except (ValueError, TooLargeToStore) as exc:
-                    failures.append(exc)
-                    continue
+            for place, (stored, record) in zip(places, encoded):
                 db.execute("SAVEPOINT one")
                 try:
-                    self._put(db, stored, encoded, now)
+                    self._put(db, stored, record, now)
                 except sqlite3.Error as exc:
                     db.execute("ROLLBACK TO one")
-                    failures.append(StoreUnavailable(f"the response store failed: {exc}"))
-                else:
-                    failures.append(None)
+                    failures[place] = StoreUnavailable(f"the response store failed: {exc}")
                 db.execute("RELEASE one")
             self._clean(db, now, keep={stored.id for stored in batch})
         return failures
 
-    def _put(self, db: sqlite3.Connection, stored: Stored, encoded: Encoded, now: float) -> None:
-        # Delete, then insert: REPLACE would skip the delete trigger that keeps the total.
-        db.execute("DELETE FROM responses WHERE id = ?", (stored.id,))
-        db.execute(
-            "INSERT INTO responses (id, owner, created_at, expires_at, response, bytes) VALUES (?, ?, ?, ?, ?, ?)",
-            (stored.id, stored.owner, stored.created_at, now + self.ttl_s, encoded.response, encoded.size),
+    def _put_all(self, db: sqlite3.Connection, encoded: list[tuple[Stored, Encoded]], now: float) -> None:
+        """A batch in a constant number of statements (each row is still a hop out of and
+        back into the GIL, which the busy event loop holds)."""
+        db.execute("DELETE FROM responses WHERE id IN (SELECT value FROM json_each(?))", (orjson.dumps([s.id for s, _ in encoded]),))
+        db.executemany(_INSERT_NEW, [(s.id, s.owner, s.created_at, now + self.ttl_s, e.response, e.size) for s, e in encoded])
+        db.executemany(
+            "INSERT INTO items (response_id, seq, item_id, item) VALUES (?, ?, ?, ?)",
+            [(s.id, seq, item_id, blob) for s, e in encoded for seq, (item_id, blob) in enumerate(e.items)],
         )
+        db.executemany(
+            "INSERT INTO outputs (response_id, idx, item_id) VALUES (?, ?, ?)",
+            [(s.id, idx, item_id) for s, e in encoded for idx, item_id in enumerate(e.outputs) if item_id],
+        )
+
+    def _put(self, db: sqlite3.Connection, stored: Stored, encoded: Encoded, now: float) -> None:
+        row = (stored.id, stored.owner, stored.created_at, now + self.ttl_s, encoded.response, encoded.size)
+        # A new id (the usual case) inserts at once; an old one is deleted first, since
+        # REPLACE would skip the delete trigger that keeps the total, and its rows' cascade.
+        if not db.execute(_INSERT_NEW, row).rowcount:
+            db.execute("DELETE FROM responses WHERE id = ?", (stored.id,))
+            db.execute(_INSERT_NEW, row)
         db.executemany(
             "INSERT INTO items (response_id, seq, item_id, item) VALUES (?, ?, ?, ?)",
             ((stored.id, seq, item_id, blob) for seq, (item_id, blob) in enumerate(encoded.items)),

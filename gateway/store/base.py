@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -38,6 +39,9 @@ class ResponseStore(Protocol):
     async def put(self, stored: Stored) -> None:
         """Store `stored`, replacing a record with the same id; evicts the oldest
         records past the size cap. Raises StoreUnavailable or TooLargeToStore."""
+
+    def submit(self, stored: Stored) -> asyncio.Future:
+        """`put` as a future that runs on whether or not anyone awaits it (bounded as put)."""
 
     async def get(self, response_id: str, owner: str) -> Stored | None:
         """The record, or None when it is missing, expired or another owner's."""
