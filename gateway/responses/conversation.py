@@ -89,6 +89,7 @@ def to_messages(items: list[dict[str, Any]]) -> Conversation:
     listed: set[str] = set()
     turn: dict[str, Any] | None = None  # the assistant message collecting this turn's calls
     resumed_turn: dict[str, Any] | None = None
+    called = False  # some turn has calls (each needs its one reply)
     for i, item in enumerate(items):
         kind = item["type"]
         if kind == "message":
@@ -109,6 +110,7 @@ def to_messages(items: list[dict[str, Any]]) -> Conversation:
                 turn = {"role": "assistant", "content": None}
                 messages.append(turn)
             turn.setdefault("tool_calls", []).append(call)
+            called = True
             if kind == "mcp_call":
                 result = item.get("output") if item.get("error") is None else f"Error: {item['error']}"
                 messages.append({"role": "tool", "tool_call_id": call_id, "content": result or ""})
@@ -131,7 +133,8 @@ def to_messages(items: list[dict[str, Any]]) -> Conversation:
         elif kind == "item_reference":
             raise invalid(f"The item {item['id']!r} was not found.", f"input[{i}].id")
         # reasoning items: the upstream does not take reasoning back (hosts.send_reasoning)
-    _answer_the_unanswered(messages, {call["id"] for call, _ in resume})
+    if called:
+        _answer_the_unanswered(messages, {call["id"] for call, _ in resume})
     if resumed_turn is not None:
         # The loop runs approved calls before its first round and appends their results last.
         at = next(i for i, m in enumerate(messages) if m is resumed_turn)

@@ -42,6 +42,19 @@ class ResponseView:
     created_at: float = field(default_factory=time.time)
 
 
+# The Response object's fields the request decides, as they are when the request does not say.
+_ECHO_DEFAULTS: dict[str, Any] = {
+    "object": "response",
+    "parallel_tool_calls": True,
+    "tool_choice": "auto",
+    "tools": [],
+    "truncation": "disabled",
+    "background": False,
+    **dict.fromkeys(("instructions", "temperature", "top_p", "max_output_tokens", "previous_response_id", "text", "reasoning", "user", "store", *ECHOED)),
+}
+_ENDED = frozenset({"completed", "incomplete", "failed"})
+
+
 def response_usage(usage: dict[str, Any] | None) -> dict[str, Any] | None:
     """Chat usage, summed over the rounds, in the Responses shape."""
     if not usage:
@@ -125,26 +138,18 @@ class Items:
         self.emit("response.output_item.done", output_index=index, item=self.items[index])
 
     def response(self, status: str, *, output: bool = True, error: dict[str, Any] | None = None, incomplete: str | None = None) -> dict[str, Any]:
-        echo = self.view.echo
-        body: dict[str, Any] = {
-            "id": self.view.id,
-            "object": "response",
-            "created_at": self.view.created_at,
-            "status": status,
-            "model": self.view.alias,
-            "output": list(self.items) if output else [],
-            "parallel_tool_calls": echo.get("parallel_tool_calls", True),
-            "tool_choice": echo.get("tool_choice", "auto"),
-            "tools": echo.get("tools", []),
-            "error": error,
-            "incomplete_details": {"reason": incomplete} if status == "incomplete" else None,
-            "usage": response_usage(self.usage) if output else None,
-            "truncation": "disabled",
-            "background": False,
-        }
-        for key in ("instructions", "temperature", "top_p", "max_output_tokens", "previous_response_id", "text", "reasoning", "user", "store", *ECHOED):
-            body[key] = echo.get(key)
-        if status in ("completed", "incomplete", "failed"):
+        view = self.view
+        # Every echoed field (None where not sent), then what the request sent, then this response's own.
+        body: dict[str, Any] = {**_ECHO_DEFAULTS, **view.echo}
+        body["id"] = view.id
+        body["created_at"] = view.created_at
+        body["status"] = status
+        body["model"] = view.alias
+        body["output"] = list(self.items) if output else []
+        body["error"] = error
+        body["incomplete_details"] = {"reason": incomplete} if status == "incomplete" else None
+        body["usage"] = response_usage(self.usage) if output else None
+        if status in _ENDED:
             body["completed_at"] = time.time()
         return body
 
@@ -314,6 +319,12 @@ class Items:
         """Non-streamed, a round's text is known only at the end: put it before that round's calls."""
         message = final.message
         text = message.get("content") or ""
+        if type(text) is str and text and len(message) == 2 and not self.items and not self.view.logprobs:
+            # The plain answer (a role and its text, nothing before it): one message item.
+            part = {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+            self.items.append({"id": new_id("msg"), "type": "message", "role": "assistant", "status": "completed", "content": [part]})
+            self.rounds.append(final.rounds)
+            return
         reasoning = message.get("reasoning_content") or message.get("reasoning")
         at = len(self.items)
         if final.client_tool_calls or final.approval_requests:

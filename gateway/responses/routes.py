@@ -239,10 +239,13 @@ class CreateResponse:
             messages = [{"role": "system", "content": request.instructions}, *messages]
         params = {**alias.defaults, **request.params, **alias.overrides}
         first_tool_choice = params.pop("tool_choice", None)
-        owners = rt.toolbox.owners()
-        labels = {name: owners.get(name, "toolgate") for name in offer.tools}
-        used = dict.fromkeys([*(m.label for m in request.mcp), *labels.values()])
-        list_tools = [self._listing(label, offer, labels) for label in used if label not in conversation.listed]
+        labels: dict[str, str] = {}
+        list_tools: list[dict[str, Any]] = []
+        if offer.tools or request.mcp:
+            owners = rt.toolbox.owners()
+            labels = {name: owners.get(name, "toolgate") for name in offer.tools}
+            used = dict.fromkeys([*(m.label for m in request.mcp), *labels.values()])
+            list_tools = [self._listing(label, offer, labels) for label in used if label not in conversation.listed]
         job = rt.loop_job(
             alias,
             messages,
@@ -266,7 +269,7 @@ class CreateResponse:
             echo=echo,
             labels=labels,
             list_tools=list_tools,
-            approvals={call["id"] for call, yes in conversation.resume if yes},
+            approvals={call["id"] for call, yes in conversation.resume if yes} if conversation.resume else set(),
             max_rounds=job.max_rounds,
             logprobs=request.logprobs,
         )
