@@ -17,6 +17,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
 from functools import partial
 from typing import Any
 
@@ -27,6 +28,7 @@ from starlette.responses import Response
 from gateway.errors import GatewayError, InvalidRequest, NotFound, error_json
 from gateway.loop import LoopJob
 from gateway.redact import SECRETS
+from gateway.responses.remote import RemoteServers
 from gateway.responses.render import ResponsesJSON, ResponsesSSE, ResponseView
 from gateway.responses.conversation import to_messages
 from gateway.responses.ids import new_id, with_ids
@@ -34,6 +36,7 @@ from gateway.responses.tools import McpTool
 from gateway.responses.wire import ResponsesRequest, parse_request
 from gateway.routes import Runtime, _read_body, reject
 from gateway.store import ResponseStore, Stored, StoreUnavailable
+from gateway.tools.base import Tool
 from gateway.tools.toolbox import Offer
 
 log = logging.getLogger("toolgate")
@@ -147,11 +150,33 @@ class StoreBeforeTheEnd:
 class CreateResponse:
     """`POST /v1/responses` as a raw ASGI app, as the chat route."""
 
-    def __init__(self, runtime: Runtime, slot: StoreSlot) -> None:
+    def __init__(self, runtime: Runtime, slot: StoreSlot, remote: RemoteServers | None = None) -> None:
         self.rt = runtime
         self.slot = slot
+        self.remote = remote or RemoteServers(runtime.settings.responses, tool_timeout_s=runtime.settings.loop.tool_timeout_s)
+
+    async def _remote_tools(self, request: ResponsesRequest, held: AsyncExitStack) -> dict[str, list[Tool]]:
+        """The tools of each remote server the request names by server_url, by its label;
+        every check first, so a bad tool is a 400 before anything connects."""
+        remote = [mcp for mcp in request.mcp if mcp.url is not None]
+        if not remote or request.no_tools:
+            return {}
+        configured = {source.name for source in self.rt.toolbox.sources}
+        for mcp in remote:
+            self.remote.check(mcp, f"tools[{mcp.index}]")
+            if mcp.label in configured:
+                raise InvalidRequest(f"The server_label {mcp.label!r} names a configured tool source; give the server_url another label.", param=f"tools[{mcp.index}].server_label")
+        found = await asyncio.gather(*(held.enter_async_context(self.remote.session(mcp, param=f"tools[{mcp.index}]")) for mcp in remote), return_exceptions=True)
+        for result in found:
+            if isinstance(result, BaseException):
+                raise result
+        return {mcp.label: tools for mcp, tools in zip(remote, found)}
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        async with AsyncExitStack() as held:  # the remote MCP sessions this request uses
+            await self._serve(scope, receive, send, held)
+
+    async def _serve(self, scope: dict, receive: Any, send: Any, held: AsyncExitStack) -> None:
         started = time.perf_counter()
         rt = self.rt
         server = rt.settings.server
@@ -163,8 +188,9 @@ class CreateResponse:
             request = parse_request(body, max_items=server.max_messages)
             model = request.model
             alias = rt.alias(request.model)
+            remote = await self._remote_tools(request, held)
             history = await self._history(request, owner)
-            job, view, conversation_items = self._job(request, history, scope, request_id)
+            job, view, conversation_items = self._job(request, history, scope, request_id, remote)
         except Exception as exc:
             await reject(send, exc, scope, started, model=model, api="responses")
             return
@@ -221,14 +247,16 @@ class CreateResponse:
             resolved.append(item)
         return resolved
 
-    def _job(self, request: ResponsesRequest, history: list[dict[str, Any]], scope: dict, request_id: str) -> tuple[LoopJob, ResponseView, list[dict[str, Any]]]:
+    def _job(
+        self, request: ResponsesRequest, history: list[dict[str, Any]], scope: dict, request_id: str, remote: dict[str, list[Tool]]
+    ) -> tuple[LoopJob, ResponseView, list[dict[str, Any]]]:
         rt = self.rt
         alias = rt.alias(request.model)
         items = with_ids([*history, *request.input])
         conversation = to_messages(items)
         if not conversation.messages:
             raise InvalidRequest("input is empty: send a message.", param="input")
-        offer, asks = self._offer(request, alias.tools)
+        offer, asks, remote_names = self._offer(request, alias.tools, remote)
         if request.client_tools:
             clash = {t["function"]["name"] for t in request.client_tools} & offer.tools.keys()
             if clash:
@@ -243,7 +271,7 @@ class CreateResponse:
         list_tools: list[dict[str, Any]] = []
         if offer.tools or request.mcp:
             owners = rt.toolbox.owners()
-            labels = {name: owners.get(name, "toolgate") for name in offer.tools}
+            labels = {name: remote_names.get(name) or owners.get(name, "toolgate") for name in offer.tools}
             used = dict.fromkeys([*(m.label for m in request.mcp), *labels.values()])
             list_tools = [self._listing(label, offer, labels) for label in used if label not in conversation.listed]
         job = rt.loop_job(
@@ -275,36 +303,53 @@ class CreateResponse:
         )
         return job, view, items
 
-    def _offer(self, request: ResponsesRequest, patterns: tuple[str, ...]) -> tuple[Offer, Callable[[str], bool] | None]:
-        """The alias's tools plus those of every source an mcp tool names, filtered by allowed_tools."""
+    def _offer(
+        self, request: ResponsesRequest, patterns: tuple[str, ...], remote: dict[str, list[Tool]]
+    ) -> tuple[Offer, Callable[[str], bool] | None, dict[str, str]]:
+        """The alias's tools, those of every source an mcp tool names (filtered by allowed_tools),
+        and the remote servers' (with the label each offered name belongs to)."""
         toolbox = self.rt.toolbox
         if request.no_tools:
-            return Offer(), None
+            return Offer(), None, {}
         base = toolbox.select(patterns)
         if not request.mcp:
-            return base, None
+            return base, None, {}
         sources = {source.name for source in toolbox.sources}
         owners = toolbox.owners()
         every = toolbox.select(("*",))
         by_label: dict[str, McpTool] = {}
-        for i, mcp in enumerate(request.mcp):
-            if mcp.label not in sources:
-                raise InvalidRequest(f"No tool source named {mcp.label!r} on this gateway (server_label names one of its configured sources).", param=f"tools[{i}].server_label")
+        for mcp in request.mcp:
+            if mcp.url is None and mcp.label not in sources:
+                raise InvalidRequest(f"No tool source named {mcp.label!r} on this gateway (server_label names one of its configured sources).", param=f"tools[{mcp.index}].server_label")
             by_label[mcp.label] = mcp
         chosen = dict(base.tools)
         for name, tool in every.tools.items():
             mcp = by_label.get(owners.get(name, ""))
-            if mcp is not None and mcp.admits(name):
+            if mcp is not None and mcp.url is None and mcp.admits(name):
                 chosen[name] = tool
         # A new Offer per request: a client-chosen filter must not grow the toolbox's cache.
         schemas = [s for s in every.schemas if s["function"]["name"] in chosen]
-        offer = Offer(chosen, schemas, {n: every.checks[n] for n in chosen if n in every.checks})
+        checks = {n: every.checks[n] for n in chosen if n in every.checks}
+        client = {t["function"]["name"] for t in request.client_tools or ()}
+        remote_names: dict[str, str] = {}
+        for label, tools in remote.items():
+            mcp = by_label[label]
+            for tool in tools:
+                if not mcp.admits(tool.name):
+                    continue
+                name = tool.name if tool.name not in chosen and tool.name not in client else f"{label}_{tool.name}"
+                if name in chosen or name in client:
+                    continue  # taken twice over: left out rather than shadow another tool
+                chosen[name] = tool if name == tool.name else tool.renamed(name)
+                remote_names[name] = label
+                schemas.append({"type": "function", "function": {"name": name, "description": tool.description, "parameters": dict(tool.parameters)}})
+        offer = Offer(chosen, schemas, checks)
 
         def asks(name: str) -> bool:
-            mcp = by_label.get(owners.get(name, ""))
+            mcp = by_label.get(remote_names.get(name) or owners.get(name, ""))
             return mcp is not None and mcp.asks(name)
 
-        return offer, asks
+        return offer, asks, remote_names
 
     def _listing(self, label: str, offer: Offer, labels: dict[str, str]) -> dict[str, Any]:
         tools = []

@@ -38,6 +38,7 @@ class McpTool:
     # The remote server's request headers (`headers`, and `authorization` as a bearer token):
     # secrets, never logged, stored, echoed or shown to the model.
     headers: dict[str, str] = field(default_factory=dict, repr=False)
+    index: int = 0  # its place in `tools`, for the errors that name it
 
     def admits(self, name: str) -> bool:
         return self.allowed is None or _named(name, self.label, self.allowed)
@@ -67,7 +68,7 @@ def parse_tools(raw: dict[str, Any], request: Any) -> None:
             client.append(_function_tool(tool, param))
             echoed.append(tool)
         elif kind == "mcp":
-            mcp = _mcp_tool(tool, param)
+            mcp = _mcp_tool(tool, param, i)
             if mcp.label in labels:
                 raise invalid(f"The server_label {mcp.label!r} appears twice.", f"{param}.server_label")
             labels.add(mcp.label)
@@ -155,7 +156,7 @@ def _token(name: str) -> bool:
     return all(c.isalnum() or c in "!#$%&'*+-.^_`|~" for c in name)
 
 
-def _mcp_tool(tool: dict[str, Any], param: str) -> McpTool:
+def _mcp_tool(tool: dict[str, Any], param: str, index: int) -> McpTool:
     label = tool.get("server_label")
     if not isinstance(label, str) or not label:
         raise invalid("An mcp tool needs a server_label: the name of a tool source in the gateway's config.", f"{param}.server_label")
@@ -164,9 +165,9 @@ def _mcp_tool(tool: dict[str, Any], param: str) -> McpTool:
     policy = tool.get("require_approval")
     if policy is None or policy == "always":
         # As in the hosted API: a call to a client-chosen server waits for approval unless told otherwise.
-        return McpTool(label, allowed, None, url=url, headers=headers)
+        return McpTool(label, allowed, None, url=url, headers=headers, index=index)
     if policy == "never":
-        return McpTool(label, allowed, frozenset(), url=url, headers=headers)
+        return McpTool(label, allowed, frozenset(), url=url, headers=headers, index=index)
     if isinstance(policy, dict) and set(policy) <= {"always", "never"}:
         always: frozenset[str] | None = frozenset()
         never: frozenset[str] = frozenset()
@@ -183,7 +184,7 @@ def _mcp_tool(tool: dict[str, Any], param: str) -> McpTool:
                 never = chosen
         if "always" not in policy:
             always = None  # only exceptions to "always" were given
-        return McpTool(label, allowed, always, never, url=url, headers=headers)
+        return McpTool(label, allowed, always, never, url=url, headers=headers, index=index)
     raise invalid("require_approval must be 'always', 'never' or a filter with always/never tool_names.", f"{param}.require_approval")
 
 
