@@ -49,6 +49,46 @@ _LABEL = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _NO_ENVIRON = {"TOOLGATE_REMOTE_MCP": "1"}
 
 
+# The loggers that see what goes to and comes from a remote server (the SDK logs whole
+# messages at debug); their records lose the live sessions' secrets before any handler.
+_WIRE_LOGGERS = ("mcp", "mcp.client", "mcp.client.streamable_http", "mcp.client.session", "httpx2", "httpcore2.http11")
+
+
+class _Scrub(logging.Filter):
+    def __init__(self) -> None:
+        super().__init__()
+        self.secrets: dict[str, int] = {}  # value -> sessions holding it
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.secrets:
+            text = record.getMessage()
+            clean = SECRETS.scrub(text, *self.secrets)
+            if clean != text:
+                record.msg, record.args = clean, None
+        return True
+
+    def hold(self, secrets: tuple[str, ...]) -> None:
+        if not self.secrets:
+            for name in _WIRE_LOGGERS:
+                logging.getLogger(name).addFilter(self)
+        for value in secrets:
+            self.secrets[value] = self.secrets.get(value, 0) + 1
+
+    def drop(self, secrets: tuple[str, ...]) -> None:
+        for value in secrets:
+            left = self.secrets.get(value, 0) - 1
+            if left > 0:
+                self.secrets[value] = left
+            else:
+                self.secrets.pop(value, None)
+        if not self.secrets:
+            for name in _WIRE_LOGGERS:
+                logging.getLogger(name).removeFilter(self)
+
+
+_SCRUB = _Scrub()
+
+
 def _pattern(url_pattern: str) -> re.Pattern[str]:
     # `*` is the one wildcard; the config allows it only after the host.
     return re.compile(".*".join(re.escape(part) for part in url_pattern.split("*")))
@@ -174,6 +214,7 @@ class RemoteServers:
         source = McpSource(spec)
         secrets = tuple(v for v in (*mcp.headers.values(), *(v.partition(" ")[2] for v in mcp.headers.values())) if v)
         session = self._sessions[key] = _Session(source, secrets)
+        _SCRUB.hold(secrets)
         starting = asyncio.ensure_future(self._start(key, session))
         self._tasks.add(starting)  # awaited at close too
         starting.add_done_callback(self._tasks.discard)
@@ -187,7 +228,7 @@ class RemoteServers:
             await session.source.start(SourceContext(environ=_NO_ENVIRON))
             status = session.source.status()
             if not status.ready:
-                session.problem = SECRETS.scrub(status.detail, *session.secrets) or "no answer"
+                session.problem = SECRETS.scrub(status.detail.removesuffix("; retrying"), *session.secrets) or "no answer"
         except Exception as exc:  # start() never raises; this is a last line
             session.problem = SECRETS.scrub(str(exc), *session.secrets) or type(exc).__name__
         finally:
@@ -199,7 +240,7 @@ class RemoteServers:
     def _forget(self, key: tuple[str, tuple[tuple[str, str], ...]], session: _Session) -> None:
         if self._sessions.get(key) is session:
             del self._sessions[key]
-        task = asyncio.ensure_future(_stop(session.source))
+        task = asyncio.ensure_future(_stop(session))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -224,11 +265,13 @@ class RemoteServers:
             with suppress(asyncio.CancelledError):
                 await self._reaper
         sessions, self._sessions = list(self._sessions.values()), {}
-        await asyncio.gather(*(_stop(s.source) for s in sessions), *self._tasks, return_exceptions=True)
+        await asyncio.gather(*(_stop(s) for s in sessions), *self._tasks, return_exceptions=True)
 
 
-async def _stop(source: McpSource) -> None:
+async def _stop(session: _Session) -> None:
     try:
-        await source.stop()  # bounded by the source itself
+        await session.source.stop()  # bounded by the source itself
     except Exception as exc:
         log.warning("a remote MCP session did not stop cleanly: %s", type(exc).__name__)
+    finally:
+        _SCRUB.drop(session.secrets)
