@@ -60,6 +60,16 @@ def _output_text(output: Any) -> str:
     return "\n".join(pieces)
 
 
+def _error_text(error: Any) -> str:
+    """An mcp_call's error: a string (older clients), or the hosted API's error object."""
+    if isinstance(error, dict):
+        content = error.get("content")
+        if isinstance(content, list):
+            return _output_text(content)
+        return str(error.get("message") or content or error.get("type") or "the call failed")
+    return str(error)
+
+
 NO_OUTPUT = "Error: the client sent no output for this call."
 
 
@@ -112,7 +122,7 @@ def to_messages(items: list[dict[str, Any]]) -> Conversation:
             turn.setdefault("tool_calls", []).append(call)
             called = True
             if kind == "mcp_call":
-                result = item.get("output") if item.get("error") is None else f"Error: {item['error']}"
+                result = item.get("output") if item.get("error") is None else f"Error: {_error_text(item['error'])}"
                 messages.append({"role": "tool", "tool_call_id": call_id, "content": result or ""})
             elif kind == "mcp_approval_request":
                 answer = answers.get(call_id)

@@ -286,7 +286,9 @@ class Items:
             item["output"], item["status"] = text, "completed"
             self.emit("response.mcp_call.completed", item_id=item["id"], output_index=index)
         else:
-            item["error"], item["status"] = text, "failed"
+            # As the hosted API's McpToolCallError: what the tool said, as MCP content.
+            item["error"] = {"type": "mcp_tool_execution_error", "content": [{"type": "text", "text": text}]}
+            item["status"] = "failed"
             self.emit("response.mcp_call.failed", item_id=item["id"], output_index=index)
         self.done(index)
 
