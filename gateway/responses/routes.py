@@ -173,8 +173,11 @@ class CreateResponse:
         return {mcp.label: tools for mcp, tools in zip(remote, found)}
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        async with AsyncExitStack() as held:  # the remote MCP sessions this request uses
+        held = AsyncExitStack()  # the remote MCP sessions this request uses (most use none)
+        try:
             await self._serve(scope, receive, send, held)
+        finally:
+            await held.aclose()
 
     async def _serve(self, scope: dict, receive: Any, send: Any, held: AsyncExitStack) -> None:
         started = time.perf_counter()

@@ -46,9 +46,11 @@ MIGRATIONS: list[list[str]] = [
             BEGIN UPDATE totals SET bytes = bytes - OLD.bytes; END""",
     ],
     # 3: items by their own id, for `item_reference` to any stored response of the owner:
-    # input items by an index, output items (inside the response's JSON) by their place.
+    # input items by an index (which also serves a page's `after`, so the one of step 1 goes:
+    # one index less to write per item), output items (inside the response's JSON) by their place.
     [
-        "CREATE INDEX items_by_item_id ON items (item_id)",
+        "CREATE INDEX items_by_item_id ON items (item_id, response_id)",
+        "DROP INDEX items_by_id",
         """CREATE TABLE outputs (
             response_id TEXT NOT NULL REFERENCES responses (id) ON DELETE CASCADE,
             idx INTEGER NOT NULL,
