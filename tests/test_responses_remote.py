@@ -185,3 +185,20 @@ async def test_a_server_that_refuses_the_handshake_is_424(tmp_path):
     finally:
         listener.close()
         await listener.wait_closed()
+
+
+async def test_a_remote_call_waits_for_approval_by_default_then_runs(tmp_path, mcp_http):
+    up = ScriptedUpstream(completion(None, tool_calls=[call("add", {"a": 20, "b": 22}, "a")]), completion("It is 42."))
+    tools = [{"type": "mcp", "server_label": "calc", "server_url": mcp_http.url, "authorization": TOKEN}]
+    async with gateway(config(tmp_path, mcp_http), up) as client:
+        first = (await client.post("/v1/responses", json={"model": "m", "input": "20+22?", "tools": tools})).json()
+        Response.model_validate(first)
+        ask = first["output"][-1]
+        assert ask["type"] == "mcp_approval_request" and ask["server_label"] == "calc" and ask["name"] == "add"
+        answer = [{"type": "mcp_approval_response", "approval_request_id": ask["id"], "approve": True}]
+        second = (await client.post("/v1/responses", json={"model": "m", "input": answer, "tools": tools, "previous_response_id": first["id"]})).json()
+    Response.model_validate(second)
+    ran = [i for i in second["output"] if i["type"] == "mcp_call"]
+    assert ran[0]["output"] == "42" and ran[0]["approval_request_id"] == ask["id"]
+    assert second["output"][-1]["content"][0]["text"] == "It is 42."
+    assert len(up.requests) == 2
