@@ -163,13 +163,16 @@ class ResponsesSettings:
     mcp_connect_timeout_s: float = 10.0  # connect + initialize + tools/list of a remote server
     mcp_sessions: int = 16  # remote sessions kept at once (by URL and headers), at most
     mcp_idle_s: float = 300.0  # a remote session unused this long is closed
+    # A configured source's default for an mcp tool that sends no require_approval:
+    # "always" (the hosted API's default, and the gateway's) or "never". By source name.
+    require_approval: Mapping[str, str] = field(default_factory=dict)
 
 
 def _responses(table: Mapping[str, Any], problems: Problems) -> ResponsesSettings:
     key = "responses"
     reader = _Reader(table, key, problems)
     reader.unknown({f.name for f in fields(ResponsesSettings)})
-    numbers = {f.name: reader.field(f) for f in fields(ResponsesSettings) if f.name in table and not isinstance(f.default, tuple)}
+    numbers = {f.name: reader.field(f) for f in fields(ResponsesSettings) if f.name in table and isinstance(f.default, (int, float))}
     patterns = _strings(reader, "mcp_server_urls", "a list of URL patterns")
     for pattern in patterns:
         parts = urlsplit(pattern)
@@ -181,7 +184,14 @@ def _responses(table: Mapping[str, Any], problems: Problems) -> ResponsesSetting
     allow = _strings(reader, "mcp_network_allow", "a list of hosts, host:port or CIDR networks")
     if allow:
         Guard.from_config(allow, problems, f"{key}.mcp_network_allow")
-    return ResponsesSettings(mcp_server_urls=patterns, mcp_network_allow=allow, **numbers)
+    approvals = _str_table(reader, "require_approval")
+    for name, policy in approvals.items():
+        if policy not in _APPROVALS:
+            problems.add(f"{key}.require_approval.{name}", f"expected one of {', '.join(_APPROVALS)}, got {policy!r}")
+    return ResponsesSettings(mcp_server_urls=patterns, mcp_network_allow=allow, require_approval=approvals, **numbers)
+
+
+_APPROVALS = ("always", "never")
 
 
 def _shown_store_url(url: str) -> str:
@@ -709,6 +719,9 @@ def settings_from_dict(raw: dict[str, Any], environ: Mapping[str, str], path: st
         problems.add("server.default_upstream", f"no [upstreams.{server.default_upstream}] is configured")
 
     sources = build_sources(table("tools"), problems)
+    for name in responses.require_approval:
+        if name not in {source.name for source in sources}:
+            problems.add(f"responses.require_approval.{name}", "no tool source of that name is configured")
     catalog = _Catalog(sources)
     models_raw = raw.get("models", [])
     if not isinstance(models_raw, list):

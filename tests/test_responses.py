@@ -12,6 +12,8 @@ import pytest
 from openai.types.responses import Response, ResponseItem, ResponseStreamEvent
 from pydantic import TypeAdapter
 
+from gateway.config import ResponsesSettings
+from gateway.errors import ConfigError
 from gateway.responses.conversation import to_messages
 from gateway.tools.base import StaticSource, Tool, ToolError
 from tests.support import ScriptedUpstream, call, chunk, completion, gateway, settings, sse_body
@@ -590,3 +592,26 @@ async def test_keepalives_while_a_tool_runs_and_the_events_still_validate(tmp_pa
     assert r.text.count(": keepalive") >= 2
     seen = events(r.text)  # comments skipped; every event validates, sequence numbers unbroken
     assert seen[-1]["type"] == "response.completed"
+
+
+async def test_a_sources_approval_default_from_the_config(tmp_path):
+    source, add = calc_source()
+    up = ScriptedUpstream(completion(None, tool_calls=[call("add", {"a": 2, "b": 2}, "x")]), completion("4"), completion(None, tool_calls=[call("add", {"a": 1, "b": 1}, "y")]))
+    cfg = config(tmp_path, extra={"models": [{"name": "m", "upstream_model": "up", "tools": []}]}, sources=(source,))
+    cfg = dataclasses.replace(cfg, responses=ResponsesSettings(require_approval={"calc": "never"}))
+    async with gateway(cfg, up) as client:
+        ran = (await create(client, input="2+2", tools=[{"type": "mcp", "server_label": "calc"}])).json()
+        asked = (await create(client, input="1+1", tools=[{"type": "mcp", "server_label": "calc", "require_approval": "always"}])).json()
+    assert types(ran) == ["mcp_list_tools", "mcp_call", "message"]  # no require_approval sent: the config's "never"
+    assert types(asked)[-1] == "mcp_approval_request"  # the request's own policy wins
+    assert add.calls == [{"a": 2, "b": 2}]
+
+
+def test_the_responses_config_table_is_checked():
+    with pytest.raises(ConfigError) as caught:
+        settings({"responses": {"require_approval": {"calc": "sometimes", "nope": "never"}, "mcp_server_urls": ["mcp.example.com"], "mcp_sessions": 0}})
+    text = str(caught.value)
+    assert "responses.require_approval.calc: expected one of always, never" in text
+    assert "responses.require_approval.nope: no tool source of that name is configured" in text
+    assert "responses.mcp_server_urls: 'mcp.example.com': expected an http(s) URL pattern" in text
+    assert "responses.mcp_sessions: expected an integer of at least 1" in text

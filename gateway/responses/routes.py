@@ -14,6 +14,7 @@ Only the owner (the gateway key's tag in `scope["owner"]`) reads or deletes.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -321,9 +322,12 @@ class CreateResponse:
         owners = toolbox.owners()
         every = toolbox.select(("*",))
         by_label: dict[str, McpTool] = {}
+        defaults = self.rt.settings.responses.require_approval
         for mcp in request.mcp:
             if mcp.url is None and mcp.label not in sources:
                 raise InvalidRequest(f"No tool source named {mcp.label!r} on this gateway (server_label names one of its configured sources).", param=f"tools[{mcp.index}].server_label")
+            if not mcp.asked and mcp.url is None and defaults.get(mcp.label) == "never":
+                mcp = dataclasses.replace(mcp, always=frozenset())  # the config's default for this source
             by_label[mcp.label] = mcp
         chosen = dict(base.tools)
         for name, tool in every.tools.items():

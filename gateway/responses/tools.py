@@ -39,6 +39,7 @@ class McpTool:
     # secrets, never logged, stored, echoed or shown to the model.
     headers: dict[str, str] = field(default_factory=dict, repr=False)
     index: int = 0  # its place in `tools`, for the errors that name it
+    asked: bool = True  # the request said require_approval (else the config's default may apply)
 
     def admits(self, name: str) -> bool:
         return self.allowed is None or _named(name, self.label, self.allowed)
@@ -165,7 +166,7 @@ def _mcp_tool(tool: dict[str, Any], param: str, index: int) -> McpTool:
     policy = tool.get("require_approval")
     if policy is None or policy == "always":
         # As in the hosted API: a call to a client-chosen server waits for approval unless told otherwise.
-        return McpTool(label, allowed, None, url=url, headers=headers, index=index)
+        return McpTool(label, allowed, None, url=url, headers=headers, index=index, asked=policy is not None)
     if policy == "never":
         return McpTool(label, allowed, frozenset(), url=url, headers=headers, index=index)
     if isinstance(policy, dict) and set(policy) <= {"always", "never"}:
