@@ -185,6 +185,9 @@ class RemoteServers:
         try:
             async with asyncio.timeout(self.settings.mcp_connect_timeout_s + 1.0):
                 await session.ready.wait()
+        except TimeoutError:
+            session.users -= 1
+            raise self._failed(mcp, f"no answer within {self.settings.mcp_connect_timeout_s:g} s") from None
         except BaseException:
             session.users -= 1
             raise
