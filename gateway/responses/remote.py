@@ -29,7 +29,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gateway.config import ResponsesSettings
 from gateway.errors import InvalidRequest, McpServerFailed, Overloaded, Problems
@@ -37,7 +37,9 @@ from gateway.redact import SECRETS
 from gateway.responses.tools import McpTool
 from gateway.tools.base import SourceContext, Tool, ToolError, ToolOutput
 from gateway.tools.builtin.netguard import Guard, Refused
-from gateway.tools.mcp import McpSource, ServerSpec
+
+if TYPE_CHECKING:
+    from gateway.tools.mcp import McpSource
 
 log = logging.getLogger("toolgate")
 
@@ -206,6 +208,10 @@ class RemoteServers:
                 raise Overloaded(f"All {self.settings.mcp_sessions} remote MCP sessions are in use; retry shortly.", headers={"retry-after": "1"})
             oldest = min(idle)[1]
             self._forget(oldest, self._sessions[oldest])
+        # Imported on first use: the MCP SDK takes most of a second to import, which a
+        # gateway (and each of its workers) would otherwise pay at every start.
+        from gateway.tools.mcp import McpSource, ServerSpec
+
         spec = ServerSpec(
             name=f"remote:{mcp.label}",
             transport="http",
