@@ -53,6 +53,7 @@ _ECHO_DEFAULTS: dict[str, Any] = {
     **dict.fromkeys(("instructions", "temperature", "top_p", "max_output_tokens", "previous_response_id", "text", "reasoning", "user", "store", *ECHOED)),
 }
 _ENDED = frozenset({"completed", "incomplete", "failed"})
+_TEXT_DELTA = b'event: response.output_text.delta\ndata: {"type":"response.output_text.delta","sequence_number":%d%s%s}\n\n'
 
 
 def response_usage(usage: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -110,6 +111,7 @@ class Items:
         self.usage: dict[str, Any] | None = None
         self.opened = False
         self.final: Final | None = None
+        self.delta_tail = b""  # the open message's text-delta event, past its sequence number
 
     # -- events out -----------------------------------------------------------------
 
@@ -171,7 +173,8 @@ class Items:
             self.done(index)
 
     def feed(self, event: Event | Opening) -> None:
-        self.open()
+        if not self.opened:
+            self.open()
         if isinstance(event, Delta):
             if event.reasoning:
                 self._reasoning(event.reasoning)
@@ -209,10 +212,18 @@ class Items:
             part = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
             item["content"].append(part)
             self.emit("response.content_part.added", item_id=item["id"], output_index=self.message, content_index=0, part=part)
+            # What every text delta of this part says besides its text and number, encoded once.
+            self.delta_tail = b',"item_id":"%s","output_index":%d,"content_index":0,"logprobs":[],"delta":' % (item["id"].encode(), self.message)
         item = self.items[self.message]
         part = item["content"][0]
         part["text"] += text
-        lp = _logprobs(logprobs) if self.view.logprobs else []
+        if not self.view.logprobs:
+            # The one event per token: a template and the text, not a dict to encode.
+            if self.streamed:
+                self.events += _TEXT_DELTA % (self.seq, self.delta_tail, orjson.dumps(text))
+                self.seq += 1
+            return
+        lp = _logprobs(logprobs)
         part["logprobs"].extend(lp)
         self.emit("response.output_text.delta", item_id=item["id"], output_index=self.message, content_index=0, delta=text, logprobs=[{k: v for k, v in e.items() if k != "bytes"} for e in lp])
 
