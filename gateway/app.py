@@ -76,6 +76,7 @@ def create_app(
             runtime.probe = lambda: _probe_upstreams(upstream, runtime)
             stack.push_async_callback(runtime.stop_probing)
             stack.push_async_callback(store.close)
+            stack.push_async_callback(responses.remote.close)  # remote MCP sessions of /v1/responses
             yield
             runtime.started = False
 

@@ -26,6 +26,7 @@ from gateway.redact import MASK, MIN_LENGTH, SECRETS
 from gateway.tools import hints
 from gateway.tools.base import StaticSource, ToolSource
 from gateway.tools.builtin import BUILTINS
+from gateway.tools.builtin.netguard import Guard
 from gateway.tools.registry import build_sources
 
 DEFAULT_PATH = "config/toolgate.toml"
@@ -152,6 +153,50 @@ class StoreSettings:
 _STORE_SCHEMES = ("sqlite", "redis", "rediss")
 
 
+@dataclass(frozen=True)
+class ResponsesSettings:
+    """The Responses API: which remote MCP servers a request may name by `server_url`."""
+
+    # URL patterns (`*` matches anything in the path: "https://mcp.example.com/*"). Empty:
+    # every server_url is a 400, and mcp tools only select the config's own tool sources.
+    mcp_server_urls: tuple[str, ...] = ()
+    # Holes in the SSRF guard (as fetch_url's `allow`: host, host:port or CIDR), for an
+    # allowlisted server on a private network or a port other than 80/443.
+    mcp_network_allow: tuple[str, ...] = ()
+    mcp_connect_timeout_s: float = 10.0  # connect + initialize + tools/list of a remote server
+    mcp_sessions: int = 16  # remote sessions kept at once (by URL and headers), at most
+    mcp_idle_s: float = 300.0  # a remote session unused this long is closed
+    # A configured source's default for an mcp tool that sends no require_approval:
+    # "always" (the hosted API's default, and the gateway's) or "never". By source name.
+    require_approval: Mapping[str, str] = field(default_factory=dict)
+
+
+def _responses(table: Mapping[str, Any], problems: Problems) -> ResponsesSettings:
+    key = "responses"
+    reader = _Reader(table, key, problems)
+    reader.unknown({f.name for f in fields(ResponsesSettings)})
+    numbers = {f.name: reader.field(f) for f in fields(ResponsesSettings) if f.name in table and isinstance(f.default, (int, float))}
+    patterns = _strings(reader, "mcp_server_urls", "a list of URL patterns")
+    for pattern in patterns:
+        parts = urlsplit(pattern)
+        if parts.scheme not in ("http", "https") or not parts.hostname or "*" in parts.netloc or parts.username or parts.password:
+            problems.add(
+                f"{key}.mcp_server_urls",
+                f"{pattern!r}: expected an http(s) URL pattern with a plain host, `*` only in the path (https://mcp.example.com/*)",
+            )
+    allow = _strings(reader, "mcp_network_allow", "a list of hosts, host:port or CIDR networks")
+    if allow:
+        Guard.from_config(allow, problems, f"{key}.mcp_network_allow")
+    approvals = _str_table(reader, "require_approval")
+    for name, policy in approvals.items():
+        if policy not in _APPROVALS:
+            problems.add(f"{key}.require_approval.{name}", f"expected one of {', '.join(_APPROVALS)}, got {policy!r}")
+    return ResponsesSettings(mcp_server_urls=patterns, mcp_network_allow=allow, require_approval=approvals, **numbers)
+
+
+_APPROVALS = ("always", "never")
+
+
 def _shown_store_url(url: str) -> str:
     # A Redis password is masked; a sqlite:/// path is kept as written (it has no host to rebuild).
     password = urlsplit(url).password
@@ -163,6 +208,7 @@ class Settings:
     server: ServerSettings = field(default_factory=ServerSettings)
     loop: LoopSettings = field(default_factory=LoopSettings)
     store: StoreSettings = field(default_factory=StoreSettings)
+    responses: ResponsesSettings = field(default_factory=ResponsesSettings)
     upstreams: Mapping[str, Upstream] = field(default_factory=dict)
     models: Mapping[str, ModelAlias] = field(default_factory=dict)
     sources: tuple[ToolSource, ...] = ()
@@ -208,6 +254,7 @@ class Settings:
             "server": _plain(self.server),
             "loop": _plain(self.loop),
             "store": {**_plain(self.store), "url": _shown_store_url(self.store.url)},
+            "responses": _plain(self.responses),
             "auth": {"api_keys": len(self.api_keys)},
             "upstreams": upstreams,
             "models": _plain(self.models),
@@ -664,8 +711,8 @@ def settings_from_dict(raw: dict[str, Any], environ: Mapping[str, str], path: st
     problems, warnings = Problems(path), Problems(path)
     _apply_env(raw, environ, problems)
     for name in raw:
-        if name not in {"server", "loop", "store", "auth", "upstreams", "models", "tools"}:
-            problems.add(name, "unknown section; expected server, loop, store, auth, upstreams, models or tools")
+        if name not in {"server", "loop", "store", "responses", "auth", "upstreams", "models", "tools"}:
+            problems.add(name, "unknown section; expected server, loop, store, responses, auth, upstreams, models or tools")
 
     def table(name: str) -> dict[str, Any]:
         value = raw.get(name, {})
@@ -690,6 +737,7 @@ def settings_from_dict(raw: dict[str, Any], environ: Mapping[str, str], path: st
     store = _dataclass_from(StoreSettings, table("store"), "store", problems)
     if urlsplit(store.url).scheme not in _STORE_SCHEMES or not urlsplit(store.url).path.strip("/") and not urlsplit(store.url).netloc:
         problems.add("store.url", f"expected sqlite:///PATH or redis://HOST:PORT/DB, got {_shown_store_url(store.url)!r}")
+    responses = _responses(table("responses"), problems)
 
     upstreams: dict[str, Upstream] = {}
     for name, entry in table("upstreams").items():
@@ -701,6 +749,9 @@ def settings_from_dict(raw: dict[str, Any], environ: Mapping[str, str], path: st
         problems.add("server.default_upstream", f"no [upstreams.{server.default_upstream}] is configured")
 
     sources = build_sources(table("tools"), problems)
+    for name in responses.require_approval:
+        if name not in {source.name for source in sources}:
+            problems.add(f"responses.require_approval.{name}", "no tool source of that name is configured")
     catalog = _Catalog(sources)
     models_raw = raw.get("models", [])
     if not isinstance(models_raw, list):
@@ -728,6 +779,7 @@ def settings_from_dict(raw: dict[str, Any], environ: Mapping[str, str], path: st
         server=server,
         loop=loop,
         store=store,
+        responses=responses,
         upstreams=upstreams,
         models=models,
         sources=tuple(sources),

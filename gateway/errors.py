@@ -16,6 +16,7 @@
     ├── LoopLimit               422 max_rounds_exceeded (on_max_rounds = "error")
     ├── ShuttingDown            503 (the grace period after SIGTERM is over)
     ├── StoreUnavailable        503 (the response store did not answer, or failed)
+    ├── McpServerFailed         424 external_connector_error (a request's remote MCP server)
     └── UpstreamError           502 upstream_error
         ├── UpstreamTimeout     504
         ├── UpstreamBusy        503 (its connection slots stayed taken; carries Retry-After)
@@ -168,6 +169,14 @@ class StoreUnavailable(GatewayError):
     status = 503
     type = "server_error"
     code = "store_unavailable"
+
+
+class McpServerFailed(GatewayError):
+    """A remote MCP server a request named (`server_url`) could not be reached or refused us."""
+
+    status = 424
+    type = "external_connector_error"
+    code = "http_error"
 
 
 class TooLargeToStore(InvalidRequest):

@@ -3,6 +3,7 @@ and what reached the upstream."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 
 import httpx
@@ -11,8 +12,10 @@ import pytest
 from openai.types.responses import Response, ResponseItem, ResponseStreamEvent
 from pydantic import TypeAdapter
 
-from gateway.responses.wire import to_messages
-from gateway.tools.base import StaticSource, Tool
+from gateway.config import ResponsesSettings
+from gateway.errors import ConfigError
+from gateway.responses.conversation import to_messages
+from gateway.tools.base import StaticSource, Tool, ToolError
 from tests.support import ScriptedUpstream, call, chunk, completion, gateway, settings, sse_body
 
 EVENT = TypeAdapter(ResponseStreamEvent)
@@ -515,3 +518,100 @@ async def test_prompt_cache_settings_the_agents_sdk_sends_are_accepted_and_echoe
         r = await create(client, input="x", prompt_cache_retention="24h", store=False)
     assert r.status_code == 200 and r.json()["prompt_cache_retention"] == "24h"
     valid(r.json())
+
+
+async def test_item_reference_resolves_from_any_stored_response_of_the_key(tmp_path):
+    up = ScriptedUpstream(completion("the first answer"), completion("second"), completion("third"))
+    cfg = config(tmp_path, environ={"TOOLGATE_API_KEYS": "key-a-123456,key-b-123456"})
+    a, b = {"authorization": "Bearer key-a-123456"}, {"authorization": "Bearer key-b-123456"}
+    async with gateway(cfg, up) as client:
+        first = (await create(client, input="hello", tool_choice="none", headers=a)).json()
+        answer = first["output"][-1]["id"]
+        # No previous_response_id: the store finds the output item by its id alone.
+        r = await create(client, input=[{"type": "item_reference", "id": answer}, {"role": "user", "content": "and?"}], tool_choice="none", headers=a)
+        assert r.status_code == 200, r.text
+        valid(r.json())
+        other = await create(client, input=[{"type": "item_reference", "id": answer}], headers=b)  # another key's item
+        unknown = await create(client, input=[{"role": "user", "content": "x"}, {"type": "item_reference", "id": "msg_nope"}], headers=a)
+        unstored = await create(client, input=[{"type": "item_reference", "id": "msg_nope"}], store=False, headers=a)
+    assert up.bodies[1]["messages"] == [{"role": "assistant", "content": "the first answer"}, {"role": "user", "content": "and?"}]
+    for bad, at in ((other, 0), (unknown, 1), (unstored, 0)):
+        assert bad.status_code == 404, bad.text
+        error = bad.json()["error"]
+        assert error["param"] == f"input[{at}].id" and error["type"] == "invalid_request_error"
+        assert "msg_nope" in error["message"] or answer in error["message"]
+    assert len(up.requests) == 2
+
+
+def tool_stream(name: str) -> bytes:
+    function = {"name": name, "arguments": "{}"}
+    return sse_body(chunk({"tool_calls": [{"index": 0, "id": "c1", "type": "function", "function": function}]}), chunk(finish="tool_calls"))
+
+
+class Broken(Tool):
+    def __init__(self) -> None:
+        super().__init__("broken", "Always fails.", {"type": "object", "properties": {}})
+
+    async def call(self, arguments):
+        raise ToolError("the disk is full")
+
+
+async def test_a_failing_server_tool_is_an_mcp_call_failed_event(tmp_path):
+    up = ScriptedUpstream(tool_stream("broken"), sse_body(chunk({"content": "Sorry."}), chunk(finish="stop")))
+    tools = [{"type": "mcp", "server_label": "bad", "require_approval": "never"}]
+    async with gateway(config(tmp_path, sources=(StaticSource("bad", [Broken()]),)), up) as client:
+        r = await create(client, input="try", tools=tools, stream=True)
+    seen = events(r.text)
+    kinds = [e["type"] for e in seen]
+    assert "response.mcp_call.failed" in kinds and "response.mcp_call.completed" not in kinds
+    done = seen[-1]["response"]
+    valid(done)
+    failed = [i for i in done["output"] if i["type"] == "mcp_call"]
+    assert failed[0]["status"] == "failed" and failed[0]["output"] is None
+    assert failed[0]["error"]["type"] == "mcp_tool_execution_error" and "the disk is full" in failed[0]["error"]["content"][0]["text"]
+    # Sent back as input, the failed call reads as its error to the model.
+    conversation = to_messages([{"type": "message", "role": "user", "content": [{"type": "input_text", "text": "try"}]}, failed[0]])
+    assert "the disk is full" in conversation.messages[-1]["content"]
+
+
+class Slow(Tool):
+    def __init__(self) -> None:
+        super().__init__("slow", "Takes a while.", {"type": "object", "properties": {}})
+
+    async def call(self, arguments):
+        await asyncio.sleep(0.35)
+        return "done"
+
+
+async def test_keepalives_while_a_tool_runs_and_the_events_still_validate(tmp_path):
+    up = ScriptedUpstream(tool_stream("slow"), sse_body(chunk({"content": "Finished."}), chunk(finish="stop")))
+    cfg = config(tmp_path, extra={"server": {"keepalive_s": 0.1}}, sources=(StaticSource("slowpoke", [Slow()]),))
+    tools = [{"type": "mcp", "server_label": "slowpoke", "require_approval": "never"}]
+    async with gateway(cfg, up) as client:
+        r = await create(client, input="wait", tools=tools, stream=True)
+    assert r.text.count(": keepalive") >= 2
+    seen = events(r.text)  # comments skipped; every event validates, sequence numbers unbroken
+    assert seen[-1]["type"] == "response.completed"
+
+
+async def test_a_sources_approval_default_from_the_config(tmp_path):
+    source, add = calc_source()
+    up = ScriptedUpstream(completion(None, tool_calls=[call("add", {"a": 2, "b": 2}, "x")]), completion("4"), completion(None, tool_calls=[call("add", {"a": 1, "b": 1}, "y")]))
+    cfg = config(tmp_path, extra={"models": [{"name": "m", "upstream_model": "up", "tools": []}]}, sources=(source,))
+    cfg = dataclasses.replace(cfg, responses=ResponsesSettings(require_approval={"calc": "never"}))
+    async with gateway(cfg, up) as client:
+        ran = (await create(client, input="2+2", tools=[{"type": "mcp", "server_label": "calc"}])).json()
+        asked = (await create(client, input="1+1", tools=[{"type": "mcp", "server_label": "calc", "require_approval": "always"}])).json()
+    assert types(ran) == ["mcp_list_tools", "mcp_call", "message"]  # no require_approval sent: the config's "never"
+    assert types(asked)[-1] == "mcp_approval_request"  # the request's own policy wins
+    assert add.calls == [{"a": 2, "b": 2}]
+
+
+def test_the_responses_config_table_is_checked():
+    with pytest.raises(ConfigError) as caught:
+        settings({"responses": {"require_approval": {"calc": "sometimes", "nope": "never"}, "mcp_server_urls": ["mcp.example.com"], "mcp_sessions": 0}})
+    text = str(caught.value)
+    assert "responses.require_approval.calc: expected one of always, never" in text
+    assert "responses.require_approval.nope: no tool source of that name is configured" in text
+    assert "responses.mcp_server_urls: 'mcp.example.com': expected an http(s) URL pattern" in text
+    assert "responses.mcp_sessions: expected an integer of at least 1" in text

@@ -142,3 +142,25 @@ async def test_disconnect_cancels_the_tool(tmp_path, stream):
         with sqlite3.connect(tmp_path / "responses.db") as db:
             assert db.execute("SELECT count(*) FROM responses").fetchone() == (0,)  # nobody received it
         assert fake.pending == 1
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_response_is_in_the_database_before_the_client_sees_it_end(tmp_path, stream):
+    # Read the file itself, not through the gateway (whose reads wait for a running write).
+    def held(response_id: str) -> bool:
+        with sqlite3.connect(tmp_path / "responses.db") as db:
+            return db.execute("SELECT count(*) FROM responses WHERE id = ?", (response_id,)).fetchone()[0] == 1
+
+    async with FakeLLM() as fake:
+        fake.push(Reply("Stored first."))
+        async with serve(config(fake, tmp_path)) as (base, _):
+            async with sdk(base) as client:
+                if stream:
+                    async with client.responses.stream(model="m", input="hi") as events:
+                        async for event in events:
+                            if event.type == "response.completed":
+                                assert held(event.response.id)
+                                break
+                else:
+                    response = await client.responses.create(model="m", input="hi")
+                    assert held(response.id)

@@ -115,6 +115,11 @@ def record(response_id: str = "resp_1", owner: str = "owner-a", items: int = 3, 
     return Stored(response_id, owner, response, [message(f"msg_{i}", text) for i in range(items)], 1700000000.5)
 
 
+def with_output(stored: Stored, *item_ids: str) -> Stored:
+    output = [{**message(item_id, "out"), "role": "assistant", "content": [{"type": "output_text", "text": "out", "annotations": []}]} for item_id in item_ids]
+    return Stored(stored.id, stored.owner, {**stored.response, "output": output}, stored.input_items, stored.created_at)
+
+
 def ids(items: list[dict[str, Any]]) -> list[str]:
     return [item["id"] for item in items]
 
@@ -278,6 +283,57 @@ async def test_concurrent_puts_from_many_tasks(store):
         assert got is not None and len(got.input_items) == n % 4
 
 
+async def test_find_item_by_id_across_responses_of_one_owner(store):
+    await store.put(with_output(record("resp_1", items=2), "msg_a"))
+    await store.put(with_output(record("resp_2", owner="owner-b", items=1, text="b's"), "msg_b"))
+    assert (await store.find_item("msg_1", "owner-a"))["content"][0]["text"] == "hello"  # an input item
+    assert (await store.find_item("msg_a", "owner-a"))["role"] == "assistant"  # an output item
+    assert await store.find_item("msg_b", "owner-a") is None  # another owner's
+    assert await store.find_item("msg_b", "owner-b") is not None
+    assert await store.find_item("msg_nope", "owner-a") is None
+    await store.delete("resp_1", "owner-a")
+    assert await store.find_item("msg_a", "owner-a") is None
+
+
+async def test_find_item_misses_expired_records(backend):
+    store = await backend.open(ttl_s=0.2)
+    await store.put(with_output(record(), "msg_a"))
+    assert await store.find_item("msg_a", "owner-a") is not None
+    await asyncio.sleep(0.3)
+    assert await store.find_item("msg_a", "owner-a") is None
+
+
+async def test_puts_at_once_share_a_commit_and_a_bad_one_fails_alone(tmp_path):
+    path = tmp_path / "r.db"
+    store = await open_store(f"sqlite:///{path}", ttl_s=60, max_bytes=1 << 20, timeout_s=TIMEOUT)
+    try:
+        await store.put(record("resp_0"))
+        with sqlite3.connect(path) as db:
+            db.execute("CREATE TABLE commits (n INTEGER)")
+            db.execute("CREATE TRIGGER counted AFTER INSERT ON responses BEGIN INSERT INTO commits VALUES (1); END")
+            db.execute(
+                "CREATE TRIGGER refuse BEFORE INSERT ON items WHEN NEW.item_id = 'poison'"
+                " BEGIN SELECT RAISE(ABORT, 'refused by the test'); END"
+            )
+        db.close()
+        poisoned = Stored("resp_bad", "owner-a", {"id": "resp_bad"}, [message("poison")], 0.0)
+        batch = [store.put(record(f"resp_{n}")) for n in range(1, 40)] + [store.put(poisoned)]
+        results = await asyncio.gather(*batch, return_exceptions=True)
+        assert results[:-1] == [None] * 39
+        assert isinstance(results[-1], StoreUnavailable) and "refused by the test" in str(results[-1])
+        assert await store.get("resp_bad", "owner-a") is None
+        for n in range(40):
+            assert await store.get(f"resp_{n}", "owner-a") is not None
+        with sqlite3.connect(path) as db:
+            writes = db.execute("SELECT count(*) FROM commits").fetchone()[0]
+            total = db.execute("SELECT bytes FROM totals").fetchone()[0]
+        db.close()
+        assert writes == 39  # every good record once; the bad one rolled back to its savepoint alone
+        assert total == sum(encode(record(f"resp_{n}"), 1 << 20).size for n in range(40))
+    finally:
+        await store.close()
+
+
 @pytest.fixture
 async def stuck(backend) -> AsyncIterator[Any]:
     """A store whose database does not answer: SQLite locked by another connection,
@@ -357,7 +413,7 @@ async def test_a_closed_sqlite_store_refuses_at_once(tmp_path):
 
 async def test_opening_a_version_1_database_upgrades_it(tmp_path):
     path = tmp_path / "old.db"
-    stored = record(items=4)
+    stored = with_output(record(items=4), "msg_out")
     with sqlite3.connect(path, isolation_level=None) as db:
         migrate(db, upto=1)
         encoded = encode(stored, 1 << 20)
@@ -372,8 +428,9 @@ async def test_opening_a_version_1_database_upgrades_it(tmp_path):
     store = await open_store(f"sqlite:///{path}", ttl_s=60, max_bytes=1 << 20, timeout_s=TIMEOUT)
     try:
         assert await store.get(stored.id, stored.owner) == stored
+        assert await store.find_item("msg_out", stored.owner) == stored.response["output"][0]  # indexed by the upgrade
         with sqlite3.connect(path) as db:
-            assert db.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS) == 2
+            assert db.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS) == 3
             assert db.execute("SELECT bytes FROM totals").fetchone()[0] == encoded.size
             assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         db.close()
@@ -394,7 +451,7 @@ async def test_a_database_from_a_newer_toolgate_is_refused(tmp_path):
     with sqlite3.connect(path) as db:
         db.execute("PRAGMA user_version = 99")
     db.close()
-    with pytest.raises(StoreUnavailable, match="schema version 99, newer than this toolgate's 2"):
+    with pytest.raises(StoreUnavailable, match="schema version 99, newer than this toolgate's 3"):
         await open_store(f"sqlite:///{path}", ttl_s=60, max_bytes=1 << 20, timeout_s=TIMEOUT)
 
 

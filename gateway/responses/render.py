@@ -22,7 +22,8 @@ import orjson
 
 from gateway import sse
 from gateway.events import Delta, Event, Final, Opening, RoundUsage, ToolFinished, ToolProgress, ToolStarted
-from gateway.responses.wire import ECHOED, new_id
+from gateway.responses.ids import new_id
+from gateway.responses.params import ECHOED
 from gateway.usage import add_usage
 
 
@@ -39,6 +40,20 @@ class ResponseView:
     max_rounds: int = 8
     logprobs: bool = False
     created_at: float = field(default_factory=time.time)
+
+
+# The Response object's fields the request decides, as they are when the request does not say.
+_ECHO_DEFAULTS: dict[str, Any] = {
+    "object": "response",
+    "parallel_tool_calls": True,
+    "tool_choice": "auto",
+    "tools": [],
+    "truncation": "disabled",
+    "background": False,
+    **dict.fromkeys(("instructions", "temperature", "top_p", "max_output_tokens", "previous_response_id", "text", "reasoning", "user", "store", *ECHOED)),
+}
+_ENDED = frozenset({"completed", "incomplete", "failed"})
+_TEXT_DELTA = b'event: response.output_text.delta\ndata: {"type":"response.output_text.delta","sequence_number":%d%s%s}\n\n'
 
 
 def response_usage(usage: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -87,7 +102,7 @@ class Items:
         self.streamed = streamed  # text arrives as deltas (else only in Final)
         self.items: list[dict[str, Any]] = []
         self.rounds: list[int] = []  # the round each item belongs to
-        self.events: list[dict[str, Any]] = []
+        self.events = bytearray()  # encoded stream events not yet sent
         self.seq = 0
         self.message: int | None = None  # open message item
         self.reasoning: int | None = None  # open reasoning item
@@ -96,45 +111,47 @@ class Items:
         self.usage: dict[str, Any] | None = None
         self.opened = False
         self.final: Final | None = None
+        self.delta_tail = b""  # the open message's text-delta event, past its sequence number
 
     # -- events out -----------------------------------------------------------------
 
     def emit(self, type_: str, **fields: Any) -> None:
+        # Encoded at once: the event says the item as it is now, however it changes later.
         if self.streamed:
-            self.events.append({"type": type_, "sequence_number": self.seq, **fields})
+            data = orjson.dumps({"type": type_, "sequence_number": self.seq, **fields})
+            self.events += b"event: " + type_.encode() + b"\ndata: " + data + b"\n\n"
+            self.seq += 1
+
+    def emit_response(self, type_: str, encoded: bytes) -> None:
+        """An event around the Response object already encoded (for the body or the store)."""
+        if self.streamed:
+            data = b'{"type":"%s","sequence_number":%d,"response":%s}' % (type_.encode(), self.seq, encoded)
+            self.events += b"event: " + type_.encode() + b"\ndata: " + data + b"\n\n"
             self.seq += 1
 
     def add(self, item: dict[str, Any], round_no: int) -> int:
         index = len(self.items)
         self.items.append(item)
         self.rounds.append(round_no)
-        self.emit("response.output_item.added", output_index=index, item=_copy(item))
+        self.emit("response.output_item.added", output_index=index, item=item)
         return index
 
     def done(self, index: int) -> None:
-        self.emit("response.output_item.done", output_index=index, item=_copy(self.items[index]))
+        self.emit("response.output_item.done", output_index=index, item=self.items[index])
 
     def response(self, status: str, *, output: bool = True, error: dict[str, Any] | None = None, incomplete: str | None = None) -> dict[str, Any]:
-        echo = self.view.echo
-        body: dict[str, Any] = {
-            "id": self.view.id,
-            "object": "response",
-            "created_at": self.view.created_at,
-            "status": status,
-            "model": self.view.alias,
-            "output": _copy(self.items) if output else [],
-            "parallel_tool_calls": echo.get("parallel_tool_calls", True),
-            "tool_choice": echo.get("tool_choice", "auto"),
-            "tools": echo.get("tools", []),
-            "error": error,
-            "incomplete_details": {"reason": incomplete} if status == "incomplete" else None,
-            "usage": response_usage(self.usage) if output else None,
-            "truncation": "disabled",
-            "background": False,
-        }
-        for key in ("instructions", "temperature", "top_p", "max_output_tokens", "previous_response_id", "text", "reasoning", "user", "store", *ECHOED):
-            body[key] = echo.get(key)
-        if status in ("completed", "incomplete", "failed"):
+        view = self.view
+        # Every echoed field (None where not sent), then what the request sent, then this response's own.
+        body: dict[str, Any] = {**_ECHO_DEFAULTS, **view.echo}
+        body["id"] = view.id
+        body["created_at"] = view.created_at
+        body["status"] = status
+        body["model"] = view.alias
+        body["output"] = list(self.items) if output else []
+        body["error"] = error
+        body["incomplete_details"] = {"reason": incomplete} if status == "incomplete" else None
+        body["usage"] = response_usage(self.usage) if output else None
+        if status in _ENDED:
             body["completed_at"] = time.time()
         return body
 
@@ -144,17 +161,20 @@ class Items:
         if self.opened:
             return
         self.opened = True
-        self.emit("response.created", response=self.response("in_progress", output=False))
-        self.emit("response.in_progress", response=self.response("in_progress", output=False))
+        if self.streamed:
+            opening = orjson.dumps(self.response("in_progress", output=False))
+            self.emit_response("response.created", opening)
+            self.emit_response("response.in_progress", opening)
         for item in self.view.list_tools:
             index = self.add({**item, "tools": []}, 0)
             self.emit("response.mcp_list_tools.in_progress", output_index=index, item_id=item["id"])
-            self.items[index] = _copy(item)
+            self.items[index] = item
             self.emit("response.mcp_list_tools.completed", output_index=index, item_id=item["id"])
             self.done(index)
 
     def feed(self, event: Event | Opening) -> None:
-        self.open()
+        if not self.opened:
+            self.open()
         if isinstance(event, Delta):
             if event.reasoning:
                 self._reasoning(event.reasoning)
@@ -195,11 +215,19 @@ class Items:
             self.message = self.add(item, self.round + 1)
             part = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
             item["content"].append(part)
-            self.emit("response.content_part.added", item_id=item["id"], output_index=self.message, content_index=0, part=_copy(part))
+            self.emit("response.content_part.added", item_id=item["id"], output_index=self.message, content_index=0, part=part)
+            # What every text delta of this part says besides its text and number, encoded once.
+            self.delta_tail = b',"item_id":"%s","output_index":%d,"content_index":0,"logprobs":[],"delta":' % (item["id"].encode(), self.message)
         item = self.items[self.message]
         part = item["content"][0]
         part["text"] += text
-        lp = _logprobs(logprobs) if self.view.logprobs else []
+        if not self.view.logprobs:
+            # The one event per token: a template and the text, not a dict to encode.
+            if self.streamed:
+                self.events += _TEXT_DELTA % (self.seq, self.delta_tail, orjson.dumps(text))
+                self.seq += 1
+            return
+        lp = _logprobs(logprobs)
         part["logprobs"].extend(lp)
         self.emit("response.output_text.delta", item_id=item["id"], output_index=self.message, content_index=0, delta=text, logprobs=[{k: v for k, v in e.items() if k != "bytes"} for e in lp])
 
@@ -211,7 +239,7 @@ class Items:
         item["status"] = "completed"
         text = item["content"][0]["text"]
         self.emit("response.reasoning_text.done", item_id=item["id"], output_index=index, content_index=0, text=text)
-        self.emit("response.content_part.done", item_id=item["id"], output_index=index, content_index=0, part=_copy(item["content"][0]))
+        self.emit("response.content_part.done", item_id=item["id"], output_index=index, content_index=0, part=item["content"][0])
         self.done(index)
 
     def _close_text(self, refusal: str | None = None) -> None:
@@ -224,7 +252,7 @@ class Items:
         part = item["content"][0]
         lp = [{k: v for k, v in e.items() if k != "bytes"} for e in part["logprobs"]]
         self.emit("response.output_text.done", item_id=item["id"], output_index=index, content_index=0, text=part["text"], logprobs=lp)
-        self.emit("response.content_part.done", item_id=item["id"], output_index=index, content_index=0, part=_copy(part))
+        self.emit("response.content_part.done", item_id=item["id"], output_index=index, content_index=0, part=part)
         if refusal:
             self._refusal(index, refusal)
         item["status"] = "completed"
@@ -235,11 +263,11 @@ class Items:
         content_index = len(item["content"])
         part = {"type": "refusal", "refusal": ""}
         item["content"].append(part)
-        self.emit("response.content_part.added", item_id=item["id"], output_index=index, content_index=content_index, part=_copy(part))
+        self.emit("response.content_part.added", item_id=item["id"], output_index=index, content_index=content_index, part=part)
         part["refusal"] = refusal
         self.emit("response.refusal.delta", item_id=item["id"], output_index=index, content_index=content_index, delta=refusal)
         self.emit("response.refusal.done", item_id=item["id"], output_index=index, content_index=content_index, refusal=refusal)
-        self.emit("response.content_part.done", item_id=item["id"], output_index=index, content_index=content_index, part=_copy(part))
+        self.emit("response.content_part.done", item_id=item["id"], output_index=index, content_index=content_index, part=part)
 
     def _label(self, name: str) -> str:
         return self.view.labels.get(name, "toolgate")
@@ -273,7 +301,9 @@ class Items:
             item["output"], item["status"] = text, "completed"
             self.emit("response.mcp_call.completed", item_id=item["id"], output_index=index)
         else:
-            item["error"], item["status"] = text, "failed"
+            # As the hosted API's McpToolCallError: what the tool said, as MCP content.
+            item["error"] = {"type": "mcp_tool_execution_error", "content": [{"type": "text", "text": text}]}
+            item["status"] = "failed"
             self.emit("response.mcp_call.failed", item_id=item["id"], output_index=index)
         self.done(index)
 
@@ -287,7 +317,7 @@ class Items:
             item = {"id": new_id("msg"), "type": "message", "role": "assistant", "status": "in_progress", "content": []}
             self.message = self.add(item, final.rounds)
             item["content"].append({"type": "output_text", "text": "", "annotations": [], "logprobs": []})
-            self.emit("response.content_part.added", item_id=item["id"], output_index=self.message, content_index=0, part=_copy(item["content"][0]))
+            self.emit("response.content_part.added", item_id=item["id"], output_index=self.message, content_index=0, part=item["content"][0])
         self._close_text(refusal)
         for call in final.client_tool_calls or ():
             function = call["function"]
@@ -306,6 +336,12 @@ class Items:
         """Non-streamed, a round's text is known only at the end: put it before that round's calls."""
         message = final.message
         text = message.get("content") or ""
+        if type(text) is str and text and len(message) == 2 and not self.items and not self.view.logprobs:
+            # The plain answer (a role and its text, nothing before it): one message item.
+            part = {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+            self.items.append({"id": new_id("msg"), "type": "message", "role": "assistant", "status": "completed", "content": [part]})
+            self.rounds.append(final.rounds)
+            return
         reasoning = message.get("reasoning_content") or message.get("reasoning")
         at = len(self.items)
         if final.client_tool_calls or final.approval_requests:
@@ -351,10 +387,6 @@ class Items:
         return self.response("failed", error=problem)
 
 
-def _copy(value: Any) -> Any:
-    return orjson.loads(orjson.dumps(value))
-
-
 _JSON_HEADERS = [(b"content-type", b"application/json")]
 _SSE_HEADERS = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
@@ -378,7 +410,7 @@ class ResponsesJSON:
     def __init__(self, view: ResponseView) -> None:
         self.items = Items(view, streamed=False)
         self.response: dict[str, Any] | None = None
-        self._length = 0
+        self.encoded = b""  # the response as sent: the store keeps these bytes
 
     def feed(self, event: Event) -> bytes:
         self.items.feed(event)
@@ -386,16 +418,15 @@ class ResponsesJSON:
             return b""
         status, reason = self.items.ending()
         self.response = self.items.response(status, incomplete=reason)
-        payload = orjson.dumps(self.response)
-        self._length = len(payload)
-        return payload
+        self.encoded = orjson.dumps(self.response)
+        return self.encoded
 
     def headers(self) -> list[tuple[bytes, bytes]]:
         final = self.items.final
         assert final is not None
         return [
             *_JSON_HEADERS,
-            (b"content-length", b"%d" % self._length),
+            (b"content-length", b"%d" % len(self.encoded)),
             (b"x-toolgate-rounds", b"%d" % final.rounds),
             (b"x-toolgate-tool-calls", b"%d" % final.tool_calls),
         ]
@@ -413,6 +444,7 @@ class ResponsesSSE:
     def __init__(self, view: ResponseView) -> None:
         self.items = Items(view, streamed=True)
         self.response: dict[str, Any] | None = None
+        self.encoded = b""  # the response of the last event, encoded once for the event and the store
 
     def headers(self) -> list[tuple[bytes, bytes]]:
         return _SSE_HEADERS
@@ -423,7 +455,8 @@ class ResponsesSSE:
         if isinstance(event, Final):
             status, reason = self.items.ending()
             self.response = self.items.response(status, incomplete=reason)
-            self.items.emit(f"response.{status}", response=self.response)
+            self.encoded = orjson.dumps(self.response)
+            self.items.emit_response(f"response.{status}", self.encoded)
         return self._flush()
 
     def failure(self, error: bytes) -> bytes:
@@ -431,9 +464,11 @@ class ResponsesSSE:
         self.items.open()
         self.items.emit("error", code=body.get("code"), message=str(body.get("message") or "The request failed."), param=body.get("param"))
         self.response = self.items.failed(error, _status_of(error))
-        self.items.emit("response.failed", response=self.response)
+        self.encoded = orjson.dumps(self.response)
+        self.items.emit_response("response.failed", self.encoded)
         return self._flush()
 
     def _flush(self) -> bytes:
-        events, self.items.events = self.items.events, []
-        return b"".join(b"event: " + e["type"].encode() + b"\ndata: " + orjson.dumps(e) + b"\n\n" for e in events)
+        events = bytes(self.items.events)
+        self.items.events.clear()
+        return events

@@ -4,18 +4,17 @@
     slot = StoreSlot(lambda: open_store(url, ttl_s=..., max_bytes=...))   # opened on first use
     create = CreateResponse(runtime, slot)                                # a raw ASGI app
 
-A response is stored after its last byte went out (`store: true`, the default),
-bounded by WRITE_S; a failed write is logged, never a late error. Reads of an id
-whose write is still running wait for it, so `create` then `retrieve` holds.
-Only the owner (the gateway key's tag in `scope["owner"]`) reads or deletes.
+A response (`store: true`, the default) is stored before the bytes that end it go
+out (`slot.StoreBeforeTheEnd`). Only the owner (the gateway key's tag in `scope["owner"]`) reads or deletes.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
+import dataclasses
 import time
 from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
 from typing import Any
 
 import orjson
@@ -24,106 +23,52 @@ from starlette.responses import Response
 
 from gateway.errors import GatewayError, InvalidRequest, NotFound, error_json
 from gateway.loop import LoopJob
-from gateway.redact import SECRETS
+from gateway.responses.conversation import to_messages
+from gateway.responses.ids import new_id, with_ids
+from gateway.responses.remote import RemoteServers
 from gateway.responses.render import ResponsesJSON, ResponsesSSE, ResponseView
-from gateway.responses.wire import McpTool, ResponsesRequest, new_id, parse_request, to_messages
+from gateway.responses.slot import StoreBeforeTheEnd, StoreSlot
+from gateway.responses.tools import McpTool
+from gateway.responses.wire import ResponsesRequest, parse_request
 from gateway.routes import Runtime, _read_body, reject
-from gateway.store import ResponseStore, Stored, StoreUnavailable
+from gateway.store import ResponseStore, Stored
+from gateway.tools.base import Tool
 from gateway.tools.toolbox import Offer
-
-log = logging.getLogger("toolgate")
-
-WRITE_S = 10.0  # one store write after the response, at most
-OPEN_S = 10.0  # opening the store, at most
-RETRY_OPEN_S = 5.0  # after a failed open, the next request tries again no sooner
-WAIT_WRITE_S = 5.0  # a read waits this long for the same id's write
-
-
-_ID_PREFIX = {
-    "message": "msg", "function_call": "fc", "function_call_output": "fco", "mcp_call": "mcp",
-    "mcp_list_tools": "mcpl", "mcp_approval_request": "mcpr", "mcp_approval_response": "mcpa", "reasoning": "rs",
-}  # fmt: skip
-
-
-class StoreSlot:
-    """The response store, opened on first use (a gateway that never stores creates no file),
-    and the writes still running, by response id."""
-
-    def __init__(self, opener: Callable[[], Awaitable[ResponseStore]] | None) -> None:
-        self.opener = opener
-        self.store: ResponseStore | None = None
-        self.failed_at = 0.0
-        self.problem = ""
-        self.writes: dict[str, asyncio.Task] = {}
-        self._lock = asyncio.Lock()
-
-    async def get(self) -> ResponseStore:
-        if self.store is not None:
-            return self.store
-        if self.opener is None:
-            raise StoreUnavailable("This gateway has no response store; send store: false.")
-        async with self._lock:
-            if self.store is None:
-                if self.failed_at and time.monotonic() - self.failed_at < RETRY_OPEN_S:
-                    raise StoreUnavailable(f"The response store is unavailable ({self.problem}); send store: false or retry shortly.", headers={"retry-after": "5"})
-                try:
-                    async with asyncio.timeout(OPEN_S):
-                        self.store = await self.opener()
-                except Exception as exc:
-                    self.failed_at = time.monotonic()
-                    self.problem = SECRETS(str(exc))[:200] or type(exc).__name__
-                    log.error("the response store cannot be opened: %s", self.problem)
-                    raise StoreUnavailable(f"The response store is unavailable ({self.problem}); send store: false or retry shortly.", headers={"retry-after": "5"}) from None
-        return self.store
-
-    async def settled(self, response_id: str) -> None:
-        """Wait (bounded) for a write of `response_id` that is still running."""
-        task = self.writes.get(response_id)
-        if task is not None:
-            try:
-                async with asyncio.timeout(WAIT_WRITE_S):
-                    await asyncio.shield(task)
-            except (TimeoutError, Exception):
-                pass
-
-    def write(self, stored: Stored) -> None:
-        task = asyncio.ensure_future(self._write(stored))
-        self.writes[stored.id] = task
-        task.add_done_callback(lambda _: self.writes.pop(stored.id, None))
-
-    async def _write(self, stored: Stored) -> None:
-        try:
-            store = await self.get()
-            async with asyncio.timeout(WRITE_S):
-                await store.put(stored)
-        except Exception as exc:
-            log.error("response %s was not stored: %s", stored.id, SECRETS(str(exc))[:300] or type(exc).__name__)
-
-    async def close(self) -> None:
-        if self.writes:
-            await asyncio.gather(*self.writes.values(), return_exceptions=True)
-        if self.store is not None:
-            store, self.store = self.store, None
-            await store.close()
-
-
-def _with_ids(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    out = []
-    for item in items:
-        if not isinstance(item.get("id"), str) or not item["id"]:
-            item = {**item, "id": new_id(_ID_PREFIX.get(item["type"], "item"))}
-        out.append(item)
-    return out
 
 
 class CreateResponse:
     """`POST /v1/responses` as a raw ASGI app, as the chat route."""
 
-    def __init__(self, runtime: Runtime, slot: StoreSlot) -> None:
+    def __init__(self, runtime: Runtime, slot: StoreSlot, remote: RemoteServers | None = None) -> None:
         self.rt = runtime
         self.slot = slot
+        self.remote = remote or RemoteServers(runtime.settings.responses, tool_timeout_s=runtime.settings.loop.tool_timeout_s)
+
+    async def _remote_tools(self, request: ResponsesRequest, held: AsyncExitStack) -> dict[str, list[Tool]]:
+        """The tools of each remote server the request names by server_url, by its label;
+        every check first, so a bad tool is a 400 before anything connects."""
+        remote = [mcp for mcp in request.mcp if mcp.url is not None]
+        if not remote or request.no_tools:
+            return {}
+        configured = {source.name for source in self.rt.toolbox.sources}
+        for mcp in remote:
+            self.remote.check(mcp, f"tools[{mcp.index}]")
+            if mcp.label in configured:
+                raise InvalidRequest(f"The server_label {mcp.label!r} names a configured tool source; give the server_url another label.", param=f"tools[{mcp.index}].server_label")
+        found = await asyncio.gather(*(held.enter_async_context(self.remote.session(mcp, param=f"tools[{mcp.index}]")) for mcp in remote), return_exceptions=True)
+        for result in found:
+            if isinstance(result, BaseException):
+                raise result
+        return {mcp.label: tools for mcp, tools in zip(remote, found)}
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        held = AsyncExitStack()  # the remote MCP sessions this request uses (most use none)
+        try:
+            await self._serve(scope, receive, send, held)
+        finally:
+            await held.aclose()
+
+    async def _serve(self, scope: dict, receive: Any, send: Any, held: AsyncExitStack) -> None:
         started = time.perf_counter()
         rt = self.rt
         server = rt.settings.server
@@ -135,22 +80,28 @@ class CreateResponse:
             request = parse_request(body, max_items=server.max_messages)
             model = request.model
             alias = rt.alias(request.model)
+            remote = await self._remote_tools(request, held)
             history = await self._history(request, owner)
-            job, view, conversation_items = self._job(request, history, scope, request_id)
+            job, view, conversation_items = self._job(request, history, scope, request_id, remote)
         except Exception as exc:
             await reject(send, exc, scope, started, model=model, api="responses")
             return
         job.trace = server.trace or server.log_requests
         renderer = ResponsesSSE(view) if request.stream else ResponsesJSON(view)
+        if request.store:
+            slot = self.slot
+
+            def record() -> Awaitable[bool]:
+                assert renderer.response is not None
+                return slot.put(Stored(view.id, owner, renderer.response, conversation_items, view.created_at, renderer.encoded))
+
+            send = StoreBeforeTheEnd(send, renderer, record)
         outcome = await rt.serve(send, receive, scope, started, job, renderer, model=model, api="responses")
         if outcome is None:
             return
-        stored = request.store and renderer.response is not None and outcome.ended in ("complete", "error")
-        if stored:
-            # After the last byte: the client never waits on the store.
-            self.slot.write(Stored(view.id, owner, renderer.response, conversation_items, view.created_at))
+        stored = isinstance(send, StoreBeforeTheEnd) and bool(send.stored)
         known = alias.name if alias.name in rt.settings.models else "(passthrough)"
-        rt.record(started, job, outcome, known, model=request.model, stream=request.stream, request_id=request_id, scope=scope, api="responses", response_id=view.id, stored=bool(stored))
+        rt.record(started, job, outcome, known, model=request.model, stream=request.stream, request_id=request_id, scope=scope, api="responses", response_id=view.id, stored=stored)
 
     async def _history(self, request: ResponsesRequest, owner: str) -> list[dict[str, Any]]:
         """The conversation before this request: the previous response's input and output items."""
@@ -164,27 +115,40 @@ class CreateResponse:
                 raise NotFound(f"No response with id {request.previous_response_id!r} found.", param="previous_response_id")
             history = [*record.input_items, *record.response.get("output", [])]
         if any(item["type"] == "item_reference" for item in request.input):
-            # References resolve within the conversation `previous_response_id` names.
-            by_id = {item.get("id"): item for item in history}
-            resolved = []
-            for i, item in enumerate(request.input):
-                if item["type"] == "item_reference":
-                    found = by_id.get(item["id"])
-                    if found is None:
-                        raise NotFound(f"No item with id {item['id']!r} in the previous response's conversation.", param=f"input[{i}].id")
-                    item = found
-                resolved.append(item)
-            request.input = resolved
+            request.input = await self._resolve(request.input, history, owner)
         return history
 
-    def _job(self, request: ResponsesRequest, history: list[dict[str, Any]], scope: dict, request_id: str) -> tuple[LoopJob, ResponseView, list[dict[str, Any]]]:
+    async def _resolve(self, items: list[dict[str, Any]], history: list[dict[str, Any]], owner: str) -> list[dict[str, Any]]:
+        """Each item_reference as the item it names: from the previous conversation, or from
+        any stored response of the same key (404 naming the id, as the hosted API, otherwise)."""
+        by_id = {item.get("id"): item for item in history}
+        store: ResponseStore | None = None
+        resolved = []
+        for i, item in enumerate(items):
+            if item["type"] == "item_reference":
+                found = by_id.get(item["id"])
+                if found is None:
+                    store = store or await self.slot.get()
+                    found = await store.find_item(item["id"], owner)
+                if found is None or found.get("type") == "item_reference":
+                    raise NotFound(
+                        f"Item with id {item['id']!r} not found. Items are not persisted when `store` is set to false.",
+                        param=f"input[{i}].id",
+                    )
+                item = found
+            resolved.append(item)
+        return resolved
+
+    def _job(
+        self, request: ResponsesRequest, history: list[dict[str, Any]], scope: dict, request_id: str, remote: dict[str, list[Tool]]
+    ) -> tuple[LoopJob, ResponseView, list[dict[str, Any]]]:
         rt = self.rt
         alias = rt.alias(request.model)
-        items = _with_ids([*history, *request.input])
+        items = with_ids([*history, *request.input])
         conversation = to_messages(items)
         if not conversation.messages:
             raise InvalidRequest("input is empty: send a message.", param="input")
-        offer, asks = self._offer(request, alias.tools)
+        offer, asks, remote_names = self._offer(request, alias.tools, remote)
         if request.client_tools:
             clash = {t["function"]["name"] for t in request.client_tools} & offer.tools.keys()
             if clash:
@@ -195,10 +159,13 @@ class CreateResponse:
             messages = [{"role": "system", "content": request.instructions}, *messages]
         params = {**alias.defaults, **request.params, **alias.overrides}
         first_tool_choice = params.pop("tool_choice", None)
-        owners = rt.toolbox.owners()
-        labels = {name: owners.get(name, "toolgate") for name in offer.tools}
-        used = dict.fromkeys([*(m.label for m in request.mcp), *labels.values()])
-        list_tools = [self._listing(label, offer, labels) for label in used if label not in conversation.listed]
+        labels: dict[str, str] = {}
+        list_tools: list[dict[str, Any]] = []
+        if offer.tools or request.mcp:
+            owners = rt.toolbox.owners()
+            labels = {name: remote_names.get(name) or owners.get(name, "toolgate") for name in offer.tools}
+            used = dict.fromkeys([*(m.label for m in request.mcp), *labels.values()])
+            list_tools = [self._listing(label, offer, labels) for label in used if label not in conversation.listed]
         job = rt.loop_job(
             alias,
             messages,
@@ -222,42 +189,62 @@ class CreateResponse:
             echo=echo,
             labels=labels,
             list_tools=list_tools,
-            approvals={call["id"] for call, yes in conversation.resume if yes},
+            approvals={call["id"] for call, yes in conversation.resume if yes} if conversation.resume else set(),
             max_rounds=job.max_rounds,
             logprobs=request.logprobs,
         )
         return job, view, items
 
-    def _offer(self, request: ResponsesRequest, patterns: tuple[str, ...]) -> tuple[Offer, Callable[[str], bool] | None]:
-        """The alias's tools plus those of every source an mcp tool names, filtered by allowed_tools."""
+    def _offer(
+        self, request: ResponsesRequest, patterns: tuple[str, ...], remote: dict[str, list[Tool]]
+    ) -> tuple[Offer, Callable[[str], bool] | None, dict[str, str]]:
+        """The alias's tools, those of every source an mcp tool names (filtered by allowed_tools),
+        and the remote servers' (with the label each offered name belongs to)."""
         toolbox = self.rt.toolbox
         if request.no_tools:
-            return Offer(), None
+            return Offer(), None, {}
         base = toolbox.select(patterns)
         if not request.mcp:
-            return base, None
+            return base, None, {}
         sources = {source.name for source in toolbox.sources}
         owners = toolbox.owners()
         every = toolbox.select(("*",))
         by_label: dict[str, McpTool] = {}
-        for i, mcp in enumerate(request.mcp):
-            if mcp.label not in sources:
-                raise InvalidRequest(f"No tool source named {mcp.label!r} on this gateway (server_label names one of its configured sources).", param=f"tools[{i}].server_label")
+        defaults = self.rt.settings.responses.require_approval
+        for mcp in request.mcp:
+            if mcp.url is None and mcp.label not in sources:
+                raise InvalidRequest(f"No tool source named {mcp.label!r} on this gateway (server_label names one of its configured sources).", param=f"tools[{mcp.index}].server_label")
+            if not mcp.asked and mcp.url is None and defaults.get(mcp.label) == "never":
+                mcp = dataclasses.replace(mcp, always=frozenset())  # the config's default for this source
             by_label[mcp.label] = mcp
         chosen = dict(base.tools)
         for name, tool in every.tools.items():
             mcp = by_label.get(owners.get(name, ""))
-            if mcp is not None and mcp.admits(name):
+            if mcp is not None and mcp.url is None and mcp.admits(name):
                 chosen[name] = tool
         # A new Offer per request: a client-chosen filter must not grow the toolbox's cache.
         schemas = [s for s in every.schemas if s["function"]["name"] in chosen]
-        offer = Offer(chosen, schemas, {n: every.checks[n] for n in chosen if n in every.checks})
+        checks = {n: every.checks[n] for n in chosen if n in every.checks}
+        client = {t["function"]["name"] for t in request.client_tools or ()}
+        remote_names: dict[str, str] = {}
+        for label, tools in remote.items():
+            mcp = by_label[label]
+            for tool in tools:
+                if not mcp.admits(tool.name):
+                    continue
+                name = tool.name if tool.name not in chosen and tool.name not in client else f"{label}_{tool.name}"
+                if name in chosen or name in client:
+                    continue  # taken twice over: left out rather than shadow another tool
+                chosen[name] = tool if name == tool.name else tool.renamed(name)
+                remote_names[name] = label
+                schemas.append({"type": "function", "function": {"name": name, "description": tool.description, "parameters": dict(tool.parameters)}})
+        offer = Offer(chosen, schemas, checks)
 
         def asks(name: str) -> bool:
-            mcp = by_label.get(owners.get(name, ""))
+            mcp = by_label.get(remote_names.get(name) or owners.get(name, ""))
             return mcp is not None and mcp.asks(name)
 
-        return offer, asks
+        return offer, asks, remote_names
 
     def _listing(self, label: str, offer: Offer, labels: dict[str, str]) -> dict[str, Any]:
         tools = []

@@ -3,9 +3,10 @@
     store = RedisStore.open("redis://redis:6379/0", ttl_s=30 * 86400, max_bytes=1 << 30)
 
 One hash per response, `toolgate:resp:{id}`: owner, created_at, response, n
-(the item count), `i:{seq}` per input item and `p:{item id}` -> seq, so a page
-is one HMGET of computed fields and the whole record expires (PEXPIRE) and
-disappears at once. The size cap is the store's own, as in SQLite, rather than
+(the item count), `i:{seq}` per input item, `p:{item id}` -> seq and `o:{item id}`
+-> its place in the output, so a page is one HMGET of computed fields and the
+whole record expires (PEXPIRE) and disappears at once. `toolgate:item:{item id}`
+names the newest response holding that item (same expiry), for `item_reference`. The size cap is the store's own, as in SQLite, rather than
 Redis's `maxmemory`: that policy is the whole server's (often shared with other
 applications) and says nothing of which responses go first. Three bookkeeping
 keys, `toolgate:store:index` (id by expiry, ms), `:sizes` (id -> bytes) and
@@ -87,6 +88,7 @@ class RedisStore:
         self.max_bytes = max_bytes
         self.timeout_s = timeout_s
         self.records = f"{prefix}resp:"
+        self.items = f"{prefix}item:"
         self.bookkeeping = [f"{prefix}store:index", f"{prefix}store:sizes", f"{prefix}store:bytes"]
         self._client = client
         self._account = client.register_script(_ACCOUNT)
@@ -119,19 +121,28 @@ class RedisStore:
         for seq, (item_id, blob) in enumerate(encoded.items):
             fields[f"i:{seq}"] = blob
             fields.setdefault(f"p:{item_id}", seq)  # a repeated id pages from its first place, as in SQLite
+        for idx, item_id in enumerate(encoded.outputs):
+            if item_id:
+                fields[f"o:{item_id}"] = idx
         key = self.records + stored.id
         ttl_ms = max(1, int(self.ttl_s * 1000))
+        item_ids = {item_id for item_id, _ in encoded.items} | {item_id for item_id in encoded.outputs if item_id}
 
         async def write() -> None:
             async with self._client.pipeline(transaction=True) as pipe:
                 pipe.delete(key)
                 pipe.hset(key, mapping=fields)
                 pipe.pexpire(key, ttl_ms)
+                for item_id in item_ids:
+                    pipe.set(self.items + item_id, stored.id, px=ttl_ms)
                 args = [stored.id, ttl_ms, encoded.size, self.max_bytes, CLEANUP_BATCH, self.records]
                 await self._account(keys=self.bookkeeping, args=args, client=pipe)  # queued, not run
                 await pipe.execute()
 
         await self._call(write())
+
+    def submit(self, stored: Stored) -> asyncio.Future:
+        return asyncio.ensure_future(self.put(stored))
 
     async def get(self, response_id: str, owner: str) -> Stored | None:
         record = await self._call(self._client.hgetall(self.records + response_id))
@@ -164,6 +175,23 @@ class RedisStore:
         if any(blob is None for blob in blobs):  # deleted or expired between the two reads
             return None
         return [orjson.loads(blob) for blob in blobs], 0 <= stop < count
+
+    async def find_item(self, item_id: str, owner: str) -> dict[str, Any] | None:
+        holder = await self._call(self._client.get(self.items + item_id))
+        if holder is None:
+            return None
+        key = self.records + holder.decode()
+        found_owner, seq, idx = await self._call(self._client.hmget(key, ["owner", f"p:{item_id}", f"o:{item_id}"]))
+        if found_owner != owner.encode():
+            return None
+        if seq is not None:
+            blob = await self._call(self._client.hget(key, f"i:{int(seq)}"))
+            return orjson.loads(blob) if blob is not None else None
+        if idx is not None:
+            blob = await self._call(self._client.hget(key, "response"))
+            output = orjson.loads(blob).get("output") or [] if blob is not None else []
+            return output[int(idx)] if int(idx) < len(output) else None
+        return None
 
     async def delete(self, response_id: str, owner: str) -> bool:
         keys = [self.records + response_id, *self.bookkeeping]

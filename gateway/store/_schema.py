@@ -45,6 +45,24 @@ MIGRATIONS: list[list[str]] = [
         """CREATE TRIGGER responses_removed AFTER DELETE ON responses
             BEGIN UPDATE totals SET bytes = bytes - OLD.bytes; END""",
     ],
+    # 3: items by their own id, for `item_reference` to any stored response of the owner:
+    # input items by an index (which also serves a page's `after`, so the one of step 1 goes:
+    # one index less to write per item), output items (inside the response's JSON) by their place.
+    [
+        "CREATE INDEX items_by_item_id ON items (item_id, response_id)",
+        "DROP INDEX items_by_id",
+        """CREATE TABLE outputs (
+            response_id TEXT NOT NULL REFERENCES responses (id) ON DELETE CASCADE,
+            idx INTEGER NOT NULL,
+            item_id TEXT NOT NULL,
+            PRIMARY KEY (response_id, idx)
+        ) WITHOUT ROWID""",
+        "CREATE INDEX outputs_by_item_id ON outputs (item_id)",
+        """INSERT INTO outputs (response_id, idx, item_id)
+            SELECT r.id, o.key, json_extract(o.value, '$.id')
+            FROM responses r, json_each(CAST(r.response AS TEXT), '$.output') o
+            WHERE json_extract(o.value, '$.id') IS NOT NULL""",
+    ],
 ]
 
 

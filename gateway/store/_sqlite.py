@@ -6,8 +6,15 @@ Every operation is one transaction run as one job on the store's own thread,
 inside `asyncio.timeout(timeout_s)`; SQLite's busy timeout is shorter, so a
 locked database fails as "database is locked" and frees the thread before the
 loop gives up. Either way the caller gets StoreUnavailable, never a hang.
-Writers purge expired rows and evict the soonest-to-expire (under one ttl, the
-oldest) past the size cap, at most CLEANUP_BATCH of each per write.
+
+Puts are group-committed: the puts that arrive while one batch is being written
+go together as the next job (at most MAX_WAITING of them), in one transaction,
+so the thread hop, the commit and the WAL pages are paid once per batch, not per
+response; if the database refuses a record, the batch is written again with a
+savepoint per record, so that one fails alone. Each put returns when its own
+record is committed. Writers purge expired rows and evict
+the soonest-to-expire (under one ttl, the oldest) past the size cap, at most
+CLEANUP_BATCH of each per batch.
 """
 
 from __future__ import annotations
@@ -22,14 +29,20 @@ from typing import Any, TypeVar
 
 import orjson
 
-from gateway.errors import StoreUnavailable
+from gateway.errors import StoreUnavailable, TooLargeToStore
 from gateway.store._schema import SchemaTooNew, migrate
-from gateway.store.base import CLEANUP_BATCH, Stored, check_page, encode
+from gateway.store.base import CLEANUP_BATCH, Encoded, Stored, check_page, encode
 from gateway.threads import Busy, Threads
 
 T = TypeVar("T")
 
 # Per order: the comparison past `after`, the direction, and the bound when no `after`.
+_INSERT_NEW = (
+    "INSERT INTO responses (id, owner, created_at, expires_at, response, bytes) VALUES (?, ?, ?, ?, ?, ?)"
+    " ON CONFLICT (id) DO NOTHING"
+)
+MAX_WAITING = 1024  # puts waiting for the next batch; past it, StoreUnavailable
+
 _PAGES = {
     "asc": ("seq > ?", "ASC", -1),
     "desc": ("seq < ?", "DESC", 1 << 62),
@@ -44,6 +57,8 @@ class SqliteStore:
         self.timeout_s = timeout_s
         self._thread = Threads("toolgate-store", threads=1, queued=256)
         self._conn: sqlite3.Connection | None = None  # touched only on self._thread
+        self._waiting: list[tuple[Stored, asyncio.Future]] = []  # puts for the next batch
+        self._writer: asyncio.Task | None = None  # writing batches while puts wait
 
     @classmethod
     async def open(cls, path: str, *, ttl_s: float, max_bytes: int, timeout_s: float = 5.0) -> SqliteStore:
@@ -57,7 +72,43 @@ class SqliteStore:
         return store
 
     async def put(self, stored: Stored) -> None:
-        await self._call(self._put, stored, time.time())
+        await self.submit(stored)
+
+    def submit(self, stored: Stored) -> asyncio.Future:
+        """Queue `stored` for the next batch; the future is done when the batch is committed
+        (or failed: StoreUnavailable, TooLargeToStore), within twice timeout_s. Cancelling it
+        does not take the record back."""
+        done = asyncio.get_running_loop().create_future()
+        if len(self._waiting) >= MAX_WAITING:
+            done.set_exception(StoreUnavailable(f"the response store is unavailable: {MAX_WAITING} writes wait already"))
+            return done
+        self._waiting.append((stored, done))
+        if self._writer is None:
+            self._writer = asyncio.ensure_future(self._write_batches())
+        return done
+
+    async def _write_batches(self) -> None:
+        # One batch at a time, and each takes every put waiting when it starts: a put
+        # waits for at most the batch being written and its own.
+        try:
+            while self._waiting:
+                batch, self._waiting = self._waiting, []
+                try:
+                    failures = await self._call(self._put_many, [stored for stored, _ in batch], time.time())
+                except StoreUnavailable as exc:
+                    failures = [exc] * len(batch)
+                for (_, done), failure in zip(batch, failures):
+                    if done.done():
+                        continue
+                    if failure is None:
+                        done.set_result(None)
+                    else:
+                        done.set_exception(failure)
+        finally:
+            self._writer = None
+
+    async def find_item(self, item_id: str, owner: str) -> dict[str, Any] | None:
+        return await self._call(self._find_item, item_id, owner, time.time())
 
     async def get(self, response_id: str, owner: str) -> Stored | None:
         return await self._call(self._get, response_id, owner, time.time())
@@ -116,22 +167,71 @@ class SqliteStore:
             self._conn.close()
             self._conn = None
 
-    def _put(self, stored: Stored, now: float) -> None:
-        encoded = encode(stored, self.max_bytes)
+    def _put_many(self, batch: list[Stored], now: float) -> list[Exception | None]:
+        failures: list[Exception | None] = []
+        encoded: list[tuple[Stored, Encoded]] = []
+        for stored in batch:
+            try:
+                encoded.append((stored, encode(stored, self.max_bytes)))
+                failures.append(None)
+            except (ValueError, TooLargeToStore) as exc:
+                failures.append(exc)
+        try:
+            # The usual case in one go; only when the database refuses something does
+            # each record get a savepoint of its own, so that one fails alone.
+            with self._transaction("BEGIN IMMEDIATE") as db:
+                self._put_all(db, encoded, now)
+                self._clean(db, now, keep={stored.id for stored in batch})
+            return failures
+        except sqlite3.IntegrityError:
+            pass
+        except sqlite3.DatabaseError as exc:
+            if len(encoded) == 1 or "locked" in str(exc) or "busy" in str(exc):
+                raise
+        places = [i for i, failure in enumerate(failures) if failure is None]
         with self._transaction("BEGIN IMMEDIATE") as db:
-            # Delete, then insert: REPLACE would skip the delete trigger that keeps the total.
-            db.execute("DELETE FROM responses WHERE id = ?", (stored.id,))
-            db.execute(
-                "INSERT INTO responses (id, owner, created_at, expires_at, response, bytes) VALUES (?, ?, ?, ?, ?, ?)",
-                (stored.id, stored.owner, stored.created_at, now + self.ttl_s, encoded.response, encoded.size),
-            )
-            db.executemany(
-                "INSERT INTO items (response_id, seq, item_id, item) VALUES (?, ?, ?, ?)",
-                ((stored.id, seq, item_id, blob) for seq, (item_id, blob) in enumerate(encoded.items)),
-            )
-            self._clean(db, now, keep=stored.id)
+            for place, (stored, record) in zip(places, encoded):
+                db.execute("SAVEPOINT one")
+                try:
+                    self._put(db, stored, record, now)
+                except sqlite3.Error as exc:
+                    db.execute("ROLLBACK TO one")
+                    failures[place] = StoreUnavailable(f"the response store failed: {exc}")
+                db.execute("RELEASE one")
+            self._clean(db, now, keep={stored.id for stored in batch})
+        return failures
 
-    def _clean(self, db: sqlite3.Connection, now: float, keep: str) -> None:
+    def _put_all(self, db: sqlite3.Connection, encoded: list[tuple[Stored, Encoded]], now: float) -> None:
+        """A batch in a constant number of statements (each row is still a hop out of and
+        back into the GIL, which the busy event loop holds)."""
+        db.execute("DELETE FROM responses WHERE id IN (SELECT value FROM json_each(?))", (orjson.dumps([s.id for s, _ in encoded]),))
+        db.executemany(_INSERT_NEW, [(s.id, s.owner, s.created_at, now + self.ttl_s, e.response, e.size) for s, e in encoded])
+        db.executemany(
+            "INSERT INTO items (response_id, seq, item_id, item) VALUES (?, ?, ?, ?)",
+            [(s.id, seq, item_id, blob) for s, e in encoded for seq, (item_id, blob) in enumerate(e.items)],
+        )
+        db.executemany(
+            "INSERT INTO outputs (response_id, idx, item_id) VALUES (?, ?, ?)",
+            [(s.id, idx, item_id) for s, e in encoded for idx, item_id in enumerate(e.outputs) if item_id],
+        )
+
+    def _put(self, db: sqlite3.Connection, stored: Stored, encoded: Encoded, now: float) -> None:
+        row = (stored.id, stored.owner, stored.created_at, now + self.ttl_s, encoded.response, encoded.size)
+        # A new id (the usual case) inserts at once; an old one is deleted first, since
+        # REPLACE would skip the delete trigger that keeps the total, and its rows' cascade.
+        if not db.execute(_INSERT_NEW, row).rowcount:
+            db.execute("DELETE FROM responses WHERE id = ?", (stored.id,))
+            db.execute(_INSERT_NEW, row)
+        db.executemany(
+            "INSERT INTO items (response_id, seq, item_id, item) VALUES (?, ?, ?, ?)",
+            ((stored.id, seq, item_id, blob) for seq, (item_id, blob) in enumerate(encoded.items)),
+        )
+        db.executemany(
+            "INSERT INTO outputs (response_id, idx, item_id) VALUES (?, ?, ?)",
+            ((stored.id, idx, item_id) for idx, item_id in enumerate(encoded.outputs) if item_id),
+        )
+
+    def _clean(self, db: sqlite3.Connection, now: float, keep: set[str]) -> None:
         db.execute(
             "DELETE FROM responses WHERE rowid IN"
             " (SELECT rowid FROM responses WHERE expires_at <= ? ORDER BY expires_at LIMIT ?)",
@@ -141,12 +241,13 @@ class SqliteStore:
             (total,) = db.execute("SELECT bytes FROM totals").fetchone()
             if total <= self.max_bytes:
                 return
-            victim = db.execute(
-                "SELECT rowid FROM responses WHERE id != ? ORDER BY expires_at LIMIT 1", (keep,)
-            ).fetchone()
+            victims = db.execute(
+                "SELECT rowid, id FROM responses ORDER BY expires_at LIMIT ?", (len(keep) + 1,)
+            ).fetchall()
+            victim = next((rowid for rowid, id_ in victims if id_ not in keep), None)
             if victim is None:
                 return
-            db.execute("DELETE FROM responses WHERE rowid = ?", victim)
+            db.execute("DELETE FROM responses WHERE rowid = ?", (victim,))
 
     def _get(self, response_id: str, owner: str, now: float) -> Stored | None:
         with self._transaction("BEGIN") as db:
@@ -158,6 +259,23 @@ class SqliteStore:
                 return None
             items = db.execute("SELECT item FROM items WHERE response_id = ? ORDER BY seq", (response_id,)).fetchall()
         return Stored(response_id, owner, orjson.loads(row[1]), [orjson.loads(blob) for (blob,) in items], row[0])
+
+    def _find_item(self, item_id: str, owner: str, now: float) -> dict[str, Any] | None:
+        with self._transaction("BEGIN") as db:
+            row = db.execute(
+                "SELECT r.created_at, i.item FROM items i JOIN responses r ON r.id = i.response_id"
+                " WHERE i.item_id = ? AND r.owner = ? AND r.expires_at > ? ORDER BY r.created_at DESC LIMIT 1",
+                (item_id, owner, now),
+            ).fetchone()
+            out = db.execute(
+                "SELECT r.created_at, r.response, o.idx FROM outputs o JOIN responses r ON r.id = o.response_id"
+                " WHERE o.item_id = ? AND r.owner = ? AND r.expires_at > ? ORDER BY r.created_at DESC LIMIT 1",
+                (item_id, owner, now),
+            ).fetchone()
+        if out is not None and (row is None or out[0] >= row[0]):
+            output = orjson.loads(out[1]).get("output") or []
+            return output[out[2]] if out[2] < len(output) else None
+        return orjson.loads(row[1]) if row is not None else None
 
     def _page(
         self, response_id: str, owner: str, after: str | None, limit: int, order: str, now: float

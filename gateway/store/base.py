@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import asyncio
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import orjson
@@ -30,12 +31,17 @@ class Stored:
     response: dict[str, Any]
     input_items: list[dict[str, Any]]
     created_at: float
+    # `response` as JSON when the caller has it already (the bytes it sent): encoded once.
+    response_json: bytes = field(default=b"", repr=False, compare=False)
 
 
 class ResponseStore(Protocol):
     async def put(self, stored: Stored) -> None:
         """Store `stored`, replacing a record with the same id; evicts the oldest
         records past the size cap. Raises StoreUnavailable or TooLargeToStore."""
+
+    def submit(self, stored: Stored) -> asyncio.Future:
+        """`put` as a future that runs on whether or not anyone awaits it (bounded as put)."""
 
     async def get(self, response_id: str, owner: str) -> Stored | None:
         """The record, or None when it is missing, expired or another owner's."""
@@ -49,6 +55,10 @@ class ResponseStore(Protocol):
     async def delete(self, response_id: str, owner: str) -> bool:
         """True when the owner's live record was deleted."""
 
+    async def find_item(self, item_id: str, owner: str) -> dict[str, Any] | None:
+        """The item with this id, input or output, of any live response of the owner
+        (the newest one's when several hold it), or None."""
+
     async def close(self) -> None: ...
 
 
@@ -58,6 +68,7 @@ class Encoded:
 
     response: bytes
     items: list[tuple[str, bytes]]  # (item id, item JSON), in input order
+    outputs: list[str]  # the output items' ids, in order (an item without one is skipped)
     size: int
 
 
@@ -68,11 +79,12 @@ def encode(stored: Stored, max_bytes: int) -> Encoded:
         if not isinstance(item_id, str) or not item_id:
             raise ValueError(f"input item {index} of {stored.id} has no string id")
         items.append((item_id, orjson.dumps(item)))
-    response = orjson.dumps(stored.response)
+    response = stored.response_json or orjson.dumps(stored.response)
+    outputs = [item.get("id") or "" for item in stored.response.get("output") or ()]
     size = len(response) + sum(len(blob) for _, blob in items)
     if size > max_bytes:
         raise TooLargeToStore(f"the response takes {size} bytes, more than the response store's whole cap of {max_bytes}")
-    return Encoded(response, items, size)
+    return Encoded(response, items, outputs, size)
 
 
 def check_page(limit: int, order: str) -> None:

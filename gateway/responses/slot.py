@@ -1,0 +1,132 @@
+"""Where a response goes to be stored: the store opened on first use, the writes still
+running, and the `send` that holds a response's last bytes until the store has it.
+
+    slot = StoreSlot(lambda: open_store(url, ttl_s=..., max_bytes=...))
+    send = StoreBeforeTheEnd(send, renderer, lambda: slot.put(stored))   # around the ASGI send
+    await slot.settled(response_id)                                      # before a read
+
+"Stored" means: by the time the client can see the response end (the JSON body,
+or the SSE event `response.completed` / `.incomplete` / `.failed`), the store holds
+it, on this replica and on every other one sharing the store. A write that fails is
+logged, never a late error, and the response still goes out. Reads of an id whose
+write is still running (a streamed response's id is known from its first event)
+wait for it, bounded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from functools import partial
+from typing import Any
+
+from gateway.redact import SECRETS
+from gateway.responses.render import ResponsesJSON, ResponsesSSE
+from gateway.store import ResponseStore, Stored, StoreUnavailable
+
+log = logging.getLogger("toolgate")
+
+OPEN_S = 10.0  # opening the store, at most
+RETRY_OPEN_S = 5.0  # after a failed open, the next request tries again no sooner
+WAIT_WRITE_S = 5.0  # a read waits this long for the same id's write
+
+
+def _not_stored(response_id: str, exc: BaseException) -> bool:
+    log.error("response %s was not stored: %s", response_id, SECRETS(str(exc))[:300] or type(exc).__name__)
+    return False
+
+
+class StoreSlot:
+    """The response store, opened on first use (a gateway that never stores creates no file),
+    and the writes still running, by response id."""
+
+    def __init__(self, opener: Callable[[], Awaitable[ResponseStore]] | None) -> None:
+        self.opener = opener
+        self.store: ResponseStore | None = None
+        self.failed_at = 0.0
+        self.problem = ""
+        self.writes: dict[str, asyncio.Future] = {}
+        self._lock = asyncio.Lock()
+
+    async def get(self) -> ResponseStore:
+        if self.store is not None:
+            return self.store
+        if self.opener is None:
+            raise StoreUnavailable("This gateway has no response store; send store: false.")
+        async with self._lock:
+            if self.store is None:
+                if self.failed_at and time.monotonic() - self.failed_at < RETRY_OPEN_S:
+                    raise StoreUnavailable(f"The response store is unavailable ({self.problem}); send store: false or retry shortly.", headers={"retry-after": "5"})
+                try:
+                    async with asyncio.timeout(OPEN_S):
+                        self.store = await self.opener()
+                except Exception as exc:
+                    self.failed_at = time.monotonic()
+                    self.problem = SECRETS(str(exc))[:200] or type(exc).__name__
+                    log.error("the response store cannot be opened: %s", self.problem)
+                    raise StoreUnavailable(f"The response store is unavailable ({self.problem}); send store: false or retry shortly.", headers={"retry-after": "5"}) from None
+        return self.store
+
+    def _written(self, response_id: str, done: asyncio.Future) -> None:
+        if self.writes.get(response_id) is done:
+            del self.writes[response_id]
+        if not done.cancelled():
+            done.exception()  # retrieved here: the request that waited may be gone
+
+    async def settled(self, response_id: str) -> None:
+        """Wait (bounded) for a write of `response_id` that is still running."""
+        task = self.writes.get(response_id)
+        if task is not None:
+            try:
+                async with asyncio.timeout(WAIT_WRITE_S):
+                    await asyncio.shield(task)
+            except (TimeoutError, Exception):
+                pass
+
+    async def put(self, stored: Stored) -> bool:
+        """Store `stored` and wait for it (bounded by the store's own timeout); False, and
+        logged, if that failed. The write runs on even when the waiting request is cancelled."""
+        try:
+            store = await self.get()
+        except StoreUnavailable as exc:
+            return _not_stored(stored.id, exc)
+        done = store.submit(stored)
+        self.writes[stored.id] = done
+        done.add_done_callback(partial(self._written, stored.id))
+        try:
+            await asyncio.shield(done)
+        except Exception as exc:
+            return _not_stored(stored.id, exc)
+        return True
+
+    async def close(self) -> None:
+        if self.writes:
+            await asyncio.gather(*self.writes.values(), return_exceptions=True)
+        if self.store is not None:
+            store, self.store = self.store, None
+            await store.close()
+
+
+class StoreBeforeTheEnd:
+    """The ASGI `send` of a stored response: the message that carries the response's last
+    event (the JSON body, or the SSE event `response.completed` / `.incomplete` / `.failed`)
+    waits until the store holds the response. So "stored" means: by the time a client can
+    see the response end, `GET /v1/responses/{id}` and `previous_response_id` find it, on
+    this replica and on every other one sharing the store. A store that fails is logged and
+    the response still goes out (the answer is never lost to its store)."""
+
+    __slots__ = ("send", "renderer", "record", "stored")
+
+    def __init__(self, send: Any, renderer: ResponsesJSON | ResponsesSSE, record: Callable[[], Awaitable[bool]]) -> None:
+        self.send = send
+        self.renderer = renderer
+        self.record = record
+        self.stored: bool | None = None  # None: nothing to store was rendered
+
+    async def __call__(self, message: dict[str, Any]) -> None:
+        if self.stored is None and self.renderer.response is not None:
+            self.stored = False
+            self.stored = await self.record()
+        await self.send(message)
