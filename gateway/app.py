@@ -76,13 +76,14 @@ def create_app(
             runtime.probe = lambda: _probe_upstreams(upstream, runtime)
             stack.push_async_callback(runtime.stop_probing)
             stack.push_async_callback(store.close)
-            stack.push_async_callback(responses.remote.close)  # remote MCP sessions of /v1/responses
+            stack.push_async_callback(create.remote.close)  # remote MCP sessions of /v1/responses
             yield
             runtime.started = False
 
     # Each request sees the config of the moment it began, through its last byte.
     chat = routes.Pinned(runtime, routes.ChatCompletions(runtime))
-    responses = routes.Pinned(runtime, CreateResponse(runtime, store))
+    create = CreateResponse(runtime, store)
+    responses = routes.Pinned(runtime, create)
     stored = store_routes(store)
     app = Starlette(
         routes=[

@@ -59,6 +59,8 @@ RESTART_ONLY: dict[str, tuple[str, ...]] = {
     "server": ("host", "port", "grace_s", "max_header_bytes", "max_headers", "header_timeout_s", "keep_alive_s", "send_timeout_s"),
     "loop": ("tool_threads",),
     "store": ("url", "ttl_s", "max_bytes", "timeout_s"),
+    # The remote MCP pool of /v1/responses is built once, from these.
+    "responses": ("mcp_server_urls", "mcp_network_allow", "mcp_connect_timeout_s", "mcp_sessions", "mcp_idle_s"),
 }
 
 # One at a time, one queued: a reload that finds the thread still busy (a file read that
