@@ -85,9 +85,9 @@ async def test_a_pin_the_server_does_not_speak_is_a_clear_not_ready(make_source:
     modern = await servers("--era", "modern")
     legacy = await servers("--era", "legacy")
     wrong = [
-        await make_source(modern.table(protocol="legacy", startup_timeout_s=3), name="modern"),
-        await make_source(legacy.table(protocol=MODERN, startup_timeout_s=3), name="legacy_http"),
-        await make_source(stdio("legacy", protocol=MODERN, startup_timeout_s=3), name="legacy_stdio"),
+        await make_source(modern.table(protocol="legacy", startup_timeout_s=10), name="modern"),
+        await make_source(legacy.table(protocol=MODERN, startup_timeout_s=10), name="legacy_http"),
+        await make_source(stdio("legacy", protocol=MODERN, startup_timeout_s=10), name="legacy_stdio"),
     ]
     for source in wrong:
         status = source.status()
