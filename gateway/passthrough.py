@@ -15,7 +15,7 @@ and the request metrics (labelled `api`). The upstream's answer is sent as it ca
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any
 from urllib.parse import quote
 
@@ -25,7 +25,7 @@ from starlette.routing import Route
 from gateway import logs, metrics
 from gateway.config import ModelAlias
 from gateway.errors import InvalidRequest, ModelNotFound, Overloaded, UpstreamError
-from gateway.events import Event, Final, RoundUsage
+from gateway.events import Event, Final, Opening, RoundUsage
 from gateway.pump import Timing, pump
 from gateway.redact import SECRETS
 from gateway.routes import Pinned, Runtime, _bearer, _header, _read_body, reject
@@ -58,7 +58,7 @@ class _Body:
     def __init__(self) -> None:
         self._length = 0
 
-    def feed(self, event: Event) -> bytes:
+    def feed(self, event: Event | Opening) -> bytes:
         if not isinstance(event, Final):
             return b""
         payload = orjson.dumps(event.message)
@@ -72,7 +72,7 @@ class _Body:
         return error
 
 
-async def _answer(call: Call, alias: str, not_found: str | None) -> AsyncIterator[Event]:
+async def _answer(call: Call, alias: str, not_found: str | None) -> AsyncGenerator[Event, None]:
     """The upstream call as loop events: its usage, then its body as the `Final` message."""
     try:
         reply, raw = await call()
@@ -96,12 +96,12 @@ async def _answer(call: Call, alias: str, not_found: str | None) -> AsyncIterato
     yield Final(message=body, finish_reason="", usage=usage, rounds=0, tool_calls=0)
 
 
-async def _local(body: dict[str, Any]) -> AsyncIterator[Event]:
+async def _local(body: dict[str, Any]) -> AsyncGenerator[Event, None]:
     """An answer the gateway makes itself (an alias's model object), as loop events."""
     yield Final(message=body, finish_reason="", usage=None, rounds=0, tool_calls=0)
 
 
-async def _serve(rt: Runtime, scope: dict, receive: Any, send: Any, started: float, events: AsyncIterator[Event], *, api: str, alias: str, upstream: str, client_auth: str = "") -> None:
+async def _serve(rt: Runtime, scope: dict[str, Any], receive: Any, send: Any, started: float, events: AsyncGenerator[Event, None], *, api: str, alias: str, upstream: str, client_auth: str = "") -> None:
     """Serve `events` under the concurrency cap and the pump, then count and log the request;
     a forwarded client key (`client_auth`) is masked like every known secret."""
     server = rt.settings.server
@@ -134,7 +134,7 @@ async def _serve(rt: Runtime, scope: dict, receive: Any, send: Any, started: flo
     logs.request_line(line)
 
 
-def _client_auth(rt: Runtime, alias: ModelAlias, scope: dict) -> str:
+def _client_auth(rt: Runtime, alias: ModelAlias, scope: dict[str, Any]) -> str:
     return _bearer(_header(scope, b"authorization")) if rt.settings.upstreams[alias.upstream].forward_client_auth else ""
 
 
@@ -145,7 +145,7 @@ class Forward:
         self.rt = runtime
         self.api = api
 
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         started = time.perf_counter()
         rt, api = self.rt, self.api
         server = rt.settings.server
@@ -191,7 +191,7 @@ class ModelInfo:
         self.rt = runtime
         self.created = int(time.time())
 
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         started = time.perf_counter()
         rt = self.rt
         name = scope["path_params"]["model_id"]

@@ -123,7 +123,7 @@ class CreateResponse:
         self.rt = runtime
         self.slot = slot
 
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         started = time.perf_counter()
         rt = self.rt
         server = rt.settings.server
@@ -177,7 +177,7 @@ class CreateResponse:
             request.input = resolved
         return history
 
-    def _job(self, request: ResponsesRequest, history: list[dict[str, Any]], scope: dict, request_id: str) -> tuple[LoopJob, ResponseView, list[dict[str, Any]]]:
+    def _job(self, request: ResponsesRequest, history: list[dict[str, Any]], scope: dict[str, Any], request_id: str) -> tuple[LoopJob, ResponseView, list[dict[str, Any]]]:
         rt = self.rt
         alias = rt.alias(request.model)
         items = _with_ids([*history, *request.input])
