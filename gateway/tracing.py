@@ -66,7 +66,7 @@ def setup(environ: Mapping[str, str], *, exporter: Any = None, content: bool = F
         return False
     try:
         from opentelemetry.sdk.resources import Resource
-        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
         from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SimpleSpanProcessor
     except ImportError:
         log.warning("OTEL_* asks for traces, but the OpenTelemetry SDK is not installed: pip install 'toolgate[otel]'")
@@ -74,7 +74,7 @@ def setup(environ: Mapping[str, str], *, exporter: Any = None, content: bool = F
     from gateway import __version__
 
     if exporter is not None:
-        processors = [SimpleSpanProcessor(exporter)]  # tests: every span is handed over as it ends
+        processors: list[SpanProcessor] = [SimpleSpanProcessor(exporter)]  # tests: every span is handed over as it ends
     else:
         names = {e.strip() for e in environ.get("OTEL_TRACES_EXPORTER", "otlp").lower().split(",") if e.strip()} - {"none"}
         made = [_exporter(name, environ, ConsoleSpanExporter) for name in sorted(names)]

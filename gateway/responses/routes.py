@@ -54,7 +54,7 @@ class StoreSlot:
         self.store: ResponseStore | None = None
         self.failed_at = 0.0
         self.problem = ""
-        self.writes: dict[str, asyncio.Task] = {}
+        self.writes: dict[str, asyncio.Task[None]] = {}
         self._lock = asyncio.Lock()
 
     async def get(self) -> ResponseStore:
@@ -145,10 +145,11 @@ class CreateResponse:
         outcome = await rt.serve(send, receive, scope, started, job, renderer, model=model, api="responses")
         if outcome is None:
             return
-        stored = request.store and renderer.response is not None and outcome.ended in ("complete", "error")
-        if stored:
+        response = renderer.response
+        stored = request.store and response is not None and outcome.ended in ("complete", "error")
+        if stored and response is not None:
             # After the last byte: the client never waits on the store.
-            self.slot.write(Stored(view.id, owner, renderer.response, conversation_items, view.created_at))
+            self.slot.write(Stored(view.id, owner, response, conversation_items, view.created_at))
         known = alias.name if alias.name in rt.settings.models else "(passthrough)"
         rt.record(started, job, outcome, known, model=request.model, stream=request.stream, request_id=request_id, scope=scope, api="responses", response_id=view.id, stored=bool(stored))
 
@@ -246,8 +247,8 @@ class CreateResponse:
             by_label[mcp.label] = mcp
         chosen = dict(base.tools)
         for name, tool in every.tools.items():
-            mcp = by_label.get(owners.get(name, ""))
-            if mcp is not None and mcp.admits(name):
+            wanted = by_label.get(owners.get(name, ""))
+            if wanted is not None and wanted.admits(name):
                 chosen[name] = tool
         # A new Offer per request: a client-chosen filter must not grow the toolbox's cache.
         schemas = [s for s in every.schemas if s["function"]["name"] in chosen]

@@ -264,7 +264,7 @@ class Toolbox:
             span.end(outcome, text)
         return ToolOutcome(call["id"], name, raw_args, text, outcome, duration, cut)
 
-    async def _call(self, tool: Tool, prepared: Prepared, raw_args: str, gate: asyncio.Semaphore | None) -> tuple[ToolOutcomeKind, ToolOutput]:
+    async def _call(self, tool: Tool, prepared: Prepared, raw_args: object, gate: asyncio.Semaphore | None) -> tuple[ToolOutcomeKind, ToolOutput]:
         if not isinstance(raw_args, str):
             return "bad_arguments", f"Error: the arguments for {tool.name} must be a JSON object, sent as a string."
         if len(raw_args) > MAX_ARGUMENT_CHARS:
