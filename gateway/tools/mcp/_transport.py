@@ -25,9 +25,10 @@ from mcp.client.streamable_http import streamable_http_client
 
 from gateway import tracing
 from gateway.tools.mcp._convert import describe
-from gateway.tools.mcp._config import ServerSpec, UnsetVariable, expand, secret_values
+from gateway.tools.mcp._config import ServerSpec, secret_values
 from gateway.tools.mcp import _supervisor
 from gateway.tools.mcp._stderr import StderrLines, drain
+from gateway.tools.variables import UnsetVariable, expand
 
 # What a child inherits from the gateway: enough to run, nothing secret. Anything else
 # must be named in the server's `env` table.
