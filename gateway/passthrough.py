@@ -23,12 +23,11 @@ import orjson
 from starlette.routing import Route
 
 from gateway import logs, metrics
-from gateway.config import ModelAlias
 from gateway.errors import InvalidRequest, ModelNotFound, Overloaded, UpstreamError
 from gateway.events import Event, Final, Opening, RoundUsage
 from gateway.pump import Timing, pump
 from gateway.redact import SECRETS
-from gateway.routes import Pinned, Runtime, _bearer, _header, _read_body, reject
+from gateway.routes import Pinned, Runtime, _read_body, forwarded_key, reject
 from gateway.transports import Reply
 
 # The POST endpoints forwarded as they are: each one is the host's path segment and the `api` label.
@@ -134,10 +133,6 @@ async def _serve(rt: Runtime, scope: dict[str, Any], receive: Any, send: Any, st
     logs.request_line(line)
 
 
-def _client_auth(rt: Runtime, alias: ModelAlias, scope: dict[str, Any]) -> str:
-    return _bearer(_header(scope, b"authorization")) if rt.settings.upstreams[alias.upstream].forward_client_auth else ""
-
-
 class Forward:
     """`POST /v1/{api}`: the body's `model` resolved as an alias, the rest sent as it is."""
 
@@ -163,7 +158,7 @@ class Forward:
             return
         url = endpoint(upstream.url, alias.upstream_model, api)
         payload["model"] = alias.upstream_model
-        client_auth = _client_auth(rt, alias, scope)
+        client_auth = forwarded_key(upstream, scope)
         request_id = scope.get("request_id", "")
 
         def call() -> Awaitable[tuple[Reply, bytes]]:
@@ -213,7 +208,7 @@ class ModelInfo:
             await reject(send, ModelNotFound(missing, param="model"), scope, started, model="", api="models")
             return
         url = f"{models_path(upstream.url)}/{quote(name, safe='')}"
-        client_auth = _client_auth(rt, alias, scope)
+        client_auth = forwarded_key(upstream, scope)
         request_id = scope.get("request_id", "")
 
         def forwarded() -> Awaitable[tuple[Reply, bytes]]:

@@ -18,7 +18,7 @@ import gateway
 from gateway import drain, logs, metrics, tracing
 from gateway.chat_render import ChatJSON, ChatSSE, ChatView
 from gateway.codecs import open_model
-from gateway.config import ModelAlias, Settings
+from gateway.config import ModelAlias, Settings, Upstream
 from gateway.errors import BodyTimeout, ClientGone, InvalidRequest, ModelNotFound, Overloaded, RequestTooLarge, error_json
 from gateway.events import Delta, Event, Opening
 from gateway.loop import LoopJob, run_loop
@@ -116,7 +116,7 @@ class Runtime:
             max_repeated_deltas=loop.max_repeated_deltas,
             max_output_tokens=alias.max_output_tokens if alias.max_output_tokens is not None else upstream.max_output_tokens,
             request_id=request_id,
-            client_auth=_bearer(_header(scope, b"authorization")) if upstream.forward_client_auth else "",
+            client_auth=forwarded_key(upstream, scope),
             **job,
         )
 
@@ -367,6 +367,11 @@ class _FirstToken:
 def _client(scope: dict[str, Any]) -> str | None:
     client = scope.get("client")
     return client[0] if client else None
+
+
+def forwarded_key(upstream: Upstream, scope: dict[str, Any]) -> str:
+    """The client's own key, for an upstream that forwards it (`forward_client_auth`); else ""."""
+    return _bearer(_header(scope, b"authorization")) if upstream.forward_client_auth else ""
 
 
 def _bearer(value: str) -> str:
