@@ -8,8 +8,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_gateway_type_checks(tmp_path_factory):
-    # One cache per session's temp root: a fresh run takes ~10 s, so the cache is not reused
-    # across runs on purpose (a stale cache cannot hide an error).
+    # A fresh cache under this session's temp root: the check takes some seconds more, and a
+    # cache left by an earlier run cannot hide an error.
     cache = tmp_path_factory.mktemp("mypy-cache")
     done = subprocess.run(
         [sys.executable, "-m", "mypy", "--cache-dir", str(cache), "--no-error-summary"],
