@@ -16,7 +16,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any
 from contextlib import AsyncExitStack, asynccontextmanager
 
 import httpx
@@ -29,7 +30,7 @@ from gateway.middleware import CORSMiddleware, GatewayMiddleware
 from gateway.redact import SECRETS
 from gateway.reload import Reloader, register, toolbox_for, unregister
 from gateway.responses.routes import CreateResponse, StoreSlot, store_routes
-from gateway.store import open_store
+from gateway.store import ResponseStore, open_store
 from gateway.tools.base import SourceContext, ToolSource
 from gateway.tools.workers import WORKERS
 from gateway.transports import Transport, create_transport
@@ -52,7 +53,7 @@ def create_app(
     WORKERS.threads = settings.loop.tool_threads
 
     @asynccontextmanager
-    async def lifespan(app: Starlette):
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
             upstream = create_transport(transport)
             stack.push_async_callback(upstream.aclose)
@@ -115,7 +116,7 @@ def create_app(
     return app
 
 
-def store_opener(settings: Settings):
+def store_opener(settings: Settings) -> Callable[[], Awaitable[ResponseStore]]:
     """How to open the response store (`[store]`), on first use."""
     store = settings.store
     return lambda: open_store(store.url, ttl_s=store.ttl_s, max_bytes=store.max_bytes, timeout_s=store.timeout_s)
@@ -141,6 +142,6 @@ async def _probe_upstreams(transport: Transport, runtime: routes.Runtime) -> Non
         seen.reachable, seen.detail, seen.checked = reachable, detail, time.time()
 
 
-async def _cancel(task: asyncio.Future) -> None:
+async def _cancel(task: asyncio.Future[Any]) -> None:
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)

@@ -155,7 +155,7 @@ class StreamAssembler:
             self.usage = usage
         if not choices:
             return None
-        choice = choices[0] if type(choices) is list else None
+        choice: Any = choices[0] if type(choices) is list else None  # a JSON value, checked next
         delta = (choice.get("delta") or choice.get("message") or {}) if type(choice) is dict else None
         if type(delta) is not dict:
             raise UpstreamError("The upstream stream carried a malformed chunk.")

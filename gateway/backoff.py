@@ -15,4 +15,5 @@ import random
 def backoff(attempt: int, *, first_s: float, cap_s: float, jitter: float = 0.2) -> float:
     """Seconds to wait before retry `attempt` (0 first): first_s doubled each time, at most
     cap_s, times a random factor within 1 ± jitter."""
-    return min(cap_s, first_s * 2 ** min(attempt, 32)) * random.uniform(1 - jitter, 1 + jitter)
+    delay: float = min(cap_s, first_s * 2 ** min(attempt, 32))
+    return delay * random.uniform(1 - jitter, 1 + jitter)

@@ -25,11 +25,16 @@ import tempfile
 
 from importlib.resources import files
 
+from typing import TYPE_CHECKING, Any
+
 from gateway import __version__, logs
 from gateway.config import DEFAULT_PATH, Settings, load_config
 from gateway.errors import ConfigError
 from gateway.reload import PID_FILE_ENV, NotFound, send_reload, write_pid_file
 from gateway.server import Server, serve_workers, server_config
+
+if TYPE_CHECKING:
+    from starlette.applications import Starlette
 
 log = logging.getLogger("toolgate")
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -209,14 +214,14 @@ def _serve(args: argparse.Namespace) -> None:
         Server(server_config(create_app(settings), settings, **options), grace_s=server.grace_s).run()
 
 
-def worker_app():
+def worker_app() -> Starlette:
     from gateway.app import create_app
 
     logs.setup(os.environ.get(WORKER_LOG_LEVEL, "INFO"))
     return create_app(_load(None))
 
 
-async def _serve_demo(settings: Settings, options: dict) -> None:
+async def _serve_demo(settings: Settings, options: dict[str, Any]) -> None:
     from gateway.app import create_app
     from gateway.fakellm import FakeLLM
 

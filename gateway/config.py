@@ -261,7 +261,8 @@ class Settings:
         }
         # Whatever else carries a secret (a system prompt, a URL path) is masked here.
         secrets = self.secrets()
-        return _map_strings(described, lambda text: SECRETS.scrub(text, *secrets))
+        redacted: dict[str, Any] = _map_strings(described, lambda text: SECRETS.scrub(text, *secrets))
+        return redacted
 
 
 def _plain(value: Any) -> Any:
@@ -435,7 +436,7 @@ class _Reader:
             return default
         return value
 
-    def field(self, f: Field) -> Any:
+    def field(self, f: Field[Any]) -> Any:
         """A dataclass field's value, typed by its default (ints are fine for floats)."""
         default = f.default
         kind: Any = (int, float) if isinstance(default, float) else type(default)

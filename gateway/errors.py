@@ -42,6 +42,9 @@ class GatewayError(Exception):
     status = 500
     type = "internal_error"
     code: str | None = None
+    # The host's own status, when this error maps one it answered (see upstream._STATUS_MAP:
+    # a 400 from the host becomes InvalidRequest, and still carries it).
+    upstream_status: int | None = None
 
     def __init__(
         self,
@@ -128,7 +131,6 @@ class UpstreamError(GatewayError):
     type = "upstream_error"
     code = "bad_gateway"
     retryable = False  # the request provably never reached the host
-    upstream_status: int | None = None  # the host's own status, when it answered one
 
 
 class UpstreamBusy(UpstreamError):
@@ -207,7 +209,7 @@ class Problems:
             raise ConfigError(self.lines)
 
 
-def error_body(message: str, type_: str, param: str | None = None, code: str | None = None) -> dict:
+def error_body(message: str, type_: str, param: str | None = None, code: str | None = None) -> dict[str, Any]:
     return {"error": {"message": message, "type": type_, "param": param, "code": code}}
 
 

@@ -55,7 +55,7 @@ class JSONFormatter(logging.Formatter):
 class _Dropping(logging.handlers.QueueHandler):
     """Enqueue without blocking; count what a full queue refuses."""
 
-    def __init__(self, q: queue.Queue) -> None:
+    def __init__(self, q: queue.Queue[logging.LogRecord]) -> None:
         super().__init__(q)
         self.dropped = 0
         self._lock = threading.Lock()
@@ -78,7 +78,7 @@ class _Dropping(logging.handlers.QueueHandler):
         return dropped
 
 
-class _Writer(logging.StreamHandler):
+class _Writer(logging.StreamHandler[Any]):
     """The listener's handler: writes a record, and first the count of any dropped since."""
 
     def __init__(self, stream: Any, source: _Dropping) -> None:
@@ -101,7 +101,7 @@ def setup(level: str = "INFO", stream: Any = None, *, queue_lines: int = QUEUE_L
     """Route every logger (uvicorn's included) through one bounded queue to `stream` (stderr)."""
     global _listener, _handler
     stop()
-    q: queue.Queue = queue.Queue(queue_lines)
+    q: queue.Queue[logging.LogRecord] = queue.Queue(queue_lines)
     _handler = _Dropping(q)
     writer = _Writer(stream or sys.stderr, _handler)
     writer.setFormatter(JSONFormatter())
@@ -149,7 +149,8 @@ def stop() -> None:
     if listener is None or listener._thread is None:
         return
     try:
-        listener.queue.put(listener._sentinel, timeout=STOP_WAIT_S)
+        # The queue is setup()'s queue.Queue; typeshed knows neither its put() here nor the sentinel.
+        listener.queue.put(listener._sentinel, timeout=STOP_WAIT_S)  # type: ignore[attr-defined]
     except queue.Full:
         return  # a daemon thread, left to the exit
     listener._thread.join(STOP_WAIT_S)

@@ -13,10 +13,10 @@ are bounded by `max_rounds`, after which one last call with
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from contextlib import aclosing
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
 
 from gateway.config import Upstream
 from gateway.errors import LoopLimit
@@ -87,7 +87,7 @@ class _Budget:
             body[self.key] = max(1, self.limit - self.spent)
 
 
-def _count(value: Any) -> bool:
+def _count(value: Any) -> TypeGuard[int | float]:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
 
 
@@ -109,7 +109,7 @@ class NextStepRunTools:
     held: list[dict[str, Any]]  # server calls that wait for the client's approval
 
 
-async def run_loop(job: LoopJob, model: Model, toolbox: Toolbox) -> AsyncIterator[Event]:
+async def run_loop(job: LoopJob, model: Model, toolbox: Toolbox) -> AsyncGenerator[Event, None]:
     run = _Run(job)
     if job.resume:
         async for event in _resume(job, toolbox, run.tally):
@@ -212,7 +212,7 @@ class _Run:
         return final
 
 
-async def _resume(job: LoopJob, toolbox: Toolbox, tally: _Tally) -> AsyncIterator[Event]:
+async def _resume(job: LoopJob, toolbox: Toolbox, tally: _Tally) -> AsyncGenerator[Event, None]:
     """Calls held for approval in an earlier response: run the approved, answer the denied."""
     assert job.resume is not None
     approved = [call for call, yes in job.resume if yes]
@@ -254,7 +254,7 @@ class _Tally:
         return Final(message, finish_reason, usage, rounds, self.tool_calls, self.trace, logprobs=logprobs)
 
 
-async def _run_calls(job: LoopJob, toolbox: Toolbox, calls: list[dict[str, Any]], round_no: int, tally: _Tally) -> AsyncIterator[Event]:
+async def _run_calls(job: LoopJob, toolbox: Toolbox, calls: list[dict[str, Any]], round_no: int, tally: _Tally) -> AsyncGenerator[Event, None]:
     """Run server calls concurrently; one `tool` message each, in the model's order."""
     if not calls:
         return

@@ -11,8 +11,10 @@ import os
 import platform
 from collections.abc import Callable, Iterable
 from functools import lru_cache
+from typing import Any, TypeVar
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.metrics import MetricWrapperBase
 
 _BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 # Time to first token: a human waits on it, so the resolution is in the first seconds.
@@ -44,8 +46,11 @@ STREAMS = Gauge("toolgate_streams_open", "SSE streams open", multiprocess_mode="
 BUILD_INFO = Gauge("toolgate_build_info", "Always 1: the running version", ["version", "python"], multiprocess_mode="max")
 
 
+M = TypeVar("M", bound=MetricWrapperBase)
+
+
 @lru_cache(maxsize=4096)
-def _child(metric, *labels: str):
+def _child(metric: M, *labels: str) -> M:
     return metric.labels(*labels)
 
 
@@ -110,7 +115,7 @@ def refresh_sources() -> None:
     _shown.update(now)
 
 
-def request_done(model: str, status: int, seconds: float, rounds: int | None, usage: dict | None, api: str = "chat") -> None:
+def request_done(model: str, status: int, seconds: float, rounds: int | None, usage: dict[str, Any] | None, api: str = "chat") -> None:
     """One request served; `rounds` None for a pass-through (no loop ran)."""
     _child(REQUESTS, api, model, str(status)).inc()
     _child(REQUEST_SECONDS, api, model).observe(seconds)

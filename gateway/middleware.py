@@ -14,6 +14,7 @@ import logging
 import random
 import re
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from gateway.errors import GatewayError, Unauthorized
@@ -24,13 +25,15 @@ log = logging.getLogger("toolgate")
 _SAFE_ID = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 
+App = Callable[[dict[str, Any], Any, Any], Awaitable[None]]  # an ASGI app: (scope, receive, send)
+
 
 class GatewayMiddleware:
     """Wraps the Starlette app; `direct` routes (the chat endpoints) skip its routing."""
 
     def __init__(
         self,
-        app: Any,
+        app: App,
         *,
         api_keys: tuple[str, ...] = (),
         direct: dict[str, Any] | None = None,
@@ -40,7 +43,7 @@ class GatewayMiddleware:
         self.names = {_tag(key): f"key{i}" for i, key in enumerate(self.api_keys, 1)}
         self.direct = direct or {}
 
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         request_id = b""
@@ -54,7 +57,7 @@ class GatewayMiddleware:
         scope["request_id"] = request_id.decode()
         started = False
 
-        async def send_with_id(message: dict) -> None:
+        async def send_with_id(message: dict[str, Any]) -> None:
             nonlocal started
             if message["type"] == "http.response.start":
                 started = True
@@ -66,7 +69,8 @@ class GatewayMiddleware:
             return await self.app(scope, receive, send_with_id)
         owner = self._owner(auth) if self.api_keys else ""
         if owner is None:
-            return await reject(send_with_id, Unauthorized("Invalid or missing API key for this gateway."), scope, time.perf_counter())
+            await reject(send_with_id, Unauthorized("Invalid or missing API key for this gateway."), scope, time.perf_counter())
+            return
         # Who stored a response may read it back: an opaque tag of the key, never the key.
         scope["owner"] = owner
         if owner:
@@ -111,12 +115,12 @@ class CORSMiddleware:
     refuses it. Credentials (cookies) are never allowed: the gateway's keys are headers.
     """
 
-    def __init__(self, app: Any, *, origins: tuple[str, ...]) -> None:
+    def __init__(self, app: App, *, origins: tuple[str, ...]) -> None:
         self.app = app
         self.any = "*" in origins
         self.origins = frozenset(o.encode() for o in origins)
 
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         origin = method = asked = None
@@ -139,7 +143,7 @@ class CORSMiddleware:
             return
         allowed.append((b"access-control-expose-headers", _CORS_EXPOSED))
 
-        async def send_with_cors(message: dict) -> None:
+        async def send_with_cors(message: dict[str, Any]) -> None:
             if message["type"] == "http.response.start":
                 message["headers"] = [*message.get("headers", ()), *allowed]
             await send(message)

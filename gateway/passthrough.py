@@ -15,7 +15,7 @@ and the request metrics (labelled `api`). The upstream's answer is sent as it ca
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any
 from urllib.parse import quote
 
@@ -23,12 +23,11 @@ import orjson
 from starlette.routing import Route
 
 from gateway import logs, metrics
-from gateway.config import ModelAlias
 from gateway.errors import InvalidRequest, ModelNotFound, Overloaded, UpstreamError
-from gateway.events import Event, Final, RoundUsage
+from gateway.events import Event, Final, Opening, RoundUsage
 from gateway.pump import Timing, pump
 from gateway.redact import SECRETS
-from gateway.routes import Pinned, Runtime, _bearer, _header, _read_body, reject
+from gateway.routes import Pinned, Runtime, _read_body, forwarded_key, reject
 from gateway.transports import Reply
 
 # The POST endpoints forwarded as they are: each one is the host's path segment and the `api` label.
@@ -58,7 +57,7 @@ class _Body:
     def __init__(self) -> None:
         self._length = 0
 
-    def feed(self, event: Event) -> bytes:
+    def feed(self, event: Event | Opening) -> bytes:
         if not isinstance(event, Final):
             return b""
         payload = orjson.dumps(event.message)
@@ -72,7 +71,7 @@ class _Body:
         return error
 
 
-async def _answer(call: Call, alias: str, not_found: str | None) -> AsyncIterator[Event]:
+async def _answer(call: Call, alias: str, not_found: str | None) -> AsyncGenerator[Event, None]:
     """The upstream call as loop events: its usage, then its body as the `Final` message."""
     try:
         reply, raw = await call()
@@ -96,12 +95,12 @@ async def _answer(call: Call, alias: str, not_found: str | None) -> AsyncIterato
     yield Final(message=body, finish_reason="", usage=usage, rounds=0, tool_calls=0)
 
 
-async def _local(body: dict[str, Any]) -> AsyncIterator[Event]:
+async def _local(body: dict[str, Any]) -> AsyncGenerator[Event, None]:
     """An answer the gateway makes itself (an alias's model object), as loop events."""
     yield Final(message=body, finish_reason="", usage=None, rounds=0, tool_calls=0)
 
 
-async def _serve(rt: Runtime, scope: dict, receive: Any, send: Any, started: float, events: AsyncIterator[Event], *, api: str, alias: str, upstream: str, client_auth: str = "") -> None:
+async def _serve(rt: Runtime, scope: dict[str, Any], receive: Any, send: Any, started: float, events: AsyncGenerator[Event, None], *, api: str, alias: str, upstream: str, client_auth: str = "") -> None:
     """Serve `events` under the concurrency cap and the pump, then count and log the request;
     a forwarded client key (`client_auth`) is masked like every known secret."""
     server = rt.settings.server
@@ -134,10 +133,6 @@ async def _serve(rt: Runtime, scope: dict, receive: Any, send: Any, started: flo
     logs.request_line(line)
 
 
-def _client_auth(rt: Runtime, alias: ModelAlias, scope: dict) -> str:
-    return _bearer(_header(scope, b"authorization")) if rt.settings.upstreams[alias.upstream].forward_client_auth else ""
-
-
 class Forward:
     """`POST /v1/{api}`: the body's `model` resolved as an alias, the rest sent as it is."""
 
@@ -145,7 +140,7 @@ class Forward:
         self.rt = runtime
         self.api = api
 
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         started = time.perf_counter()
         rt, api = self.rt, self.api
         server = rt.settings.server
@@ -163,7 +158,7 @@ class Forward:
             return
         url = endpoint(upstream.url, alias.upstream_model, api)
         payload["model"] = alias.upstream_model
-        client_auth = _client_auth(rt, alias, scope)
+        client_auth = forwarded_key(upstream, scope)
         request_id = scope.get("request_id", "")
 
         def call() -> Awaitable[tuple[Reply, bytes]]:
@@ -191,7 +186,7 @@ class ModelInfo:
         self.rt = runtime
         self.created = int(time.time())
 
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         started = time.perf_counter()
         rt = self.rt
         name = scope["path_params"]["model_id"]
@@ -213,7 +208,7 @@ class ModelInfo:
             await reject(send, ModelNotFound(missing, param="model"), scope, started, model="", api="models")
             return
         url = f"{models_path(upstream.url)}/{quote(name, safe='')}"
-        client_auth = _client_auth(rt, alias, scope)
+        client_auth = forwarded_key(upstream, scope)
         request_id = scope.get("request_id", "")
 
         def forwarded() -> Awaitable[tuple[Reply, bytes]]:

@@ -21,10 +21,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from contextlib import aclosing
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from gateway import drain
 from gateway.errors import ShuttingDown, UpstreamTimeout, error_json
@@ -51,7 +51,7 @@ class Renderer(Protocol):
     streaming: bool
     keepalive: bytes
 
-    def feed(self, event: Event) -> bytes:
+    def feed(self, event: Event | Opening) -> bytes:
         """Bytes for the client now (a non-streamed renderer returns its body at `Final`)."""
 
     def headers(self) -> list[tuple[bytes, bytes]]:
@@ -68,12 +68,15 @@ class Timing:
     secrets: tuple[str, ...] = ()  # this request's own (a forwarded client key), masked in errors
 
 
+Ended = Literal["complete", "error", "client_left", "deadline", "shutdown"]
+
+
 @dataclass(slots=True)
 class Outcome:
     """What happened, for the request log and metrics."""
 
     status: int = 200
-    ended: str = "complete"  # complete | error | client_left | deadline | shutdown
+    ended: Ended = "complete"
     final: Final | None = None
     error: BaseException | None = None
     usage: dict[str, Any] | None = None  # summed per round as it arrived, whatever happened later
@@ -100,7 +103,7 @@ class _Pump:
         self.r = renderer
         self.timing = timing
         self.outcome = Outcome()
-        self.task = asyncio.current_task()
+        self.task: asyncio.Task[Any] = asyncio.current_task()  # type: ignore[assignment]  # pump() runs in a task
         self.reason: str | None = None  # why the task was interrupted
         self.done = False  # the whole response was sent
 
@@ -119,7 +122,7 @@ class _Pump:
 
     async def run(self, work: Awaitable[None]) -> Outcome:
         outcome = self.outcome
-        watcher: asyncio.Task | None = None
+        watcher: asyncio.Task[None] | None = None
 
         def start_watching() -> None:
             nonlocal watcher
@@ -186,7 +189,7 @@ class _Pump:
         raw += [(k.encode(), v.encode()) for k, v in headers.items()]
         await self.commit(status, raw, body, False)
 
-    async def _end(self, exc: BaseException, ended: str) -> None:
+    async def _end(self, exc: BaseException, ended: Ended) -> None:
         """End an interrupted request with `exc`, in bounded time (the client may not be reading)."""
         self.reason = self.reason or ended  # no second interruption while it ends
         self.outcome.ended = ended
@@ -211,7 +214,7 @@ class _Pump:
 # -- one JSON body: the loop runs in the request's own task ---------------------------------
 
 
-async def _collect(p: _Pump, events: AsyncIterator[Event]) -> None:
+async def _collect(p: _Pump, events: AsyncGenerator[Event, None]) -> None:
     try:
         async with aclosing(events) as stream:
             async for event in stream:
@@ -229,7 +232,7 @@ async def _collect(p: _Pump, events: AsyncIterator[Event]) -> None:
 # -- server-sent events: the loop feeds a queue from its own task ------------------------------
 
 
-async def _produce(events: AsyncIterator[Event], queue: asyncio.Queue) -> None:
+async def _produce(events: AsyncGenerator[Event, None], queue: asyncio.Queue[Any]) -> None:
     terminal: Any = _END
     try:
         async with aclosing(events) as stream:
@@ -241,7 +244,7 @@ async def _produce(events: AsyncIterator[Event], queue: asyncio.Queue) -> None:
                     first = False
                     await asyncio.sleep(0)
     except asyncio.CancelledError:
-        if asyncio.current_task().cancelling():
+        if asyncio.current_task().cancelling():  # type: ignore[union-attr]  # a coroutine of a task
             raise  # the pump is stopping us
         log.error("the tool loop was cancelled from inside", exc_info=True)
         terminal = _Ended("The gateway failed to finish this request.")
@@ -250,7 +253,7 @@ async def _produce(events: AsyncIterator[Event], queue: asyncio.Queue) -> None:
     await queue.put(terminal)
 
 
-async def _stream(p: _Pump, events: AsyncIterator[Event]) -> None:
+async def _stream(p: _Pump, events: AsyncGenerator[Event, None]) -> None:
     queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=QUEUE_SIZE)
     producer = asyncio.ensure_future(_produce(events, queue))
     r, keepalive_s = p.r, p.timing.keepalive_s
@@ -301,7 +304,7 @@ async def _stream(p: _Pump, events: AsyncIterator[Event]) -> None:
             log.error("the tool loop did not stop within %g s of being cancelled", CLEANUP_S)
 
 
-async def pump(send: Send, receive: Receive, events: AsyncIterator[Event], renderer: Renderer, timing: Timing) -> Outcome:
+async def pump(send: Send, receive: Receive, events: AsyncGenerator[Event, None], renderer: Renderer, timing: Timing) -> Outcome:
     """Serve one request's loop events through `renderer`; never raises for the loop's failures."""
     p = _Pump(send, receive, renderer, timing)
     work = _stream(p, events) if renderer.streaming else _collect(p, events)

@@ -314,7 +314,7 @@ async def _all_idle(generations: Sequence[Generation]) -> None:
         await generation.idle.wait()
 
 
-def _log_start(source: ToolSource, task: asyncio.Future) -> None:
+def _log_start(source: ToolSource, task: asyncio.Future[Any]) -> None:
     if not task.cancelled() and task.exception() is not None:
         log.error("tool source %s failed to start: %s", source.name, type(task.exception()).__name__)
 

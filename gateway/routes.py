@@ -18,11 +18,11 @@ import gateway
 from gateway import drain, logs, metrics, tracing
 from gateway.chat_render import ChatJSON, ChatSSE, ChatView
 from gateway.codecs import open_model
-from gateway.config import ModelAlias, Settings
+from gateway.config import ModelAlias, Settings, Upstream
 from gateway.errors import BodyTimeout, ClientGone, InvalidRequest, ModelNotFound, Overloaded, RequestTooLarge, error_json
-from gateway.events import Delta
+from gateway.events import Delta, Event, Opening
 from gateway.loop import LoopJob, run_loop
-from gateway.pump import Outcome, Timing, pump
+from gateway.pump import Outcome, Renderer, Timing, pump
 from gateway.redact import SECRETS
 from gateway.tools.toolbox import Offer, Toolbox
 from gateway.upstream import Reachability, UpstreamClient
@@ -56,14 +56,14 @@ class Runtime:
         self.current = Generation(settings, toolbox)
         self._pinned: ContextVar[Generation | None] = ContextVar(f"toolgate-generation-{id(self)}", default=None)
         self.last_reload: dict[str, Any] | None = None  # the outcome of the last reload, for /readyz
-        self.upstream: UpstreamClient | None = None  # set in the lifespan
+        self.upstream: UpstreamClient  # set in the lifespan, before any request
         self.started = False  # every tool source has started, or failed to
-        self.starting: asyncio.Future | None = None  # the lifespan's task that starts them
+        self.starting: asyncio.Future[None] | None = None  # the lifespan's task that starts them
         self.demo = False  # the default upstream is the scripted demo model
         self.in_flight = 0
         self.reachability: dict[str, Reachability] = {}  # upstream name -> last probe
         self.probe: Callable[[], Awaitable[None]] | None = None  # set in the lifespan
-        self._probing: asyncio.Future | None = None
+        self._probing: asyncio.Future[None] | None = None
         self._probed = 0.0
         tracing.setup(settings.environ or os.environ, content=settings.server.log_content)
         metrics.build_info(gateway.__version__)
@@ -93,7 +93,7 @@ class Runtime:
         params: dict[str, Any],
         offer: Offer,
         *,
-        scope: dict,
+        scope: dict[str, Any],
         request_id: str,
         client_tools: list[dict[str, Any]] | None = None,
         **job: Any,
@@ -116,11 +116,11 @@ class Runtime:
             max_repeated_deltas=loop.max_repeated_deltas,
             max_output_tokens=alias.max_output_tokens if alias.max_output_tokens is not None else upstream.max_output_tokens,
             request_id=request_id,
-            client_auth=_bearer(_header(scope, b"authorization")) if upstream.forward_client_auth else "",
+            client_auth=forwarded_key(upstream, scope),
             **job,
         )
 
-    async def serve(self, send: Any, receive: Any, scope: dict, started: float, job: LoopJob, renderer: Any, *, model: str, **fields: Any) -> Outcome | None:
+    async def serve(self, send: Any, receive: Any, scope: dict[str, Any], started: float, job: LoopJob, renderer: Any, *, model: str, **fields: Any) -> Outcome | None:
         """Run `job` through the pump with `renderer`, under the concurrency cap (None: refused,
         and logged as such). The cap counts requests being served, not clients still sending a body."""
         server = self.settings.server
@@ -147,7 +147,7 @@ class Runtime:
                 span.end(outcome or Outcome(status=500, ended="error"), timing.secrets)
 
     def record(
-        self, started: float, job: LoopJob, outcome: Outcome, alias: str, *, model: str, stream: bool, request_id: str, scope: dict | None = None, **extra: Any
+        self, started: float, job: LoopJob, outcome: Outcome, alias: str, *, model: str, stream: bool, request_id: str, scope: dict[str, Any] | None = None, **extra: Any
     ) -> None:
         """Count the request, and write its one log line (`scope`: the client, the key, the first token)."""
         final = outcome.final
@@ -217,7 +217,7 @@ class Pinned:
     def __init__(self, runtime: Runtime, app: Any) -> None:
         self.runtime, self.app = runtime, app
 
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         runtime = self.runtime
         generation = runtime.current
         generation.users += 1
@@ -231,7 +231,7 @@ class Pinned:
                 generation.idle.set()
 
 
-async def _read_body(scope: dict, receive: Any, limit: int, timeout_s: float) -> bytes:
+async def _read_body(scope: dict[str, Any], receive: Any, limit: int, timeout_s: float) -> bytes:
     for name, value in scope["headers"]:
         if name == b"content-length" and value.isdigit() and int(value) > limit:
             raise RequestTooLarge(f"The request body is larger than {limit} bytes.")
@@ -255,14 +255,15 @@ async def _read_body(scope: dict, receive: Any, limit: int, timeout_s: float) ->
     return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
 
-def _header(scope: dict, wanted: bytes) -> str:
+def _header(scope: dict[str, Any], wanted: bytes) -> str:
+    value: bytes
     for name, value in scope["headers"]:
         if name == wanted:
             return value.decode("latin-1")
     return ""
 
 
-async def reject(send: Any, exc: BaseException, scope: dict, started: float, **fields: Any) -> int:
+async def reject(send: Any, exc: BaseException, scope: dict[str, Any], started: float, **fields: Any) -> int:
     """Answer with the error, and log and count it like any other request."""
     status, payload, headers = error_json(exc)
     if not isinstance(exc, ClientGone):
@@ -294,7 +295,7 @@ class ChatCompletions:
     def __init__(self, runtime: Runtime) -> None:
         self.rt = runtime
 
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         started = time.perf_counter()
         rt = self.rt
         server = rt.settings.server
@@ -318,7 +319,7 @@ class ChatCompletions:
         if outcome is not None:
             rt.record(started, job, outcome, alias, model=request.model, stream=request.stream, request_id=request_id, scope=scope)
 
-    def _job(self, request: ChatRequest, scope: dict, request_id: str) -> tuple[LoopJob, str]:
+    def _job(self, request: ChatRequest, scope: dict[str, Any], request_id: str) -> tuple[LoopJob, str]:
         rt = self.rt
         alias = rt.alias(request.model)
         upstream = rt.settings.upstreams[alias.upstream]
@@ -350,29 +351,34 @@ class _FirstToken:
     """A streamed renderer, seen by the pump: notes in `scope` when the first token goes out,
     then hands every later event straight to the renderer's own `feed`."""
 
-    def __init__(self, renderer: Any, scope: dict, started: float) -> None:
+    def __init__(self, renderer: Renderer, scope: dict[str, Any], started: float) -> None:
         self.streaming, self.keepalive = renderer.streaming, renderer.keepalive
         self.headers, self.failure = renderer.headers, renderer.failure
         self._feed, self._scope, self._started = renderer.feed, scope, started
         self.feed = self._first
 
-    def _first(self, event: Any) -> bytes:
+    def _first(self, event: Event | Opening) -> bytes:
         if type(event) is Delta:
             self._scope[FIRST_TOKEN] = time.perf_counter() - self._started
             self.feed = self._feed
         return self._feed(event)
 
 
-def _client(scope: dict) -> str | None:
+def _client(scope: dict[str, Any]) -> str | None:
     client = scope.get("client")
     return client[0] if client else None
+
+
+def forwarded_key(upstream: Upstream, scope: dict[str, Any]) -> str:
+    """The client's own key, for an upstream that forwards it (`forward_client_auth`); else ""."""
+    return _bearer(_header(scope, b"authorization")) if upstream.forward_client_auth else ""
 
 
 def _bearer(value: str) -> str:
     return value[7:].strip() if value[:7].lower() == "bearer " else value.strip()
 
 
-def models(runtime: Runtime):
+def models(runtime: Runtime) -> Callable[[Request], Awaitable[Response]]:
     created = int(time.time())
 
     async def endpoint(request: Request) -> Response:
@@ -386,7 +392,7 @@ async def healthz(request: Request) -> Response:
     return JSONResponse({"status": "ok"})
 
 
-def readyz(runtime: Runtime):
+def readyz(runtime: Runtime) -> Callable[[Request], Awaitable[Response]]:
     async def endpoint(request: Request) -> Response:
         if drain.draining():
             return JSONResponse({"status": "draining", "reason": "the gateway is shutting down"}, status_code=503)

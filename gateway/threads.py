@@ -23,6 +23,8 @@ from typing import Any, TypeVar
 
 T = TypeVar("T")
 _STOP = None
+# One job on the queue: the function, its arguments, the future its caller awaits, and that caller's loop.
+_Job = tuple[Callable[..., Any], tuple[Any, ...], "asyncio.Future[Any]", asyncio.AbstractEventLoop]
 
 
 class Busy(Exception):
@@ -34,7 +36,7 @@ class Threads:
         self.name = name
         self.threads = max(1, threads)
         self.queued = max(0, queued)
-        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._started = 0
         self._pending = 0  # submitted and not yet finished, hung ones included
@@ -56,7 +58,7 @@ class Threads:
                 self._started += 1
                 threading.Thread(target=self._work, name=f"{self.name}-{self._started}", daemon=True).start()
         loop = asyncio.get_running_loop()
-        future: asyncio.Future = loop.create_future()
+        future: asyncio.Future[T] = loop.create_future()
         self._jobs.put((func, args, future, loop))
         return await future
 
@@ -87,7 +89,7 @@ class Threads:
                     self._pending -= 1
 
 
-def _settle(future: asyncio.Future, result: Any, error: BaseException | None) -> None:
+def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
     if future.done():
         return
     if error is None:

@@ -66,7 +66,7 @@ def setup(environ: Mapping[str, str], *, exporter: Any = None, content: bool = F
         return False
     try:
         from opentelemetry.sdk.resources import Resource
-        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
         from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SimpleSpanProcessor
     except ImportError:
         log.warning("OTEL_* asks for traces, but the OpenTelemetry SDK is not installed: pip install 'toolgate[otel]'")
@@ -74,7 +74,7 @@ def setup(environ: Mapping[str, str], *, exporter: Any = None, content: bool = F
     from gateway import __version__
 
     if exporter is not None:
-        processors = [SimpleSpanProcessor(exporter)]  # tests: every span is handed over as it ends
+        processors: list[SpanProcessor] = [SimpleSpanProcessor(exporter)]  # tests: every span is handed over as it ends
     else:
         names = {e.strip() for e in environ.get("OTEL_TRACES_EXPORTER", "otlp").lower().split(",") if e.strip()} - {"none"}
         made = [_exporter(name, environ, ConsoleSpanExporter) for name in sorted(names)]
@@ -182,7 +182,7 @@ def _outputs(body: dict[str, Any]) -> str:
     return _text(shaped)
 
 
-def _parent(scope: dict) -> Any:
+def _parent(scope: dict[str, Any]) -> Any:
     """The client's W3C context (traceparent, tracestate), or None."""
     carrier = {}
     for name, value in scope.get("headers", ()):
@@ -214,7 +214,7 @@ async def httpx_hook(request: Any) -> None:
 # -- the server span ----------------------------------------------------------------------
 
 
-def _server_span(scope: dict, started: float, **attributes: Any) -> Any:
+def _server_span(scope: dict[str, Any], started: float, **attributes: Any) -> Any:
     from opentelemetry import trace
 
     method, route = scope.get("method", "POST"), scope.get("path", "")
@@ -239,7 +239,7 @@ class Request:
 
     __slots__ = ("span", "token")
 
-    def __init__(self, scope: dict, started: float, model: str) -> None:
+    def __init__(self, scope: dict[str, Any], started: float, model: str) -> None:
         from opentelemetry import context, trace
 
         self.span = _server_span(scope, started, **{"gen_ai.request.model": model})
@@ -263,7 +263,7 @@ class Request:
         span.end()
 
 
-def rejected(scope: dict, started: float, status: int, error: BaseException, model: str = "") -> None:
+def rejected(scope: dict[str, Any], started: float, status: int, error: BaseException, model: str = "") -> None:
     """A request refused before the loop ran: a server span that begins and ends at once."""
     from opentelemetry import trace
 

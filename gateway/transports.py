@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any, Protocol
+from typing import Protocol
 
 import aiohttp
 import httpx
@@ -31,8 +31,12 @@ from gateway.errors import UpstreamError, UpstreamTimeout
 
 
 class Reply(Protocol):
-    status: int
-    headers: Mapping[str, str]  # case-insensitive
+    @property
+    def status(self) -> int: ...
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        """Case-insensitive."""
 
     async def read(self) -> bytes: ...
 
@@ -217,7 +221,7 @@ class HttpxTransport:
         await self.client.aclose()
 
 
-def create_transport(injected: Any = None) -> Transport:
+def create_transport(injected: httpx.AsyncBaseTransport | Transport | None = None) -> Transport:
     """aiohttp, unless a test hands in an httpx transport (e.g. `httpx.MockTransport`)."""
     if injected is None:
         return AiohttpTransport.create()

@@ -256,6 +256,7 @@ class UpstreamClient:
             raise InvalidRequest("The request nests JSON too deeply to forward (at most 255 levels).") from None
         target.active += 1
         retrying = False
+        wait: float | None  # before the next attempt; None: the host's retry-after is too long
         try:
             for attempt in range(upstream.retries + 1):
                 last = attempt == upstream.retries
@@ -271,7 +272,7 @@ class UpstreamClient:
                     metrics.upstream_attempt(upstream.name, "error", time.perf_counter() - started)
                     if last or not exc.retryable or not (retrying or target.may_retry()):
                         raise
-                    wait: float | None = _backoff(attempt)
+                    wait = _backoff(attempt)
                     reason = exc.code
                 else:
                     metrics.upstream_attempt(upstream.name, str(reply.status), time.perf_counter() - started)

@@ -12,6 +12,7 @@ and `n`; routing knobs a client may send (`api_base`, `extra_headers`,
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -180,7 +181,7 @@ def lead_messages(messages: list[dict[str, Any]], system_prompt: str, instructio
     return [{"role": "system", "content": head}, *messages]
 
 
-def upstream_params(request: ChatRequest, defaults: dict, overrides: dict, accepted_extras: frozenset[str]) -> dict[str, Any]:
+def upstream_params(request: ChatRequest, defaults: Mapping[str, Any], overrides: Mapping[str, Any], accepted_extras: frozenset[str]) -> dict[str, Any]:
     """Top-level parameters for every upstream call of this request (no model/messages/tools)."""
     # A client's null means "not set": it must not erase the alias's default.
     params = {**defaults, **{k: v for k, v in (request.params or {}).items() if v is not None}}

@@ -199,7 +199,7 @@ class Items:
         if self.message is not None:
             self._close_text()
         if self.reasoning is None:
-            item = {"id": new_id("rs"), "type": "reasoning", "summary": [], "content": [{"type": "reasoning_text", "text": ""}], "status": "in_progress"}
+            item: dict[str, Any] = {"id": new_id("rs"), "type": "reasoning", "summary": [], "content": [{"type": "reasoning_text", "text": ""}], "status": "in_progress"}
             self.reasoning = self.add({**item, "content": []}, self.round + 1)
             self.items[self.reasoning] = item
             self.emit("response.content_part.added", item_id=item["id"], output_index=self.reasoning, content_index=0, part={"type": "reasoning_text", "text": ""})
@@ -211,9 +211,9 @@ class Items:
         if self.reasoning is not None:
             self._close_reasoning()
         if self.message is None:
-            item = {"id": new_id("msg"), "type": "message", "role": "assistant", "status": "in_progress", "content": []}
+            item: dict[str, Any] = {"id": new_id("msg"), "type": "message", "role": "assistant", "status": "in_progress", "content": []}
             self.message = self.add(item, self.round + 1)
-            part = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
+            part: dict[str, Any] = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
             item["content"].append(part)
             self.emit("response.content_part.added", item_id=item["id"], output_index=self.message, content_index=0, part=part)
             # What every text delta of this part says besides its text and number, encoded once.
@@ -314,7 +314,7 @@ class Items:
         if not self.streamed:
             self._unstreamed_text(final)
         if self.message is None and refusal:
-            item = {"id": new_id("msg"), "type": "message", "role": "assistant", "status": "in_progress", "content": []}
+            item: dict[str, Any] = {"id": new_id("msg"), "type": "message", "role": "assistant", "status": "in_progress", "content": []}
             self.message = self.add(item, final.rounds)
             item["content"].append({"type": "output_text", "text": "", "annotations": [], "logprobs": []})
             self.emit("response.content_part.added", item_id=item["id"], output_index=self.message, content_index=0, part=item["content"][0])

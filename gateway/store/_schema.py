@@ -76,7 +76,7 @@ def migrate(conn: sqlite3.Connection, upto: int = len(MIGRATIONS)) -> int:
     # at once apply each step once.
     conn.execute("BEGIN IMMEDIATE")
     try:
-        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        version: int = conn.execute("PRAGMA user_version").fetchone()[0]
         if version > len(MIGRATIONS):
             raise SchemaTooNew(
                 f"the response store is at schema version {version}, newer than this toolgate's {len(MIGRATIONS)}"

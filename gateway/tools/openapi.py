@@ -100,7 +100,7 @@ _SAFE_METHODS = frozenset({"get", "head"})
 
 
 class OpenApiTool(Tool):
-    def __init__(self, source: OpenApiSource, op: Operation, name: str, description: str, schema: dict) -> None:
+    def __init__(self, source: OpenApiSource, op: Operation, name: str, description: str, schema: dict[str, Any]) -> None:
         super().__init__(name, description, schema, timeout_s=source.settings.timeout_s)
         self.operation = op
         self._source = source

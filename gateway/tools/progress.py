@@ -20,6 +20,7 @@ import math
 import threading
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from gateway.redact import SECRETS
 from gateway.tools.base import Progress
@@ -59,7 +60,7 @@ def _message(value: object) -> str | None:
 
 
 class Board:
-    def __init__(self, queue: asyncio.Queue, interval_s: float = 0.25) -> None:
+    def __init__(self, queue: asyncio.Queue[Any], interval_s: float = 0.25) -> None:
         self._queue = queue
         self._interval = interval_s
         self._latest: dict[str, Note] = {}

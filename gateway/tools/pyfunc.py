@@ -78,9 +78,9 @@ def schema_for(hint: Any) -> dict[str, Any]:
         return {"enum": [member.value for member in hint]}
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin is typing.Annotated:
-        schema = schema_for(args[0])
+        inner = schema_for(args[0])
         notes = [a for a in args[1:] if isinstance(a, str)]
-        return {**schema, "description": notes[0]} if notes else schema
+        return {**inner, "description": notes[0]} if notes else inner
     if origin is typing.Literal:
         kinds = {type(a) for a in args}
         schema: dict[str, Any] = {"enum": list(args)}
@@ -233,7 +233,8 @@ def load(target: str) -> Callable[..., Any]:
             raise SchemaError(f"module {module_name!r} has no {attr!r}") from None
     if not callable(obj):
         raise SchemaError(f"{target} is not callable")
-    return obj
+    function: Callable[..., Any] = obj
+    return function
 
 
 def build(name: str, table: Mapping[str, Any], problems: Problems, key: str) -> StaticSource | None:

@@ -8,7 +8,7 @@ A kind's module is imported only when the config uses it.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from gateway.errors import Problems
@@ -28,9 +28,10 @@ SOURCE_KINDS: dict[str, str] = {
 WHOLE_TABLE: dict[str, str] = {"mcp": "gateway.tools.mcp:build_all"}
 
 
-def _load(target: str):
+def _load(target: str) -> Callable[..., Any]:
     module, _, func = target.partition(":")
-    return getattr(importlib.import_module(module), func)
+    builder: Callable[..., Any] = getattr(importlib.import_module(module), func)
+    return builder
 
 
 def build_sources(tables: Mapping[str, Any], problems: Problems) -> list[ToolSource]:
@@ -48,6 +49,7 @@ def build_sources(tables: Mapping[str, Any], problems: Problems) -> list[ToolSou
             sources.extend(_load(WHOLE_TABLE[kind])(entries, problems, key))
             continue
         build = _load(SOURCE_KINDS[kind])
+        named: list[tuple[str, Any, str]]
         if kind == "builtin":
             named = [("builtin", entries, key)]
         else:

@@ -26,13 +26,14 @@ import fnmatch
 import hashlib
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
 from gateway import metrics, tracing
+from gateway.events import ToolOutcomeKind
 from gateway.redact import SECRETS
 from gateway.tools import hints
 from gateway.tools.base import Tool, ToolError, ToolOutput, ToolSource, listening, tool_name
@@ -57,7 +58,7 @@ class ToolOutcome:
     name: str
     arguments: str
     content: str
-    outcome: str  # ok | error | timeout | unknown_tool | bad_arguments
+    outcome: ToolOutcomeKind
     duration_s: float
     cut: bool = False
 
@@ -199,7 +200,7 @@ class Toolbox:
 
     # -- one round -------------------------------------------------------------
 
-    async def run_round(self, calls: Sequence[dict[str, Any]], offer: Offer) -> AsyncIterator[ToolOutcome | Note]:
+    async def run_round(self, calls: Sequence[dict[str, Any]], offer: Offer) -> AsyncGenerator[ToolOutcome | Note, None]:
         """Run the calls concurrently (bounded); yield each outcome as it finishes, and,
         while they run, the progress of those that report it (coalesced, see ``progress``)."""
         if len(calls) == 1 and not _reports(offer, calls[0]):
@@ -226,7 +227,7 @@ class Toolbox:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def _post(self, call: dict[str, Any], offer: Offer, gate: asyncio.Semaphore, board: Board, queue: asyncio.Queue) -> None:
+    async def _post(self, call: dict[str, Any], offer: Offer, gate: asyncio.Semaphore, board: Board, queue: asyncio.Queue[ToolOutcome | Due]) -> None:
         name = call["function"]["name"]
         try:
             with listening(board.listener(call["id"], name)):
@@ -243,6 +244,8 @@ class Toolbox:
         tool = offer.tools.get(name)
         source = self._owners.get(name, "(none)") if tool else "(none)"
         span = tracing.ToolCall(name, call["id"], source, raw_args) if tracing.ON else None
+        outcome: ToolOutcomeKind
+        content: ToolOutput
         if tool is None:
             available = ", ".join(offer.tools) or "none"
             outcome, content = "unknown_tool", f"Error: there is no tool named {name!r}. Available tools: {available}."
@@ -261,7 +264,7 @@ class Toolbox:
             span.end(outcome, text)
         return ToolOutcome(call["id"], name, raw_args, text, outcome, duration, cut)
 
-    async def _call(self, tool: Tool, prepared: Prepared, raw_args: str, gate: asyncio.Semaphore | None) -> tuple[str, ToolOutput]:
+    async def _call(self, tool: Tool, prepared: Prepared, raw_args: object, gate: asyncio.Semaphore | None) -> tuple[ToolOutcomeKind, ToolOutput]:
         if not isinstance(raw_args, str):
             return "bad_arguments", f"Error: the arguments for {tool.name} must be a JSON object, sent as a string."
         if len(raw_args) > MAX_ARGUMENT_CHARS:
@@ -277,7 +280,7 @@ class Toolbox:
         async with gate or contextlib.nullcontext():
             return await self._timed(tool, prepared, arguments, len(raw_args), timeout)
 
-    async def _timed(self, tool: Tool, prepared: Prepared, arguments: dict[str, Any], size: int, timeout: float) -> tuple[str, ToolOutput]:
+    async def _timed(self, tool: Tool, prepared: Prepared, arguments: dict[str, Any], size: int, timeout: float) -> tuple[ToolOutcomeKind, ToolOutput]:
         """Check the arguments and call the tool, within the timeout; whatever it raises is an outcome."""
         deadline = asyncio.timeout(timeout)
         try:

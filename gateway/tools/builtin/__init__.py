@@ -23,7 +23,7 @@ A row's module is imported only when the config names it.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,7 +42,7 @@ class Builtin:
         """The tool for ``options`` (the table minus ``enabled``/``timeout_s``), or ``None``
         with problems added."""
         module, _, func = self.target.partition(":")
-        build = getattr(importlib.import_module(f"{__name__}.{module}"), func)
+        build: Callable[[dict[str, Any], Problems, str], Tool | None] = getattr(importlib.import_module(f"{__name__}.{module}"), func)
         return build(options, problems, key)
 
 
@@ -144,7 +144,7 @@ class Options:
         return value
 
     def number(
-        self, option: str, default: float, *, integer: bool = False, minimum: float = 0, exclusive: bool = True
+        self, option: str, default: float | None, *, integer: bool = False, minimum: float = 0, exclusive: bool = True
     ) -> Any:
         value = self._take(option)
         if value is _MISSING:

@@ -95,7 +95,7 @@ def _checked(value: Number) -> Number:
 def _eval(node: ast.AST) -> Number:
     if isinstance(node, ast.Expression):
         return _eval(node.body)
-    if isinstance(node, ast.Constant) and type(node.value) in (int, float):
+    if isinstance(node, ast.Constant) and isinstance(node.value, (int, float)) and not isinstance(node.value, bool):
         return _checked(node.value)
     if isinstance(node, ast.BinOp) and type(node.op) in BINARY:
         return _checked(BINARY[type(node.op)](_eval(node.left), _eval(node.right)))

@@ -65,4 +65,4 @@ def build(options: dict[str, Any], problems: Problems, key: str) -> CurrentTime 
             zone(default)
         except ToolError:
             opts.problem("default_timezone", f"unknown time zone {default!r}; expected an IANA name")
-    return CurrentTime(default) if opts.finish() else None
+    return CurrentTime(default) if opts.finish() and default is not None else None

@@ -155,7 +155,7 @@ def list_entries(roots: Roots, given: str, max_entries: int) -> str:
     return "\n".join(lines)
 
 
-def _describe(entry: os.DirEntry) -> str:
+def _describe(entry: os.DirEntry[str]) -> str:
     if entry.is_symlink():
         return f"{entry.name}@"  # where it points is not ours to tell
     if entry.is_dir(follow_symlinks=False):

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import html as entities
 import re
+from collections.abc import Container
+from typing import Any
 from urllib.parse import urljoin
 
 SKIP = frozenset(
@@ -162,7 +164,7 @@ class _Reducer:
         self.skip_tag: str | None = None
         self.skip_depth = 0
         self.pre = 0
-        self.lists: list[list] = []  # [tag, items so far]
+        self.lists: list[list[Any]] = []  # [tag, items so far]
         # The written text's tail, and the whitespace owed before the next piece.
         self.last = ""
         self.newlines = 0  # trailing newlines written, counted up to 3
@@ -324,7 +326,7 @@ class _Reducer:
 
     # frames
 
-    def _close_open(self, tags) -> None:
+    def _close_open(self, tags: Container[str]) -> None:
         """Close the innermost open frame whose tag is in ``tags``, and every frame inside it."""
         for at in range(len(self.frames) - 1, 0, -1):
             if self.frames[at].tag in tags:

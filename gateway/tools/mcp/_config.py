@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Mapping
 from contextlib import suppress
 from dataclasses import dataclass, field
@@ -12,11 +11,10 @@ from urllib.parse import parse_qsl, urlsplit
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 from gateway.errors import Problems
+from gateway.tools import variables
 
-# "${VAR}" anywhere in an env or header value: VAR is read from the gateway's environment
-# when the connection opens, so rotated secrets are picked up on reconnect.
-_REFERENCE = re.compile(r"\$\{([^}]*)\}")
-_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# "${VAR}" anywhere in an env or header value is read from the gateway's environment when the
+# connection opens (gateway/tools/variables.py), so rotated secrets are picked up on reconnect.
 
 
 @dataclass(frozen=True)
@@ -40,20 +38,6 @@ class ServerSpec:
     list_ttl_max_s: float = 600.0
 
 
-class UnsetVariable(Exception):
-    """A ``${VAR}`` names a variable the gateway's environment lacks."""
-
-
-def expand(value: str, environ: Mapping[str, str]) -> str:
-    def substitute(match: re.Match[str]) -> str:
-        name = match.group(1)
-        if name not in environ:
-            raise UnsetVariable(f"environment variable {name} is not set")
-        return environ[name]
-
-    return _REFERENCE.sub(substitute, value)
-
-
 def secret_values(spec: ServerSpec, environ: Mapping[str, str]) -> list[str]:
     """Every value of the ``env`` and ``headers`` tables, expanded, and each variable they name;
     the credentials and query values of ``url`` (``?token=...``), which the SDK logs at debug.
@@ -62,9 +46,9 @@ def secret_values(spec: ServerSpec, environ: Mapping[str, str]) -> list[str]:
     """
     values: list[str] = []
     for value in (*spec.env.values(), *spec.headers.values()):
-        with suppress(UnsetVariable):
-            values.append(expand(value, environ))
-        values.extend(environ[name] for name in _REFERENCE.findall(value) if name in environ)
+        with suppress(variables.UnsetVariable):
+            values.append(variables.expand(value, environ))
+        values.extend(environ[name] for name in variables.REFERENCE.findall(value) if name in environ)
     if spec.url:
         parts = urlsplit(spec.url)
         values.extend(v for v in (parts.username, parts.password) if v)
@@ -121,15 +105,6 @@ _KEYS: dict[str, tuple[Callable[[Any], bool], str, frozenset[str]]] = {
 }
 
 
-def _check_references(table: Mapping[str, str], problems: Problems, key: str) -> None:
-    for name, value in table.items():
-        for match in _REFERENCE.finditer(value):
-            if not _NAME.fullmatch(match.group(1)):
-                problems.add(f"{key}.{name}", "expected ${VAR} with VAR a variable name")
-        if "${" in _REFERENCE.sub("", value):
-            problems.add(f"{key}.{name}", "unclosed ${")
-
-
 def parse(name: str, table: Mapping[str, Any], problems: Problems, key: str) -> ServerSpec | None:
     """The server's spec, or None (with problems added) when the table is unusable or disabled."""
     before = len(problems.lines)
@@ -156,7 +131,7 @@ def parse(name: str, table: Mapping[str, Any], problems: Problems, key: str) -> 
             problems.add(f"{key}.{item}", f"only applies to {' or '.join(sorted(transports))} servers")
     for item in ("env", "headers"):
         if _is_str_table(table.get(item)):
-            _check_references(table[item], problems, f"{key}.{item}")
+            variables.check(table[item], problems.add, f"{key}.{item}")
     protocol = table.get("protocol", "auto")
     if transport == "sse" and protocol in MODERN_PROTOCOL_VERSIONS:
         # The revision defines stdio and streamable HTTP only; HTTP+SSE servers speak the handshake.

@@ -13,7 +13,6 @@ import asyncio
 import logging
 import math
 import os
-import random
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager, suppress
 from fnmatch import fnmatchcase
@@ -25,6 +24,7 @@ from mcp.client import Client
 from mcp.client.session import ClientSession
 from mcp.shared.dispatcher import ProgressFnT
 
+from gateway.backoff import backoff
 from gateway.tools.base import Progress, SourceContext, SourceStatus, Tool, ToolError, ToolOutput, progress_listener
 from gateway.tools.mcp import _era
 from gateway.tools.mcp._config import ServerSpec, secret_values
@@ -181,7 +181,7 @@ class McpSource:
     # The supervisor: the only task that opens, owns and closes connections.
 
     async def _supervise(self, environ: Mapping[str, str]) -> None:
-        delay = BACKOFF_MIN_S
+        attempt = 0  # failures since the last connection that held for STABLE_S
         with anyio.CancelScope() as self._scope:
             while not self._stopping:
                 began = anyio.current_time()
@@ -193,9 +193,9 @@ class McpSource:
                     if self.spec.protocol != "auto":
                         detail = f"{detail} (protocol pinned to {self.spec.protocol})"
                 if anyio.current_time() - began >= STABLE_S:
-                    delay = BACKOFF_MIN_S
-                pause = delay * random.uniform(0.8, 1.2)
-                delay = min(delay * 2, BACKOFF_MAX_S)
+                    attempt = 0
+                pause = backoff(attempt, first_s=BACKOFF_MIN_S, cap_s=BACKOFF_MAX_S, jitter=0.2)
+                attempt += 1
                 logger.warning("MCP server %r: %s; retrying in %.1f s", self.name, detail, pause)
                 self._down(f"{detail}; retrying")
                 await anyio.sleep(pause)

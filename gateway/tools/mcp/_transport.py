@@ -15,6 +15,7 @@ import shutil
 import sys
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any
 
 import anyio
 import httpx2
@@ -24,9 +25,10 @@ from mcp.client.streamable_http import streamable_http_client
 
 from gateway import tracing
 from gateway.tools.mcp._convert import describe
-from gateway.tools.mcp._config import ServerSpec, UnsetVariable, expand, secret_values
+from gateway.tools.mcp._config import ServerSpec, secret_values
 from gateway.tools.mcp import _supervisor
 from gateway.tools.mcp._stderr import StderrLines, drain
+from gateway.tools.variables import UnsetVariable, expand
 
 # What a child inherits from the gateway: enough to run, nothing secret. Anything else
 # must be named in the server's `env` table.
@@ -103,7 +105,7 @@ _ONE_LINE = _OneLineSseErrors()
 
 
 @asynccontextmanager
-async def open_stdio(spec: ServerSpec, environ: Mapping[str, str]) -> AsyncIterator[tuple]:
+async def open_stdio(spec: ServerSpec, environ: Mapping[str, str]) -> AsyncIterator[tuple[Any, ...]]:
     env = child_environment(spec, environ)
     if spec.cwd is not None and not os.path.isdir(spec.cwd):
         raise StartError(f"cwd is not a directory: {spec.cwd}")
@@ -140,14 +142,14 @@ def _http_client(spec: ServerSpec, environ: Mapping[str, str]) -> httpx2.AsyncCl
 
 
 @asynccontextmanager
-async def open_http(spec: ServerSpec, environ: Mapping[str, str]) -> AsyncIterator[tuple]:
+async def open_http(spec: ServerSpec, environ: Mapping[str, str]) -> AsyncIterator[tuple[Any, ...]]:
     async with _http_client(spec, environ) as client:
         async with streamable_http_client(spec.url, http_client=client) as streams:
             yield streams
 
 
 @asynccontextmanager
-async def open_sse(spec: ServerSpec, environ: Mapping[str, str]) -> AsyncIterator[tuple]:
+async def open_sse(spec: ServerSpec, environ: Mapping[str, str]) -> AsyncIterator[tuple[Any, ...]]:
     client = _http_client(spec, environ)  # before the SDK's task group: StartError stays bare
 
     def factory(headers: object = None, timeout: object = None, auth: object = None) -> httpx2.AsyncClient:
@@ -160,7 +162,7 @@ async def open_sse(spec: ServerSpec, environ: Mapping[str, str]) -> AsyncIterato
         yield streams
 
 
-TRANSPORTS: dict[str, Callable[[ServerSpec, Mapping[str, str]], AbstractAsyncContextManager[tuple]]] = {
+TRANSPORTS: dict[str, Callable[[ServerSpec, Mapping[str, str]], AbstractAsyncContextManager[tuple[Any, ...]]]] = {
     "stdio": open_stdio,
     "http": open_http,
     "sse": open_sse,
