@@ -29,7 +29,8 @@ from gateway.config import Settings
 from gateway.middleware import CORSMiddleware, GatewayMiddleware
 from gateway.redact import SECRETS
 from gateway.reload import Reloader, register, toolbox_for, unregister
-from gateway.responses.routes import CreateResponse, StoreSlot, store_routes
+from gateway.responses.routes import CreateResponse, store_routes
+from gateway.responses.slot import StoreSlot
 from gateway.store import ResponseStore, open_store
 from gateway.tools.base import SourceContext, ToolSource
 from gateway.tools.workers import WORKERS

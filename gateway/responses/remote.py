@@ -110,7 +110,8 @@ class _Scrubbed(Tool):
             output = await self._inner.call(arguments)
         except ToolError as exc:
             raise ToolError(SECRETS.scrub(str(exc), *self._secrets)) from None
-        return _scrub(output, self._secrets)
+        scrubbed: ToolOutput = _scrub(output, self._secrets)
+        return scrubbed
 
 
 def _scrub(value: Any, secrets: tuple[str, ...]) -> Any:
@@ -140,8 +141,8 @@ class RemoteServers:
         self._patterns = [_pattern(p) for p in settings.mcp_server_urls]
         self.guard = guard or Guard.from_config(settings.mcp_network_allow, Problems("[responses]"), "mcp_network_allow") or Guard()
         self._sessions: dict[tuple[str, tuple[tuple[str, str], ...]], _Session] = {}
-        self._reaper: asyncio.Task | None = None
-        self._tasks: set[asyncio.Task] = set()
+        self._reaper: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
 
     def admits(self, url: str) -> bool:

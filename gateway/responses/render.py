@@ -338,7 +338,7 @@ class Items:
         text = message.get("content") or ""
         if type(text) is str and text and len(message) == 2 and not self.items and not self.view.logprobs:
             # The plain answer (a role and its text, nothing before it): one message item.
-            part = {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+            part: dict[str, Any] = {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
             self.items.append({"id": new_id("msg"), "type": "message", "role": "assistant", "status": "completed", "content": [part]})
             self.rounds.append(final.rounds)
             return

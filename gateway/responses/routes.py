@@ -56,19 +56,21 @@ class CreateResponse:
             if mcp.label in configured:
                 raise InvalidRequest(f"The server_label {mcp.label!r} names a configured tool source; give the server_url another label.", param=f"tools[{mcp.index}].server_label")
         found = await asyncio.gather(*(held.enter_async_context(self.remote.session(mcp, param=f"tools[{mcp.index}]")) for mcp in remote), return_exceptions=True)
-        for result in found:
+        listed: dict[str, list[Tool]] = {}
+        for mcp, result in zip(remote, found):
             if isinstance(result, BaseException):
                 raise result
-        return {mcp.label: tools for mcp, tools in zip(remote, found)}
+            listed[mcp.label] = result
+        return listed
 
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         held = AsyncExitStack()  # the remote MCP sessions this request uses (most use none)
         try:
             await self._serve(scope, receive, send, held)
         finally:
             await held.aclose()
 
-    async def _serve(self, scope: dict, receive: Any, send: Any, held: AsyncExitStack) -> None:
+    async def _serve(self, scope: dict[str, Any], receive: Any, send: Any, held: AsyncExitStack) -> None:
         started = time.perf_counter()
         rt = self.rt
         server = rt.settings.server
@@ -140,7 +142,7 @@ class CreateResponse:
         return resolved
 
     def _job(
-        self, request: ResponsesRequest, history: list[dict[str, Any]], scope: dict, request_id: str, remote: dict[str, list[Tool]]
+        self, request: ResponsesRequest, history: list[dict[str, Any]], scope: dict[str, Any], request_id: str, remote: dict[str, list[Tool]]
     ) -> tuple[LoopJob, ResponseView, list[dict[str, Any]]]:
         rt = self.rt
         alias = rt.alias(request.model)
@@ -219,8 +221,8 @@ class CreateResponse:
             by_label[mcp.label] = mcp
         chosen = dict(base.tools)
         for name, tool in every.tools.items():
-            mcp = by_label.get(owners.get(name, ""))
-            if mcp is not None and mcp.url is None and mcp.admits(name):
+            named = by_label.get(owners.get(name, ""))
+            if named is not None and named.url is None and named.admits(name):
                 chosen[name] = tool
         # A new Offer per request: a client-chosen filter must not grow the toolbox's cache.
         schemas = [s for s in every.schemas if s["function"]["name"] in chosen]

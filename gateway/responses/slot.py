@@ -47,7 +47,7 @@ class StoreSlot:
         self.store: ResponseStore | None = None
         self.failed_at = 0.0
         self.problem = ""
-        self.writes: dict[str, asyncio.Future] = {}
+        self.writes: dict[str, asyncio.Future[None]] = {}
         self._lock = asyncio.Lock()
 
     async def get(self) -> ResponseStore:
@@ -69,7 +69,7 @@ class StoreSlot:
                     raise StoreUnavailable(f"The response store is unavailable ({self.problem}); send store: false or retry shortly.", headers={"retry-after": "5"}) from None
         return self.store
 
-    def _written(self, response_id: str, done: asyncio.Future) -> None:
+    def _written(self, response_id: str, done: asyncio.Future[None]) -> None:
         if self.writes.get(response_id) is done:
             del self.writes[response_id]
         if not done.cancelled():

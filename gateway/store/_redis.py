@@ -28,6 +28,7 @@ from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
+from redis.typing import EncodableT, FieldT
 
 from gateway.errors import StoreUnavailable
 from gateway.store.base import CLEANUP_BATCH, Stored, check_page, encode
@@ -112,7 +113,7 @@ class RedisStore:
 
     async def put(self, stored: Stored) -> None:
         encoded = encode(stored, self.max_bytes)
-        fields: dict[str, Any] = {
+        fields: dict[FieldT, EncodableT] = {
             "owner": stored.owner,
             "created_at": repr(stored.created_at),
             "response": encoded.response,
@@ -135,13 +136,13 @@ class RedisStore:
                 pipe.pexpire(key, ttl_ms)
                 for item_id in item_ids:
                     pipe.set(self.items + item_id, stored.id, px=ttl_ms)
-                args = [stored.id, ttl_ms, encoded.size, self.max_bytes, CLEANUP_BATCH, self.records]
+                args: list[str | int] = [stored.id, ttl_ms, encoded.size, self.max_bytes, CLEANUP_BATCH, self.records]
                 await self._account(keys=self.bookkeeping, args=args, client=pipe)  # queued, not run
                 await pipe.execute()
 
         await self._call(write())
 
-    def submit(self, stored: Stored) -> asyncio.Future:
+    def submit(self, stored: Stored) -> asyncio.Future[None]:
         return asyncio.ensure_future(self.put(stored))
 
     async def get(self, response_id: str, owner: str) -> Stored | None:
@@ -160,7 +161,8 @@ class RedisStore:
         head = await self._call(self._client.hmget(key, fields))
         if head[0] != owner.encode():
             return None
-        count, step = int(head[1]), _STEPS[order]
+        # The values are bytes (the client does not decode), and `n` is there when `owner` is.
+        count, step = int(head[1]), _STEPS[order]  # type: ignore[arg-type]
         if after is None:
             start = 0 if step > 0 else count - 1
         elif head[2] is None:
@@ -174,13 +176,13 @@ class RedisStore:
         blobs = await self._call(self._client.hmget(key, [f"i:{seq}" for seq in seqs]))
         if any(blob is None for blob in blobs):  # deleted or expired between the two reads
             return None
-        return [orjson.loads(blob) for blob in blobs], 0 <= stop < count
+        return [orjson.loads(blob) for blob in blobs], 0 <= stop < count  # type: ignore[arg-type]  # none is None (checked above)
 
     async def find_item(self, item_id: str, owner: str) -> dict[str, Any] | None:
         holder = await self._call(self._client.get(self.items + item_id))
         if holder is None:
             return None
-        key = self.records + holder.decode()
+        key = self.records + (holder.decode() if isinstance(holder, bytes) else holder)
         found_owner, seq, idx = await self._call(self._client.hmget(key, ["owner", f"p:{item_id}", f"o:{item_id}"]))
         if found_owner != owner.encode():
             return None

@@ -57,8 +57,8 @@ class SqliteStore:
         self.timeout_s = timeout_s
         self._thread = Threads("toolgate-store", threads=1, queued=256)
         self._conn: sqlite3.Connection | None = None  # touched only on self._thread
-        self._waiting: list[tuple[Stored, asyncio.Future]] = []  # puts for the next batch
-        self._writer: asyncio.Task | None = None  # writing batches while puts wait
+        self._waiting: list[tuple[Stored, asyncio.Future[None]]] = []  # puts for the next batch
+        self._writer: asyncio.Task[None] | None = None  # writing batches while puts wait
 
     @classmethod
     async def open(cls, path: str, *, ttl_s: float, max_bytes: int, timeout_s: float = 5.0) -> SqliteStore:
@@ -74,7 +74,7 @@ class SqliteStore:
     async def put(self, stored: Stored) -> None:
         await self.submit(stored)
 
-    def submit(self, stored: Stored) -> asyncio.Future:
+    def submit(self, stored: Stored) -> asyncio.Future[None]:
         """Queue `stored` for the next batch; the future is done when the batch is committed
         (or failed: StoreUnavailable, TooLargeToStore), within twice timeout_s. Cancelling it
         does not take the record back."""

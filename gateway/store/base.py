@@ -40,7 +40,7 @@ class ResponseStore(Protocol):
         """Store `stored`, replacing a record with the same id; evicts the oldest
         records past the size cap. Raises StoreUnavailable or TooLargeToStore."""
 
-    def submit(self, stored: Stored) -> asyncio.Future:
+    def submit(self, stored: Stored) -> asyncio.Future[None]:
         """`put` as a future that runs on whether or not anyone awaits it (bounded as put)."""
 
     async def get(self, response_id: str, owner: str) -> Stored | None:
