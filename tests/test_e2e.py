@@ -16,7 +16,7 @@ import openai
 import pytest
 from gateway.app import create_app
 from gateway.config import Settings
-from gateway.fakellm import Calls, FakeLLM, Reply
+from tests.fakellm import Calls, FakeLLM, Reply
 from gateway.server import Server, server_config
 from gateway.tools.base import StaticSource, Tool
 from tests.support import settings as make_settings

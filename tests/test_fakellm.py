@@ -18,7 +18,7 @@ import httpx
 import openai
 import pytest
 
-from gateway.fakellm import QUIRKS, Calls, Fail, FakeLLM, Raw, Reply, demo_turn
+from tests.fakellm import QUIRKS, Calls, Fail, FakeLLM, Raw, Reply, demo_turn
 
 TOOLS = [
     {"type": "function", "function": {"name": "calculate", "parameters": {"type": "object"}}},
@@ -328,7 +328,7 @@ async def test_quirk_changes_the_wire(quirk, turn, stream, check):
 
 def test_every_quirk_is_tested_and_documented():
     assert {case[0] for case in QUIRK_CASES} == set(QUIRKS)
-    from gateway.fakellm.wire import Quirks
+    from tests.fakellm.wire import Quirks
 
     assert all(f"- {name}:" in Quirks.__doc__ for name in QUIRKS)
     with pytest.raises(ValueError, match="unknown quirk"):
@@ -591,7 +591,7 @@ async def test_command_line(client):
     root = Path(__file__).resolve().parents[1]
     env = {**os.environ, "PYTHONPATH": f"{root}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gateway.fakellm", "--host-type", "openwebui", "--port", "0", "--quirk", "crlf",
+        sys.executable, "-m", "tests.fakellm", "--host-type", "openwebui", "--port", "0", "--quirk", "crlf",
         "--chunks", "3", "--no-record", stdout=asyncio.subprocess.PIPE, env=env,
     )
     try:

@@ -13,7 +13,7 @@ import openai
 import pytest
 
 from gateway.config import StoreSettings
-from gateway.fakellm import Calls, Fail, FakeLLM, Reply
+from tests.fakellm import Calls, Fail, FakeLLM, Reply
 from gateway.tools.base import StaticSource
 from tests.test_e2e import Sleeper, _left_tasks, sdk, serve, settings_for
 from tests.test_responses import Add

@@ -227,7 +227,7 @@ async def test_spans_reach_an_otlp_receiver_and_the_upstream_shares_the_trace(tm
     from starlette.routing import Route
     import uvicorn
 
-    from gateway.fakellm import Calls, FakeLLM, Reply
+    from tests.fakellm import Calls, FakeLLM, Reply
 
     posts: list[bytes] = []
 
