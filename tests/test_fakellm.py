@@ -10,6 +10,7 @@ import asyncio
 import json
 import os
 import signal
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -602,3 +603,38 @@ async def test_command_line(client):
     finally:
         process.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(process.wait(), 10) == 0
+
+
+# -- every scripted turn is used (tests/conftest.py) ---------------------------------------
+
+CHECKED = '''
+import pytest
+from tests.fakellm import FakeLLM, Reply
+
+def test_spare_turn():
+    FakeLLM().push(Reply("spare"))
+
+@pytest.mark.fakellm(assert_all_used=False)
+def test_spare_on_purpose():
+    FakeLLM().push(Reply("spare"))
+
+def test_all_used():
+    FakeLLM()
+
+def test_failing_for_its_own_reason():
+    FakeLLM().push(Reply("spare"))
+    assert False, "its own reason"
+'''
+
+
+def test_a_test_leaving_scripted_turns_fails_at_teardown(tmp_path):
+    (tmp_path / "test_checked.py").write_text(CHECKED)
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    argv = [sys.executable, "-m", "pytest", "-p", "tests.conftest", "-p", "no:cacheprovider", "-q", "-rA", "-W", "ignore::pytest.PytestUnknownMarkWarning", "test_checked.py"]
+    run = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    out = run.stdout
+    assert "1 failed, 3 passed, 1 error" in out, out
+    assert "ERROR test_checked.py::test_spare_turn" in out and "FAILED test_checked.py::test_failing_for_its_own_reason" in out
+    assert "ERROR at teardown of test_spare_turn" in out and out.count("ERROR at teardown") == 1
+    assert "scripted turns were never requested:\n  FakeLLM('openai') got 0 request(s); never used: [Reply(content='spare'" in out
