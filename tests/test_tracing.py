@@ -327,7 +327,7 @@ async def test_an_http_mcp_server_gets_the_tool_calls_traceparent(spans):
     from gateway.tools.base import SourceContext
     from gateway.tools.mcp import build
     from gateway.tools.toolbox import Toolbox
-    from tests.test_mcp import HttpServer
+    from tests.tools.mcp.test_mcp import HttpServer
 
     server = HttpServer("http")
     await server.start()

@@ -589,7 +589,7 @@ async def test_wait_until_times_out(fake):
 
 
 async def test_command_line(client):
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     env = {**os.environ, "PYTHONPATH": f"{root}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "tests.fakellm", "--host-type", "openwebui", "--port", "0", "--quirk", "crlf",
@@ -629,7 +629,7 @@ def test_failing_for_its_own_reason():
 
 def test_a_test_leaving_scripted_turns_fails_at_teardown(tmp_path):
     (tmp_path / "test_checked.py").write_text(CHECKED)
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     env = {**os.environ, "PYTHONPATH": str(root)}
     argv = [sys.executable, "-m", "pytest", "-p", "tests.conftest", "-p", "no:cacheprovider", "-q", "-rA", "-W", "ignore::pytest.PytestUnknownMarkWarning", "test_checked.py"]
     run = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
