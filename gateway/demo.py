@@ -101,7 +101,8 @@ def completion(body: Mapping[str, Any]) -> list[bytes]:
     finish = "tool_calls" if calls else "stop"
     if not body.get("stream"):
         message = {"role": "assistant", "content": text or None, **({"tool_calls": tool_calls} if calls else {})}
-        return [orjson.dumps({**head, "object": "chat.completion", "choices": [{"index": 0, "message": message, "finish_reason": finish}], "usage": usage})]
+        choice = {"index": 0, "message": message, "finish_reason": finish}
+        return [orjson.dumps({**head, "object": "chat.completion", "choices": [choice], "usage": usage})]
     words = re.findall(r"\s*\S+", text)
     deltas = [{"role": "assistant", "content": ""}, *({"content": w} for w in words), *({"tool_calls": [c]} for c in tool_calls)]
     chunks = [{"choices": [{"index": 0, "delta": d, "finish_reason": None}]} for d in deltas]
@@ -113,8 +114,10 @@ def embeddings(body: Mapping[str, Any]) -> list[bytes]:
     """Made-up vectors: the same text always gets the same one."""
     given = body.get("input")
     inputs = given if isinstance(given, list) else [given]
-    data = [{"object": "embedding", "index": i, "embedding": [b / 255 for b in hashlib.sha256(orjson.dumps(t)).digest()[:8]]} for i, t in enumerate(inputs)]
-    return [orjson.dumps({"object": "list", "data": data, "model": body.get("model"), "usage": {"prompt_tokens": 0, "total_tokens": 0}})]
+    vectors = [[b / 255 for b in hashlib.sha256(orjson.dumps(text)).digest()[:8]] for text in inputs]
+    data = [{"object": "embedding", "index": i, "embedding": vector} for i, vector in enumerate(vectors)]
+    usage = {"prompt_tokens": 0, "total_tokens": 0}
+    return [orjson.dumps({"object": "list", "data": data, "model": body.get("model"), "usage": usage})]
 
 
 class _Reply:
