@@ -108,3 +108,10 @@ async def test_other_upstreams_of_the_config_stay_real():
     assert real.choices[0].message.content == "from the real host"
     assert demo_.choices[0].message.content == "The result of 12*(3+4) is 84."
     assert [b["model"] for b in other.bodies] == ["up"]  # only the real alias reached it
+
+
+async def test_a_model_it_does_not_know_is_a_404_when_passed_through():
+    async with demo_gateway({"server": {"passthrough_unknown_models": True}}) as (_, client):
+        with pytest.raises(openai.NotFoundError) as missing:
+            await client.models.retrieve("gpt-nothing")
+    assert missing.value.body["code"] == "model_not_found"
