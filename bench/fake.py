@@ -1,4 +1,4 @@
-"""The benchmark's upstream: ``gateway.fakellm`` with a scripted "bench brain".
+"""The benchmark's upstream: ``tests.fakellm`` with a scripted "bench brain".
 
     python -m bench.fake --port 0 --chunks 100 --nap-calls 8 --nap-ms 100 --slow-chunk-ms 50
 
@@ -23,7 +23,7 @@ import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from gateway.fakellm import Calls, FakeLLM, Reply, demo_turn
+from tests.fakellm import Calls, FakeLLM, Reply, demo_turn
 
 _LATENCY = re.compile(r"-(\d+)ms$")
 _REFILL_LOW = 2_000
@@ -84,7 +84,7 @@ async def serve(args: argparse.Namespace) -> None:
     await asyncio.sleep(0.01)
     problem = await _probe(fake)
     if problem:
-        raise SystemExit(f"bench.fake: gateway.fakellm answers its probe with {problem[:400]!r}")
+        raise SystemExit(f"bench.fake: tests.fakellm answers its probe with {problem[:400]!r}")
     print(fake.url, flush=True)
     try:
         await fake.serve_until_signalled()

@@ -26,6 +26,7 @@ from starlette.routing import Route
 
 from gateway import passthrough, routes
 from gateway.config import Settings
+from gateway.demo import DemoTransport
 from gateway.middleware import CORSMiddleware, GatewayMiddleware
 from gateway.redact import SECRETS
 from gateway.reload import Reloader, register, toolbox_for, unregister
@@ -57,6 +58,8 @@ def create_app(
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
             upstream = create_transport(transport)
+            if demo:  # the default upstream is the demo model, answered in this process
+                upstream = DemoTransport(upstream)
             stack.push_async_callback(upstream.aclose)
             tool_http = await stack.enter_async_context(
                 httpx.AsyncClient(transport=tool_transport, timeout=httpx.Timeout(30.0), follow_redirects=False)

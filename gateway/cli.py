@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import json
 import logging
 import os
@@ -55,7 +54,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="bind address (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (default 8080)")
     serve.add_argument("--workers", type=int, default=1, help="worker processes")
-    serve.add_argument("--demo", action="store_true", help="serve a scripted fake model instead of a real upstream")
+    serve.add_argument("--demo", action="store_true", help="serve the built-in demo model instead of a real upstream")
     serve.add_argument("--log-level", default="info")
     serve.add_argument("--pid-file", default=os.environ.get(PID_FILE_ENV), help=f"write the process id here, for `toolgate reload` (or ${PID_FILE_ENV})")
     reload = sub.add_parser("reload", help="make the running gateway re-read its config (sends it SIGHUP)")
@@ -222,18 +221,14 @@ def worker_app() -> Starlette:
 
 
 async def _serve_demo(settings: Settings, options: dict[str, Any]) -> None:
+    from gateway import demo
     from gateway.app import create_app
-    from gateway.fakellm import FakeLLM
 
-    async with FakeLLM(host_type="openai") as fake:
-        name = settings.server.default_upstream
-        upstream = dataclasses.replace(settings.upstreams[name], url=fake.url, type="openai")
-        settings = dataclasses.replace(settings, upstreams={**settings.upstreams, name: upstream})
-        log.warning(
-            "DEMO MODE: no upstream URL is set, so upstream %r is a scripted fake model at %s, not a real one; "
-            "/readyz says \"demo\": true. Set TOOLGATE_UPSTREAM_URL to use a real host.",
-            name,
-            fake.url,
-        )
-        server = Server(server_config(create_app(settings, demo=True), settings, **options), grace_s=settings.server.grace_s)
-        await server.serve()
+    settings = demo.settings(settings)
+    log.warning(
+        "DEMO MODE: no upstream URL is set, so upstream %r is the built-in demo model (gateway/demo.py, in this "
+        "process), not a real one; /readyz says \"demo\": true. Set TOOLGATE_UPSTREAM_URL to use a real host.",
+        settings.server.default_upstream,
+    )
+    app = create_app(settings, demo=True)
+    await Server(server_config(app, settings, **options), grace_s=settings.server.grace_s).serve()

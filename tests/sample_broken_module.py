@@ -1,3 +1,3 @@
-"""A module that fails at import, for tests/test_pyfunc.py."""
+"""A module that fails at import, for tests/tools/test_pyfunc.py."""
 
 raise RuntimeError("boom at import")

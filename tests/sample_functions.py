@@ -1,4 +1,4 @@
-"""Functions offered as tools by tests/test_pyfunc.py."""
+"""Functions offered as tools by tests/tools/test_pyfunc.py."""
 
 from __future__ import annotations
 

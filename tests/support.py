@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, ClassVar
 
 import httpx
 import orjson
@@ -61,11 +61,22 @@ def chunk(delta: dict | None = None, finish: str | None = None, usage: dict | No
 
 
 class ScriptedUpstream:
-    """An httpx.MockTransport handler: pops scripted replies, records every request."""
+    """An httpx.MockTransport handler: pops scripted replies, records every request.
+
+    Like `FakeLLM`, a test fails at teardown when replies it scripted were never requested
+    (tests/conftest.py; opt out with ``@pytest.mark.fakellm(assert_all_used=False)``)."""
+
+    watchers: ClassVar[list[list[ScriptedUpstream]]] = []
 
     def __init__(self, *replies: Any) -> None:
         self.replies = list(replies)
         self.requests: list[httpx.Request] = []
+        for watcher in ScriptedUpstream.watchers:
+            watcher.append(self)
+
+    @property
+    def unused(self) -> tuple[Any, ...]:
+        return tuple(self.replies)
 
     @property
     def bodies(self) -> list[dict[str, Any]]:

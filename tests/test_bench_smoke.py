@@ -11,9 +11,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.bench  # `pytest -m "not bench"` skips it locally; CI (plain `pytest`) runs it
 def test_bench_smoke(tmp_path: Path) -> None:
     run = subprocess.run(
         [sys.executable, "-m", "bench.run", "--smoke", "--out", str(tmp_path)],

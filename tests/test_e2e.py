@@ -16,7 +16,7 @@ import openai
 import pytest
 from gateway.app import create_app
 from gateway.config import Settings
-from gateway.fakellm import Calls, FakeLLM, Reply
+from tests.fakellm import Calls, FakeLLM, Reply
 from gateway.server import Server, server_config
 from gateway.tools.base import StaticSource, Tool
 from tests.support import settings as make_settings
@@ -198,7 +198,7 @@ async def test_client_disconnect_mid_stream_cancels_the_upstream_call():
 async def test_client_disconnect_mid_tool_cancels_the_tool(stream):
     sleeper = Sleeper(30)
     async with FakeLLM() as fake:
-        fake.push(Calls([("sleeper", {})]), Reply("never sent"))
+        fake.push(Calls([("sleeper", {})]))
         async with serve(settings_for(fake, extra_tools=(sleeper,))) as (base, app):
             before = set(asyncio.all_tasks())
             async with httpx.AsyncClient(timeout=10) as client:

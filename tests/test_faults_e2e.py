@@ -26,7 +26,7 @@ from pathlib import Path
 import httpx
 import orjson
 import pytest
-from gateway.fakellm import FakeLLM, Reply
+from tests.fakellm import FakeLLM, Reply
 from tests.support import sse_events
 from tests.test_e2e import serve, settings_for
 

@@ -18,7 +18,7 @@ import httpx
 import openai
 import pytest
 from gateway.config import load_config
-from gateway.fakellm import Calls, FakeLLM, Reply
+from tests.fakellm import Calls, FakeLLM, Reply
 from tests.test_e2e import serve
 
 ROOT = Path(__file__).resolve().parent.parent

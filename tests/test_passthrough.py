@@ -10,7 +10,7 @@ import httpx
 import openai
 import orjson
 import pytest
-from gateway.fakellm import Fail, FakeLLM, Raw
+from tests.fakellm import Fail, FakeLLM, Raw
 from tests.support import settings as make_settings
 from tests.test_e2e import sdk, serve
 

@@ -21,7 +21,7 @@ import pytest
 from gateway import reload
 from gateway.app import create_app
 from gateway.config import load_config
-from gateway.fakellm import Calls, FakeLLM, Reply
+from tests.fakellm import Calls, FakeLLM, Reply
 from gateway.server import Server, server_config
 
 ROOT = Path(__file__).resolve().parent.parent

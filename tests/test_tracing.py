@@ -227,7 +227,7 @@ async def test_spans_reach_an_otlp_receiver_and_the_upstream_shares_the_trace(tm
     from starlette.routing import Route
     import uvicorn
 
-    from gateway.fakellm import Calls, FakeLLM, Reply
+    from tests.fakellm import Calls, FakeLLM, Reply
 
     posts: list[bytes] = []
 
@@ -327,7 +327,7 @@ async def test_an_http_mcp_server_gets_the_tool_calls_traceparent(spans):
     from gateway.tools.base import SourceContext
     from gateway.tools.mcp import build
     from gateway.tools.toolbox import Toolbox
-    from tests.test_mcp import HttpServer
+    from tests.tools.mcp.test_mcp import HttpServer
 
     server = HttpServer("http")
     await server.start()

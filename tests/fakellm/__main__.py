@@ -1,4 +1,4 @@
-"""``python -m gateway.fakellm``: one fake on 127.0.0.1 until SIGINT or SIGTERM.
+"""``python -m tests.fakellm``: one fake on 127.0.0.1 until SIGINT or SIGTERM.
 
 Prints one line, the URL a toolgate config should hold, then serves.
 """
@@ -14,7 +14,7 @@ from .wire import HOST_TYPES, QUIRKS
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m gateway.fakellm", description="A scripted fake LLM host.")
+    parser = argparse.ArgumentParser(prog="python -m tests.fakellm", description="A scripted fake LLM host.")
     parser.add_argument("--host-type", choices=list(HOST_TYPES), default="openai")
     parser.add_argument("--port", type=int, default=9100, help="0 picks a free port")
     parser.add_argument("--latency-ms", type=float, default=0.0, help="wait before every chat answer")

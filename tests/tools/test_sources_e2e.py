@@ -15,7 +15,7 @@ from gateway.config import settings_from_dict
 from tests.support import ScriptedUpstream, call, completion, gateway
 from tests.tool_servers import serve
 
-ROOT = Path(__file__).parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 SPEC = {
     "openapi": "3.1.0",

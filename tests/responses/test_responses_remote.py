@@ -15,7 +15,7 @@ from gateway.errors import McpServerFailed, Overloaded
 from gateway.responses.remote import RemoteServers
 from gateway.responses.tools import McpTool
 from tests.support import ScriptedUpstream, call, completion, gateway, settings
-from tests.test_mcp import HttpServer
+from tests.tools.mcp.test_mcp import HttpServer
 
 TOKEN = "tok-5ecret-value-123"
 

@@ -18,7 +18,7 @@ from gateway.errors import ConfigError, Problems
 from gateway.tools.base import SourceContext
 from gateway.tools.mcp import McpSource, ServerSpec, build_all, import_toml
 from gateway.tools.registry import build_sources
-from tests.test_mcp import SECRET, SERVER, HttpServer, call
+from tests.tools.mcp.test_mcp import SECRET, SERVER, HttpServer, call
 
 STDIO = {"command": sys.executable, "args": [SERVER, "--transport", "stdio"]}
 

@@ -17,7 +17,7 @@ from gateway.errors import Problems
 from gateway.tools.base import SourceContext, ToolError, listening
 from gateway.tools.mcp import McpSource, build
 from gateway.tools.mcp import _source as mcp_source
-from tests.test_mcp import SERVER, Factory, HttpServer, call, make_source, tool, wait_until  # noqa: F401
+from tests.tools.mcp.test_mcp import SERVER, Factory, HttpServer, call, make_source, tool, wait_until  # noqa: F401
 
 MODERN = "2026-07-28"
 

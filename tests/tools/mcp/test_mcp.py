@@ -29,8 +29,8 @@ from gateway.tools.mcp import _stderr, _watch
 from gateway.tools.mcp._throttle import Throttle
 from gateway.tools.mcp._convert import to_output
 
-SERVER = str(Path(__file__).with_name("mcp_server.py"))
-ROOT = str(Path(__file__).resolve().parents[1])
+SERVER = str(Path(__file__).resolve().parents[2] / "mcp_server.py")
+ROOT = str(Path(__file__).resolve().parents[3])
 SECRET = "sk-secret-0123456789"
 
 

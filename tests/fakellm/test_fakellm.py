@@ -10,6 +10,7 @@ import asyncio
 import json
 import os
 import signal
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ import httpx
 import openai
 import pytest
 
-from gateway.fakellm import QUIRKS, Calls, Fail, FakeLLM, Raw, Reply, demo_turn
+from tests.fakellm import QUIRKS, Calls, Fail, FakeLLM, Raw, Reply, demo_turn
 
 TOOLS = [
     {"type": "function", "function": {"name": "calculate", "parameters": {"type": "object"}}},
@@ -328,7 +329,7 @@ async def test_quirk_changes_the_wire(quirk, turn, stream, check):
 
 def test_every_quirk_is_tested_and_documented():
     assert {case[0] for case in QUIRK_CASES} == set(QUIRKS)
-    from gateway.fakellm.wire import Quirks
+    from tests.fakellm.wire import Quirks
 
     assert all(f"- {name}:" in Quirks.__doc__ for name in QUIRKS)
     with pytest.raises(ValueError, match="unknown quirk"):
@@ -588,10 +589,10 @@ async def test_wait_until_times_out(fake):
 
 
 async def test_command_line(client):
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     env = {**os.environ, "PYTHONPATH": f"{root}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gateway.fakellm", "--host-type", "openwebui", "--port", "0", "--quirk", "crlf",
+        sys.executable, "-m", "tests.fakellm", "--host-type", "openwebui", "--port", "0", "--quirk", "crlf",
         "--chunks", "3", "--no-record", stdout=asyncio.subprocess.PIPE, env=env,
     )
     try:
@@ -602,3 +603,38 @@ async def test_command_line(client):
     finally:
         process.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(process.wait(), 10) == 0
+
+
+# -- every scripted turn is used (tests/conftest.py) ---------------------------------------
+
+CHECKED = '''
+import pytest
+from tests.fakellm import FakeLLM, Reply
+
+def test_spare_turn():
+    FakeLLM().push(Reply("spare"))
+
+@pytest.mark.fakellm(assert_all_used=False)
+def test_spare_on_purpose():
+    FakeLLM().push(Reply("spare"))
+
+def test_all_used():
+    FakeLLM()
+
+def test_failing_for_its_own_reason():
+    FakeLLM().push(Reply("spare"))
+    assert False, "its own reason"
+'''
+
+
+def test_a_test_leaving_scripted_turns_fails_at_teardown(tmp_path):
+    (tmp_path / "test_checked.py").write_text(CHECKED)
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    argv = [sys.executable, "-m", "pytest", "-p", "tests.conftest", "-p", "no:cacheprovider", "-q", "-rA", "-W", "ignore::pytest.PytestUnknownMarkWarning", "test_checked.py"]
+    run = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    out = run.stdout
+    assert "1 failed, 3 passed, 1 error" in out, out
+    assert "ERROR test_checked.py::test_spare_turn" in out and "FAILED test_checked.py::test_failing_for_its_own_reason" in out
+    assert "ERROR at teardown of test_spare_turn" in out and out.count("ERROR at teardown") == 1
+    assert "scripted turns were never requested:\n  FakeLLM('openai') got 0 request(s); never used: [Reply(content='spare'" in out

@@ -16,7 +16,7 @@ import openai
 import orjson
 import pytest
 
-from gateway.fakellm import Calls, FakeLLM, Reply
+from tests.fakellm import Calls, FakeLLM, Reply
 from tests.test_e2e import serve, settings_for
 
 agents = pytest.importorskip("agents")

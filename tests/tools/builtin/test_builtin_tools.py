@@ -21,7 +21,7 @@ from gateway.tools.builtin.calculate import Calculate
 from gateway.tools.builtin.current_time import CurrentTime
 from gateway.tools.builtin.fetch_url import FetchUrl
 from gateway.tools.builtin.netguard import Guard
-from tests.test_html import PAGE
+from tests.tools.builtin.test_html import PAGE
 from tests.tool_servers import serve
 
 

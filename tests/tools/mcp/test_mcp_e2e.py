@@ -16,9 +16,9 @@ from openai.types.responses import ResponseMcpCallInProgressEvent
 
 from gateway.config import StoreSettings, settings_from_dict
 from gateway.errors import ConfigError
-from gateway.fakellm import Calls, FakeLLM, Reply
+from tests.fakellm import Calls, FakeLLM, Reply
 from tests.test_e2e import sdk, serve
-from tests.test_mcp import SERVER, HttpServer, wait_until
+from tests.tools.mcp.test_mcp import SERVER, HttpServer, wait_until
 
 KINDS = {  # name -> (era, transport)
     "stateless_http": ("modern", "http"),

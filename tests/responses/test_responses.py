@@ -521,7 +521,7 @@ async def test_prompt_cache_settings_the_agents_sdk_sends_are_accepted_and_echoe
 
 
 async def test_item_reference_resolves_from_any_stored_response_of_the_key(tmp_path):
-    up = ScriptedUpstream(completion("the first answer"), completion("second"), completion("third"))
+    up = ScriptedUpstream(completion("the first answer"), completion("second"))
     cfg = config(tmp_path, environ={"TOOLGATE_API_KEYS": "key-a-123456,key-b-123456"})
     a, b = {"authorization": "Bearer key-a-123456"}, {"authorization": "Bearer key-b-123456"}
     async with gateway(cfg, up) as client:

@@ -1,9 +1,10 @@
 """A scripted fake upstream LLM host that speaks the real wire formats, quirks included.
 
-Used by the end-to-end tests (a real server on 127.0.0.1), by ``toolgate serve --demo`` and by
-the benchmark (cheap enough never to be the bottleneck)::
+Used by the end-to-end tests (a real server on 127.0.0.1) and by the benchmark (``bench/fake.py``;
+cheap enough never to be the bottleneck). It lives with the tests, not in the package: ``serve
+--demo`` has its own few-dozen-line model (``gateway/demo.py``), which is also this fake's demo brain::
 
-    from gateway.fakellm import FakeLLM, Reply, Calls, Fail, Raw
+    from tests.fakellm import FakeLLM, Reply, Calls, Fail, Raw
 
     async with FakeLLM(host_type="openai", quirks=["whole_call"]) as fake:
         fake.push(
@@ -15,12 +16,12 @@ the benchmark (cheap enough never to be the bottleneck)::
         assert fake.pending == 0
 
 Each chat request takes the next scripted turn (a callable turn gets the request body first);
-with the script empty, a small demo brain answers: it calls ``calculate`` / ``current_time``
-when they are offered and the user asks for arithmetic or the time, reads tool results back,
-and otherwise acknowledges. Host types (``wire.HOST_TYPES``) decide the paths; quirks
+with the script empty, the demo model answers (``gateway.demo.answer``): it calls ``calculate`` /
+``current_time`` when they are offered and the user asks for arithmetic or the time, reads tool
+results back, and otherwise echoes the user. Host types (``wire.HOST_TYPES``) decide the paths; quirks
 (``wire.Quirks``, one documented flag each) bend the wire the way real hosts do.
 
-``python -m gateway.fakellm --help`` runs one standalone.
+``python -m tests.fakellm --help`` (from the repository root) runs one standalone.
 """
 
 from .script import Calls, Fail, Raw, Reply, demo_turn

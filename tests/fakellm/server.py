@@ -12,7 +12,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import parse_qsl
 
 import orjson
@@ -38,6 +38,10 @@ class Recorded:
 
 class FakeLLM:
     """A scripted upstream LLM host on 127.0.0.1; see the package docstring."""
+
+    # Lists every new fake is appended to: tests/conftest.py watches each test's fakes, and
+    # fails the test if one still holds scripted turns at teardown.
+    watchers: ClassVar[list[list[FakeLLM]]] = []
 
     def __init__(
         self,
@@ -78,6 +82,8 @@ class FakeLLM:
         self._models_body = orjson.dumps(self.host.models_body(self.models))
         if api_key is not None:
             self._credential = self.host.auth_prefix + api_key
+        for watcher in FakeLLM.watchers:
+            watcher.append(self)
 
     # -- lifetime ----------------------------------------------------------------------------
 
@@ -151,6 +157,11 @@ class FakeLLM:
     def pending(self) -> int:
         """Turns pushed but not yet used."""
         return len(self._script)
+
+    @property
+    def unused(self) -> tuple[Script, ...]:
+        """The turns pushed but not yet used, next first."""
+        return tuple(self._script)
 
     # -- waiting on conditions, never on time ------------------------------------------------
 

@@ -14,7 +14,7 @@ from starlette.applications import Starlette
 from starlette.responses import HTMLResponse
 from starlette.routing import Route
 
-from gateway.fakellm import Calls, FakeLLM, Reply
+from tests.fakellm import Calls, FakeLLM, Reply
 from gateway.threads import Threads
 from gateway.tools.base import SourceContext, ToolError
 from gateway.tools.builtin import fetch_url
