@@ -26,7 +26,6 @@ from gateway.redact import MASK, MIN_LENGTH, SECRETS
 from gateway.tools import hints
 from gateway.tools.base import StaticSource, ToolSource
 from gateway.tools.builtin import BUILTINS
-from gateway.tools.builtin.netguard import Guard
 from gateway.tools.registry import build_sources
 
 DEFAULT_PATH = "config/toolgate.toml"
@@ -186,6 +185,8 @@ def _responses(table: Mapping[str, Any], problems: Problems) -> ResponsesSetting
             )
     allow = _strings(reader, "mcp_network_allow", "a list of hosts, host:port or CIDR networks")
     if allow:
+        from gateway.tools.builtin.netguard import Guard  # here: netguard needs httpx, the config does not
+
         Guard.from_config(allow, problems, f"{key}.mcp_network_allow")
     approvals = _str_table(reader, "require_approval")
     for name, policy in approvals.items():
