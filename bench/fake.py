@@ -11,6 +11,7 @@ fake's demo brain:
   ``paced`` streams them ``--paced-chunk-ms`` apart (S3-paced: one chunk per network read,
   as a real model sends);
 - offered ``nap`` (S7): ``--nap-calls`` parallel calls of ``nap(ms=--nap-ms)`` in one round;
+- offered ``sleep`` (S7 over stdio MCP): the same calls as ``sleep(seconds=--nap-ms / 1000)``;
 - offered ``add`` (S4 with the stdio MCP server): one ``add(a=2, b=3)`` call;
 - otherwise the demo brain: ``calculate`` when offered and the user wrote arithmetic, an
   answer from the tool results after a tool round, else "You said: ...".
@@ -43,6 +44,8 @@ def brain(nap_calls: int, nap_ms: int, slow_chunk_s: float, paced_chunk_s: float
         turn: Reply | Calls
         if not last_is_tool and "nap" in offered:
             turn = Calls([("nap", {"ms": nap_ms})] * nap_calls)
+        elif not last_is_tool and "sleep" in offered:  # S7 over stdio MCP (tests/mcp_server.py's sleep)
+            turn = Calls([("sleep", {"seconds": nap_ms / 1000})] * nap_calls)
         elif not last_is_tool and "add" in offered:
             turn = Calls([("add", {"a": 2, "b": 3})])
         else:

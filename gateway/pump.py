@@ -28,7 +28,7 @@ from typing import Any, Protocol
 
 from gateway import drain
 from gateway.errors import ShuttingDown, UpstreamTimeout, error_json
-from gateway.events import Event, Final, Opening, RoundUsage, ToolStarted
+from gateway.events import Delta, Event, Final, Opening, RoundUsage, ToolStarted
 from gateway.usage import add_usage
 
 log = logging.getLogger("toolgate")
@@ -199,6 +199,8 @@ class _Pump:
 
     def note(self, event: Event) -> None:
         """Accounting that must survive whatever happens next."""
+        if type(event) is Delta:  # nearly every event: nothing to count
+            return
         if isinstance(event, RoundUsage):
             if event.usage is not None:
                 self.outcome.usage = add_usage(self.outcome.usage, event.usage)
