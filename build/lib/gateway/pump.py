@@ -1,0 +1,354 @@
+"""The event pump: loop events to the client, under every bound that is about time.
+
+    outcome = await pump(send, receive, run_loop(job, ...), ChatSSE(...), Timing(deadline_s=600))
+
+One pump for every rendering; a renderer only turns events into bytes. The pump
+owns the rest:
+
+- the deadline, which covers the loop *and* every send to the client;
+- the status line, sent late: a non-streamed reply when its body is ready, a
+  stream with the first bytes the client will see, so an early error keeps
+  its own status;
+- keepalives: streamed, the loop feeds a bounded queue, and waiting on the
+  queue (never on the loop) for `keepalive_s` sends one (one timer per
+  stream watches that wait: no timer per event);
+- liveness: the client leaving, the loop dying of anything, and the server
+  shutting down each end the request in one known way (`Outcome.ended`);
+- error envelopes: before the status line, the error is the response; after
+  it, the renderer's error event, then the end of the stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import aclosing
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from gateway import drain
+from gateway.errors import ShuttingDown, UpstreamTimeout, error_json
+from gateway.events import Delta, Event, Final, Opening, RoundUsage, ToolStarted
+from gateway.usage import add_usage
+
+log = logging.getLogger("toolgate")
+
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+
+# A request this quick never needs the disconnect watcher: its task is created only after this.
+WATCH_AFTER_S = 0.05
+# Writing the last error event of a stream that is being ended, at most.
+LAST_SEND_S = 2.0
+# Waiting for the loop to clean up after it was cancelled, at most.
+CLEANUP_S = 5.0
+QUEUE_SIZE = 64
+# Statuses below 500 that the OpenAI SDKs retry on their own.
+_SDK_RETRIES = frozenset({408, 409, 429})
+
+
+class Renderer(Protocol):
+    streaming: bool
+    keepalive: bytes
+
+    def feed(self, event: Event) -> bytes:
+        """Bytes for the client now (a non-streamed renderer returns its body at `Final`)."""
+
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        """Headers of a successful response, asked when the status line goes out."""
+
+    def failure(self, error: bytes) -> bytes:
+        """A streamed renderer's error event (around the OpenAI error body) and end of stream."""
+
+
+@dataclass(slots=True)
+class Timing:
+    deadline_s: float
+    keepalive_s: float = 15.0
+    secrets: tuple[str, ...] = ()  # this request's own (a forwarded client key), masked in errors
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What happened, for the request log and metrics."""
+
+    status: int = 200
+    ended: str = "complete"  # complete | error | client_left | deadline | shutdown
+    final: Final | None = None
+    error: BaseException | None = None
+    usage: dict[str, Any] | None = None  # summed per round as it arrived, whatever happened later
+    tools_ran: bool = False
+    started: bool = False  # the status line went out
+
+    @property
+    def disconnected(self) -> bool:
+        return self.ended == "client_left"
+
+
+class _Ended(Exception):
+    """The loop's producer task ended without an answer (it was cancelled from inside)."""
+
+
+_END = object()
+_OPENING = Opening()
+
+
+class _Pump:
+    def __init__(self, send: Send, receive: Receive, renderer: Renderer, timing: Timing) -> None:
+        self.send = send
+        self.receive = receive
+        self.r = renderer
+        self.timing = timing
+        self.outcome = Outcome()
+        self.task = asyncio.current_task()
+        self.reason: str | None = None  # why the task was interrupted
+        self.done = False  # the whole response was sent
+
+    # -- interruptions ----------------------------------------------------------------
+
+    def interrupt(self, reason: str) -> None:
+        if self.reason is None and not self.done:
+            self.reason = reason
+            self.task.cancel()
+
+    async def watch(self) -> None:
+        while (await self.receive())["type"] != "http.disconnect":
+            pass
+        # After the last byte, uvicorn reports every receive() as a disconnect: not a client leaving.
+        self.interrupt("client_left")
+
+    async def run(self, work: Awaitable[None]) -> Outcome:
+        outcome = self.outcome
+        watcher: asyncio.Task | None = None
+
+        def start_watching() -> None:
+            nonlocal watcher
+            watcher = asyncio.ensure_future(self.watch())
+
+        timer = asyncio.get_running_loop().call_later(WATCH_AFTER_S, start_watching)
+        try:
+            interrupt = drain.track(lambda: self.interrupt("shutdown"))
+            try:
+                try:
+                    async with asyncio.timeout(self.timing.deadline_s):
+                        await work
+                except TimeoutError:
+                    message = f"The request did not finish within its {self.timing.deadline_s:g} s deadline."
+                    # Retrying would run the whole loop, and its tools, again.
+                    await self._end(UpstreamTimeout(message, code="request_timeout", headers={"x-should-retry": "false"}), "deadline")
+                except asyncio.CancelledError:
+                    if self.reason is not None and self.task.uncancel() == 0:
+                        if self.reason == "shutdown":
+                            await self._end(ShuttingDown("The gateway is shutting down; the request was ended.", headers={"retry-after": "1"}), "shutdown")
+                        else:
+                            outcome.status, outcome.ended = 499, "client_left"
+                    elif self.reason is None and not self.task.cancelling():
+                        # A CancelledError raised inside the loop, not at us: a bug below, not a reason to hang.
+                        log.error("the tool loop was cancelled from inside", exc_info=True)
+                        await self._end(_Ended("The gateway failed to finish this request."), "error")
+                    else:
+                        raise  # a cancellation from outside (the server is stopping us)
+            finally:
+                drain.untrack(interrupt)
+        finally:
+            self.done = True
+            timer.cancel()
+            if watcher is not None:
+                watcher.cancel()
+        return outcome
+
+    # -- what reaches the client --------------------------------------------------------
+
+    async def commit(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes, more: bool) -> None:
+        self.outcome.started = True
+        self.outcome.status = status
+        await self.send({"type": "http.response.start", "status": status, "headers": headers})
+        await self.body(body, more)
+
+    async def body(self, body: bytes, more: bool) -> None:
+        if not more:
+            self.done = True  # from here on, a disconnect is the normal end
+        await self.send({"type": "http.response.body", "body": body, "more_body": more})
+
+    async def fail(self, exc: BaseException) -> None:
+        """The error as the response, or, once the stream started, as its last event."""
+        outcome = self.outcome
+        outcome.error = exc
+        status, body, headers = error_json(exc, *self.timing.secrets)
+        if outcome.tools_ran and (status >= 500 or status in _SDK_RETRIES):
+            # An SDK would retry this and run every tool again.
+            headers = {**headers, "x-should-retry": "false"}
+        if outcome.started:
+            outcome.status = status
+            await self.body(self.r.failure(body), False)
+            return
+        raw = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
+        raw += [(k.encode(), v.encode()) for k, v in headers.items()]
+        await self.commit(status, raw, body, False)
+
+    async def _end(self, exc: BaseException, ended: str) -> None:
+        """End an interrupted request with `exc`, in bounded time (the client may not be reading)."""
+        self.reason = self.reason or ended  # no second interruption while it ends
+        self.outcome.ended = ended
+        try:
+            async with asyncio.timeout(LAST_SEND_S):
+                await self.fail(exc)
+        except TimeoutError:
+            self.outcome.error = exc
+            self.outcome.status = error_json(exc)[0]
+
+    def note(self, event: Event) -> None:
+        """Accounting that must survive whatever happens next."""
+        if type(event) is Delta:  # nearly every event: nothing to count
+            return
+        if isinstance(event, RoundUsage):
+            if event.usage is not None:
+                self.outcome.usage = add_usage(self.outcome.usage, event.usage)
+        elif isinstance(event, ToolStarted):
+            self.outcome.tools_ran = True
+        elif isinstance(event, Final):
+            self.outcome.final = event
+
+
+# -- one JSON body: the loop runs in the request's own task ---------------------------------
+
+
+async def _collect(p: _Pump, events: AsyncIterator[Event]) -> None:
+    try:
+        async with aclosing(events) as stream:
+            async for event in stream:
+                p.note(event)
+                body = p.r.feed(event)
+                if isinstance(event, Final):
+                    await p.commit(200, p.r.headers(), body, False)
+                    return
+        raise _Ended("The gateway failed to finish this request.")
+    except Exception as exc:
+        p.outcome.ended = "error"
+        await p.fail(exc)
+
+
+# -- server-sent events: the loop feeds a queue from its own task ------------------------------
+
+
+async def _produce(events: AsyncIterator[Event], queue: asyncio.Queue) -> None:
+    terminal: Any = _END
+    try:
+        async with aclosing(events) as stream:
+            first = True
+            async for event in stream:
+                await queue.put(event)
+                if first:
+                    # Let the writer send the first bytes now, not when reading next blocks.
+                    first = False
+                    await asyncio.sleep(0)
+    except asyncio.CancelledError:
+        if asyncio.current_task().cancelling():
+            raise  # the pump is stopping us
+        log.error("the tool loop was cancelled from inside", exc_info=True)
+        terminal = _Ended("The gateway failed to finish this request.")
+    except Exception as exc:
+        terminal = exc
+    await queue.put(terminal)
+
+
+class _Quiet:
+    """Keepalives from one timer per stream, not one per event: the timer checks how long the
+    writer has been waiting on the queue, and when it is `keepalive_s`, queues `_KEEPALIVE`
+    (the writer sends one), else sleeps the rest of that time. A writer busy sending waits on
+    nobody, and gets no keepalive meanwhile, as with a timeout around each wait."""
+
+    __slots__ = ("queue", "every", "loop", "waiting_since", "timer")
+
+    def __init__(self, queue: asyncio.Queue, every: float) -> None:
+        self.queue, self.every = queue, every
+        self.loop = asyncio.get_running_loop()
+        self.waiting_since: float | None = None  # None: the writer is not waiting on the queue
+        self.timer = self.loop.call_later(every, self._due)
+
+    def _due(self) -> None:
+        since = self.waiting_since
+        left = self.every if since is None else since + self.every - self.loop.time()
+        if left <= 0:
+            self.waiting_since = None  # one keepalive per quiet `every`
+            try:
+                self.queue.put_nowait(_KEEPALIVE)
+            except asyncio.QueueFull:  # not while the writer waits (the queue is empty then); never mind
+                pass
+            left = self.every
+        self.timer = self.loop.call_later(left, self._due)
+
+    def stop(self) -> None:
+        self.timer.cancel()
+
+
+_KEEPALIVE = object()
+
+
+async def _stream(p: _Pump, events: AsyncIterator[Event]) -> None:
+    queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=QUEUE_SIZE)
+    producer = asyncio.ensure_future(_produce(events, queue))
+    r = p.r
+    quiet = _Quiet(queue, p.timing.keepalive_s)
+    loop = quiet.loop
+    try:
+        while True:  # ends at _END or an error; the loop behind the queue is bounded
+            if queue.empty():
+                quiet.waiting_since = loop.time()
+                item = await queue.get()
+                quiet.waiting_since = None
+            else:
+                item = queue.get_nowait()
+            if item is _KEEPALIVE:
+                if p.outcome.started:
+                    await p.body(r.keepalive, True)
+                else:
+                    await p.commit(200, r.headers(), r.feed(_OPENING) + r.keepalive, True)
+                continue
+            batch = [item]
+            while not queue.empty() and batch[-1] is not _END and not isinstance(batch[-1], BaseException):
+                batch.append(queue.get_nowait())
+            out = bytearray()
+            for event in batch:
+                if event is _END:
+                    break
+                if event is _KEEPALIVE:
+                    continue  # events are going out now: no keepalive needed
+                if isinstance(event, BaseException):
+                    p.outcome.ended = "error"
+                    if not p.outcome.started and out:
+                        await p.commit(200, r.headers(), r.feed(_OPENING) + bytes(out), True)
+                    elif out:
+                        await p.body(bytes(out), True)
+                    await p.fail(event)
+                    return
+                p.note(event)
+                out += r.feed(event)
+            more = batch[-1] is not _END
+            if not p.outcome.started:
+                if not out and more:
+                    continue  # only unshown events: a later error can still keep its status
+                await p.commit(200, r.headers(), r.feed(_OPENING) + bytes(out), more)
+            elif out or not more:
+                await p.body(bytes(out), more)
+            if not more:
+                return
+    finally:
+        quiet.stop()
+        if not producer.done():
+            producer.cancel()
+        try:
+            async with asyncio.timeout(CLEANUP_S):
+                await asyncio.gather(producer, return_exceptions=True)
+        except TimeoutError:
+            log.error("the tool loop did not stop within %g s of being cancelled", CLEANUP_S)
+
+
+async def pump(send: Send, receive: Receive, events: AsyncIterator[Event], renderer: Renderer, timing: Timing) -> Outcome:
+    """Serve one request's loop events through `renderer`; never raises for the loop's failures."""
+    p = _Pump(send, receive, renderer, timing)
+    work = _stream(p, events) if renderer.streaming else _collect(p, events)
+    return await p.run(work)
+
+

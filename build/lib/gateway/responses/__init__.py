@@ -1,0 +1,2 @@
+"""The OpenAI Responses API on the one tool loop: its parser (`wire`), renderers (`render`)
+and handlers (`routes`), beside the Chat Completions ones."""

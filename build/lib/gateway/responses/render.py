@@ -1,0 +1,439 @@
+"""Loop events as the Responses API: one `response` object, or its typed SSE events.
+
+    view = ResponseView(id=new_id("resp"), alias="m", echo=request.echo, labels=owners)
+    renderer = ResponsesSSE(view)          # or ResponsesJSON(view)
+    outcome = await pump(send, receive, events, renderer, timing)
+    renderer.response                      # the Response object as the client saw it, to store
+
+Both renderings fold the same events into the same output items (`Items`); the
+streamed one also says each step as an event with a rising `sequence_number`.
+Server tool calls are `mcp_call` items, client function calls `function_call`
+items, calls waiting for approval `mcp_approval_request` items; the text of a
+round that ended in tool calls is a message item of its own, before its calls.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from gateway import sse
+from gateway.events import Delta, Event, Final, Opening, RoundUsage, ToolFinished, ToolProgress, ToolStarted
+from gateway.responses.wire import ECHOED, new_id
+from gateway.usage import add_usage
+
+
+@dataclass(slots=True)
+class ResponseView:
+    """What the Response object says besides its output."""
+
+    id: str
+    alias: str
+    echo: dict[str, Any] = field(default_factory=dict)
+    labels: dict[str, str] = field(default_factory=dict)  # offered tool name -> its source's name
+    list_tools: list[dict[str, Any]] = field(default_factory=list)  # mcp_list_tools items to open with
+    approvals: set[str] = field(default_factory=set)  # chat call ids that answer an approval request
+    max_rounds: int = 8
+    logprobs: bool = False
+    created_at: float = field(default_factory=time.time)
+
+
+def response_usage(usage: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Chat usage, summed over the rounds, in the Responses shape."""
+    if not usage:
+        return None
+    prompt = int(usage.get("prompt_tokens") or 0)
+    completion = int(usage.get("completion_tokens") or 0)
+    cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0
+    reasoning = (usage.get("completion_tokens_details") or {}).get("reasoning_tokens") or 0
+    return {
+        "input_tokens": prompt,
+        "input_tokens_details": {"cached_tokens": int(cached), "cache_write_tokens": 0},
+        "output_tokens": completion,
+        "output_tokens_details": {"reasoning_tokens": int(reasoning)},
+        "total_tokens": int(usage.get("total_tokens") or prompt + completion),
+    }
+
+
+def _logprobs(entries: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
+    out = []
+    for e in entries or ():
+        tops = [{"token": t.get("token", ""), "bytes": t.get("bytes") or [], "logprob": t.get("logprob", 0.0)} for t in e.get("top_logprobs") or ()]
+        out.append({"token": e.get("token", ""), "bytes": e.get("bytes") or [], "logprob": e.get("logprob", 0.0), "top_logprobs": tops})
+    return out
+
+
+def _text(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "\n".join(p.get("text", "") if p.get("type") == "text" else f"[{p.get('type', 'content')} part not shown]" for p in content)
+    return "" if content is None else str(content)
+
+
+def _error_code(status: int) -> str:
+    # ResponseError.code is a closed list: these two are the ones a gateway can truthfully say.
+    return "rate_limit_exceeded" if status == 429 else "server_error"
+
+
+class Items:
+    """Output items built from loop events; `emit` collects the stream events that say so."""
+
+    def __init__(self, view: ResponseView, streamed: bool) -> None:
+        self.view = view
+        self.streamed = streamed  # text arrives as deltas (else only in Final)
+        self.items: list[dict[str, Any]] = []
+        self.rounds: list[int] = []  # the round each item belongs to
+        self.events: list[dict[str, Any]] = []
+        self.seq = 0
+        self.message: int | None = None  # open message item
+        self.reasoning: int | None = None  # open reasoning item
+        self.calls: dict[str, int] = {}  # chat call id -> item index
+        self.round = 0
+        self.usage: dict[str, Any] | None = None
+        self.opened = False
+        self.final: Final | None = None
+
+    # -- events out -----------------------------------------------------------------
+
+    def emit(self, type_: str, **fields: Any) -> None:
+        if self.streamed:
+            self.events.append({"type": type_, "sequence_number": self.seq, **fields})
+            self.seq += 1
+
+    def add(self, item: dict[str, Any], round_no: int) -> int:
+        index = len(self.items)
+        self.items.append(item)
+        self.rounds.append(round_no)
+        self.emit("response.output_item.added", output_index=index, item=_copy(item))
+        return index
+
+    def done(self, index: int) -> None:
+        self.emit("response.output_item.done", output_index=index, item=_copy(self.items[index]))
+
+    def response(self, status: str, *, output: bool = True, error: dict[str, Any] | None = None, incomplete: str | None = None) -> dict[str, Any]:
+        echo = self.view.echo
+        body: dict[str, Any] = {
+            "id": self.view.id,
+            "object": "response",
+            "created_at": self.view.created_at,
+            "status": status,
+            "model": self.view.alias,
+            "output": _copy(self.items) if output else [],
+            "parallel_tool_calls": echo.get("parallel_tool_calls", True),
+            "tool_choice": echo.get("tool_choice", "auto"),
+            "tools": echo.get("tools", []),
+            "error": error,
+            "incomplete_details": {"reason": incomplete} if status == "incomplete" else None,
+            "usage": response_usage(self.usage) if output else None,
+            "truncation": "disabled",
+            "background": False,
+        }
+        for key in ("instructions", "temperature", "top_p", "max_output_tokens", "previous_response_id", "text", "reasoning", "user", "store", *ECHOED):
+            body[key] = echo.get(key)
+        if status in ("completed", "incomplete", "failed"):
+            body["completed_at"] = time.time()
+        return body
+
+    # -- loop events in ----------------------------------------------------------------
+
+    def open(self) -> None:
+        if self.opened:
+            return
+        self.opened = True
+        self.emit("response.created", response=self.response("in_progress", output=False))
+        self.emit("response.in_progress", response=self.response("in_progress", output=False))
+        for item in self.view.list_tools:
+            index = self.add({**item, "tools": []}, 0)
+            self.emit("response.mcp_list_tools.in_progress", output_index=index, item_id=item["id"])
+            self.items[index] = _copy(item)
+            self.emit("response.mcp_list_tools.completed", output_index=index, item_id=item["id"])
+            self.done(index)
+
+    def feed(self, event: Event | Opening) -> None:
+        self.open()
+        if isinstance(event, Delta):
+            if event.reasoning:
+                self._reasoning(event.reasoning)
+            if event.content:
+                self._content(event.content, event.logprobs)
+        elif isinstance(event, RoundUsage):
+            self.usage = add_usage(self.usage, event.usage)
+            self.round = event.round
+        elif isinstance(event, ToolStarted):
+            self._close_text()
+            self._mcp_call(event)
+        elif isinstance(event, ToolProgress):
+            # The event type has no field for the progress itself: it says the call is alive.
+            if (index := self.calls.get(event.call_id)) is not None:
+                self.emit("response.mcp_call.in_progress", item_id=self.items[index]["id"], output_index=index)
+        elif isinstance(event, ToolFinished):
+            self._mcp_result(event)
+        elif isinstance(event, Final):
+            self._final(event)
+
+    def _reasoning(self, text: str) -> None:
+        if self.message is not None:
+            self._close_text()
+        if self.reasoning is None:
+            item = {"id": new_id("rs"), "type": "reasoning", "summary": [], "content": [{"type": "reasoning_text", "text": ""}], "status": "in_progress"}
+            self.reasoning = self.add({**item, "content": []}, self.round + 1)
+            self.items[self.reasoning] = item
+            self.emit("response.content_part.added", item_id=item["id"], output_index=self.reasoning, content_index=0, part={"type": "reasoning_text", "text": ""})
+        item = self.items[self.reasoning]
+        item["content"][0]["text"] += text
+        self.emit("response.reasoning_text.delta", item_id=item["id"], output_index=self.reasoning, content_index=0, delta=text)
+
+    def _content(self, text: str, logprobs: list[dict[str, Any]] | None) -> None:
+        if self.reasoning is not None:
+            self._close_reasoning()
+        if self.message is None:
+            item = {"id": new_id("msg"), "type": "message", "role": "assistant", "status": "in_progress", "content": []}
+            self.message = self.add(item, self.round + 1)
+            part = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
+            item["content"].append(part)
+            self.emit("response.content_part.added", item_id=item["id"], output_index=self.message, content_index=0, part=_copy(part))
+        item = self.items[self.message]
+        part = item["content"][0]
+        part["text"] += text
+        lp = _logprobs(logprobs) if self.view.logprobs else []
+        part["logprobs"].extend(lp)
+        self.emit("response.output_text.delta", item_id=item["id"], output_index=self.message, content_index=0, delta=text, logprobs=[{k: v for k, v in e.items() if k != "bytes"} for e in lp])
+
+    def _close_reasoning(self) -> None:
+        index, self.reasoning = self.reasoning, None
+        if index is None:
+            return
+        item = self.items[index]
+        item["status"] = "completed"
+        text = item["content"][0]["text"]
+        self.emit("response.reasoning_text.done", item_id=item["id"], output_index=index, content_index=0, text=text)
+        self.emit("response.content_part.done", item_id=item["id"], output_index=index, content_index=0, part=_copy(item["content"][0]))
+        self.done(index)
+
+    def _close_text(self, refusal: str | None = None) -> None:
+        self._close_reasoning()
+        index = self.message
+        if index is None:
+            return
+        self.message = None
+        item = self.items[index]
+        part = item["content"][0]
+        lp = [{k: v for k, v in e.items() if k != "bytes"} for e in part["logprobs"]]
+        self.emit("response.output_text.done", item_id=item["id"], output_index=index, content_index=0, text=part["text"], logprobs=lp)
+        self.emit("response.content_part.done", item_id=item["id"], output_index=index, content_index=0, part=_copy(part))
+        if refusal:
+            self._refusal(index, refusal)
+        item["status"] = "completed"
+        self.done(index)
+
+    def _refusal(self, index: int, refusal: str) -> None:
+        item = self.items[index]
+        content_index = len(item["content"])
+        part = {"type": "refusal", "refusal": ""}
+        item["content"].append(part)
+        self.emit("response.content_part.added", item_id=item["id"], output_index=index, content_index=content_index, part=_copy(part))
+        part["refusal"] = refusal
+        self.emit("response.refusal.delta", item_id=item["id"], output_index=index, content_index=content_index, delta=refusal)
+        self.emit("response.refusal.done", item_id=item["id"], output_index=index, content_index=content_index, refusal=refusal)
+        self.emit("response.content_part.done", item_id=item["id"], output_index=index, content_index=content_index, part=_copy(part))
+
+    def _label(self, name: str) -> str:
+        return self.view.labels.get(name, "toolgate")
+
+    def _mcp_call(self, event: ToolStarted) -> None:
+        item: dict[str, Any] = {
+            "id": new_id("mcp"),
+            "type": "mcp_call",
+            "server_label": self._label(event.name),
+            "name": event.name,
+            "arguments": "",
+            "output": None,
+            "error": None,
+            "status": "in_progress",
+        }
+        if event.call_id in self.view.approvals:
+            item["approval_request_id"] = event.call_id
+        index = self.calls[event.call_id] = self.add(item, event.round)
+        item["arguments"] = event.arguments
+        self.emit("response.mcp_call_arguments.delta", item_id=item["id"], output_index=index, delta=event.arguments)
+        self.emit("response.mcp_call_arguments.done", item_id=item["id"], output_index=index, arguments=event.arguments)
+        self.emit("response.mcp_call.in_progress", item_id=item["id"], output_index=index)
+
+    def _mcp_result(self, event: ToolFinished) -> None:
+        index = self.calls.get(event.call_id)
+        if index is None:
+            return
+        item = self.items[index]
+        text = _text(event.content)
+        if event.outcome == "ok":
+            item["output"], item["status"] = text, "completed"
+            self.emit("response.mcp_call.completed", item_id=item["id"], output_index=index)
+        else:
+            item["error"], item["status"] = text, "failed"
+            self.emit("response.mcp_call.failed", item_id=item["id"], output_index=index)
+        self.done(index)
+
+    def _final(self, final: Final) -> None:
+        self.final = final
+        message = final.message
+        refusal = message.get("refusal") if self.streamed else None
+        if not self.streamed:
+            self._unstreamed_text(final)
+        if self.message is None and refusal:
+            item = {"id": new_id("msg"), "type": "message", "role": "assistant", "status": "in_progress", "content": []}
+            self.message = self.add(item, final.rounds)
+            item["content"].append({"type": "output_text", "text": "", "annotations": [], "logprobs": []})
+            self.emit("response.content_part.added", item_id=item["id"], output_index=self.message, content_index=0, part=_copy(item["content"][0]))
+        self._close_text(refusal)
+        for call in final.client_tool_calls or ():
+            function = call["function"]
+            item = {"id": new_id("fc"), "type": "function_call", "call_id": call["id"], "name": function["name"], "arguments": "", "status": "in_progress"}
+            index = self.add(item, final.rounds)
+            item["arguments"], item["status"] = function["arguments"], "completed"
+            self.emit("response.function_call_arguments.delta", item_id=item["id"], output_index=index, delta=function["arguments"])
+            self.emit("response.function_call_arguments.done", item_id=item["id"], output_index=index, arguments=function["arguments"])
+            self.done(index)
+        for call in final.approval_requests or ():
+            function = call["function"]
+            item = {"id": new_id("mcpr"), "type": "mcp_approval_request", "server_label": self._label(function["name"]), "name": function["name"], "arguments": function["arguments"]}
+            self.done(self.add(item, final.rounds))
+
+    def _unstreamed_text(self, final: Final) -> None:
+        """Non-streamed, a round's text is known only at the end: put it before that round's calls."""
+        message = final.message
+        text = message.get("content") or ""
+        reasoning = message.get("reasoning_content") or message.get("reasoning")
+        at = len(self.items)
+        if final.client_tool_calls or final.approval_requests:
+            # This round ended in calls handed back: its text goes before the calls it ran.
+            at = next((i for i, r in enumerate(self.rounds) if r >= final.rounds and self.items[i]["type"] == "mcp_call"), at)
+        new = []
+        if isinstance(reasoning, str) and reasoning:
+            new.append({"id": new_id("rs"), "type": "reasoning", "summary": [], "content": [{"type": "reasoning_text", "text": reasoning}], "status": "completed"})
+        if text or message.get("refusal"):
+            part = {"type": "output_text", "text": _text(text), "annotations": message.get("annotations") or [], "logprobs": []}
+            if self.view.logprobs and final.logprobs:
+                part["logprobs"] = _logprobs(final.logprobs.get("content"))
+            content: list[dict[str, Any]] = [part] if text else []
+            if message.get("refusal"):
+                content.append({"type": "refusal", "refusal": message["refusal"]})
+            new.append({"id": new_id("msg"), "type": "message", "role": "assistant", "status": "completed", "content": content})
+        self.items[at:at] = new
+        self.rounds[at:at] = [final.rounds] * len(new)
+        self.calls = {k: (v + len(new) if v >= at else v) for k, v in self.calls.items()}
+
+    # -- the end ---------------------------------------------------------------------
+
+    def ending(self) -> tuple[str, str | None]:
+        final = self.final
+        assert final is not None
+        if final.finish_reason == "length":
+            return "incomplete", "max_output_tokens"
+        if final.finish_reason == "content_filter":
+            return "incomplete", "content_filter"
+        if final.finish_reason != "tool_calls" and final.rounds >= self.view.max_rounds > 0:
+            return "incomplete", None  # the round cap: the model answered without its tools
+        return "completed", None
+
+    def failed(self, error: bytes, status: int) -> dict[str, Any]:
+        for index in (self.reasoning, self.message):
+            if index is not None:
+                self.items[index]["status"] = "incomplete"
+        for item in self.items:
+            if item.get("status") == "in_progress":
+                item["status"] = "incomplete" if item["type"] != "mcp_call" else "failed"
+        body = orjson.loads(error).get("error") or {}
+        problem = {"code": _error_code(status), "message": str(body.get("message") or "The request failed.")}
+        return self.response("failed", error=problem)
+
+
+def _copy(value: Any) -> Any:
+    return orjson.loads(orjson.dumps(value))
+
+
+_JSON_HEADERS = [(b"content-type", b"application/json")]
+_SSE_HEADERS = [
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"cache-control", b"no-cache"),
+    (b"x-accel-buffering", b"no"),
+]
+
+
+def _status_of(error: bytes) -> int:
+    # The error body carries no status; its code says enough for the two we tell apart.
+    code = (orjson.loads(error).get("error") or {}).get("code")
+    return 429 if code == "rate_limit_exceeded" else 500
+
+
+class ResponsesJSON:
+    """The finished response as one JSON body."""
+
+    streaming = False
+    keepalive = b""
+
+    def __init__(self, view: ResponseView) -> None:
+        self.items = Items(view, streamed=False)
+        self.response: dict[str, Any] | None = None
+        self._length = 0
+
+    def feed(self, event: Event) -> bytes:
+        self.items.feed(event)
+        if not isinstance(event, Final):
+            return b""
+        status, reason = self.items.ending()
+        self.response = self.items.response(status, incomplete=reason)
+        payload = orjson.dumps(self.response)
+        self._length = len(payload)
+        return payload
+
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        final = self.items.final
+        assert final is not None
+        return [
+            *_JSON_HEADERS,
+            (b"content-length", b"%d" % self._length),
+            (b"x-toolgate-rounds", b"%d" % final.rounds),
+            (b"x-toolgate-tool-calls", b"%d" % final.tool_calls),
+        ]
+
+    def failure(self, error: bytes) -> bytes:
+        return error
+
+
+class ResponsesSSE:
+    """The response as its typed events: `event: <type>` and `data: <json>` per event."""
+
+    streaming = True
+    keepalive = sse.KEEPALIVE
+
+    def __init__(self, view: ResponseView) -> None:
+        self.items = Items(view, streamed=True)
+        self.response: dict[str, Any] | None = None
+
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        return _SSE_HEADERS
+
+    def feed(self, event: Event | Opening) -> bytes:
+        # The pump may feed events before `Opening`: the first event opens the stream either way.
+        self.items.feed(event)
+        if isinstance(event, Final):
+            status, reason = self.items.ending()
+            self.response = self.items.response(status, incomplete=reason)
+            self.items.emit(f"response.{status}", response=self.response)
+        return self._flush()
+
+    def failure(self, error: bytes) -> bytes:
+        body = orjson.loads(error).get("error") or {}
+        self.items.open()
+        self.items.emit("error", code=body.get("code"), message=str(body.get("message") or "The request failed."), param=body.get("param"))
+        self.response = self.items.failed(error, _status_of(error))
+        self.items.emit("response.failed", response=self.response)
+        return self._flush()
+
+    def _flush(self) -> bytes:
+        events, self.items.events = self.items.events, []
+        return b"".join(b"event: " + e["type"].encode() + b"\ndata: " + orjson.dumps(e) + b"\n\n" for e in events)

@@ -1,0 +1,188 @@
+"""The shared response store: Redis, for several replicas (standalone Redis or a primary, not Cluster).
+
+    store = RedisStore.open("redis://redis:6379/0", ttl_s=30 * 86400, max_bytes=1 << 30)
+
+One hash per response, `toolgate:resp:{id}`: owner, created_at, response, n
+(the item count), `i:{seq}` per input item and `p:{item id}` -> seq, so a page
+is one HMGET of computed fields and the whole record expires (PEXPIRE) and
+disappears at once. The size cap is the store's own, as in SQLite, rather than
+Redis's `maxmemory`: that policy is the whole server's (often shared with other
+applications) and says nothing of which responses go first. Three bookkeeping
+keys, `toolgate:store:index` (id by expiry, ms), `:sizes` (id -> bytes) and
+`:bytes` (the total), are kept by two Lua scripts that run atomically, so
+replicas writing at once never double-count; each put purges up to
+CLEANUP_BATCH expired entries and evicts up to as many of the soonest to
+expire past the cap. Every command is bounded by the socket timeouts and by
+`asyncio.timeout`; the pool is bounded, and its wait too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable
+from typing import Any, TypeVar
+
+import orjson
+from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+from gateway.errors import StoreUnavailable
+from gateway.store.base import CLEANUP_BATCH, Stored, check_page, encode
+
+T = TypeVar("T")
+
+# KEYS: index, sizes, total. ARGV: id, ttl ms, size, cap, batch, record key prefix.
+# Runs inside the put's MULTI, after the record itself is written.
+_ACCOUNT = """
+local index, sizes, total = KEYS[1], KEYS[2], KEYS[3]
+local id, ttl, size, cap, batch, prefix = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6]
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+local function forget(victim)
+  local bytes = redis.call('HGET', sizes, victim)
+  redis.call('HDEL', sizes, victim)
+  redis.call('ZREM', index, victim)
+  if bytes then return redis.call('DECRBY', total, bytes) end
+  return tonumber(redis.call('GET', total) or 0)
+end
+forget(id)
+redis.call('ZADD', index, now + ttl, id)
+redis.call('HSET', sizes, id, size)
+local sum = redis.call('INCRBY', total, size)
+for _, victim in ipairs(redis.call('ZRANGEBYSCORE', index, '-inf', now, 'LIMIT', 0, batch)) do
+  redis.call('DEL', prefix .. victim)
+  sum = forget(victim)
+end
+local evicted = 0
+for _ = 1, batch do
+  if sum <= cap then break end
+  local oldest = redis.call('ZRANGE', index, 0, 0)[1]
+  if oldest == nil or oldest == id then break end
+  redis.call('DEL', prefix .. oldest)
+  sum = forget(oldest)
+  evicted = evicted + 1
+end
+return evicted
+"""
+
+# KEYS: record, index, sizes, total. ARGV: id, owner.
+_DELETE = """
+if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[2] then return 0 end
+redis.call('DEL', KEYS[1])
+local bytes = redis.call('HGET', KEYS[3], ARGV[1])
+redis.call('HDEL', KEYS[3], ARGV[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+if bytes then redis.call('DECRBY', KEYS[4], bytes) end
+return 1
+"""
+
+_STEPS = {"asc": 1, "desc": -1}
+
+
+class RedisStore:
+    def __init__(self, client: Redis, *, ttl_s: float, max_bytes: int, timeout_s: float, prefix: str = "toolgate:") -> None:
+        self.ttl_s = ttl_s
+        self.max_bytes = max_bytes
+        self.timeout_s = timeout_s
+        self.records = f"{prefix}resp:"
+        self.bookkeeping = [f"{prefix}store:index", f"{prefix}store:sizes", f"{prefix}store:bytes"]
+        self._client = client
+        self._account = client.register_script(_ACCOUNT)
+        self._delete = client.register_script(_DELETE)
+
+    @classmethod
+    def open(cls, url: str, *, ttl_s: float, max_bytes: int, timeout_s: float = 5.0, connections: int = 32) -> RedisStore:
+        """A store on `url`; connects lazily, so the gateway starts while Redis is down
+        and each operation fails with StoreUnavailable until it is back."""
+        pool = BlockingConnectionPool.from_url(
+            url,
+            max_connections=connections,
+            timeout=timeout_s,  # the wait for a free pooled connection
+            socket_timeout=timeout_s,
+            socket_connect_timeout=timeout_s,
+            # One immediate retry on a fresh connection covers one that Redis
+            # closed while idle; backoff would only spend the timeout.
+            retry=Retry(NoBackoff(), 1),
+        )
+        return cls(Redis.from_pool(pool), ttl_s=ttl_s, max_bytes=max_bytes, timeout_s=timeout_s)
+
+    async def put(self, stored: Stored) -> None:
+        encoded = encode(stored, self.max_bytes)
+        fields: dict[str, Any] = {
+            "owner": stored.owner,
+            "created_at": repr(stored.created_at),
+            "response": encoded.response,
+            "n": len(encoded.items),
+        }
+        for seq, (item_id, blob) in enumerate(encoded.items):
+            fields[f"i:{seq}"] = blob
+            fields.setdefault(f"p:{item_id}", seq)  # a repeated id pages from its first place, as in SQLite
+        key = self.records + stored.id
+        ttl_ms = max(1, int(self.ttl_s * 1000))
+
+        async def write() -> None:
+            async with self._client.pipeline(transaction=True) as pipe:
+                pipe.delete(key)
+                pipe.hset(key, mapping=fields)
+                pipe.pexpire(key, ttl_ms)
+                args = [stored.id, ttl_ms, encoded.size, self.max_bytes, CLEANUP_BATCH, self.records]
+                await self._account(keys=self.bookkeeping, args=args, client=pipe)  # queued, not run
+                await pipe.execute()
+
+        await self._call(write())
+
+    async def get(self, response_id: str, owner: str) -> Stored | None:
+        record = await self._call(self._client.hgetall(self.records + response_id))
+        if record.get(b"owner") != owner.encode():
+            return None
+        items = [orjson.loads(record[b"i:%d" % seq]) for seq in range(int(record[b"n"]))]
+        return Stored(response_id, owner, orjson.loads(record[b"response"]), items, float(record[b"created_at"]))
+
+    async def input_items(
+        self, response_id: str, owner: str, *, after: str | None = None, limit: int = 20, order: str = "desc"
+    ) -> tuple[list[dict[str, Any]], bool] | None:
+        check_page(limit, order)
+        key = self.records + response_id
+        fields = ["owner", "n"] if after is None else ["owner", "n", f"p:{after}"]
+        head = await self._call(self._client.hmget(key, fields))
+        if head[0] != owner.encode():
+            return None
+        count, step = int(head[1]), _STEPS[order]
+        if after is None:
+            start = 0 if step > 0 else count - 1
+        elif head[2] is None:
+            return [], False
+        else:
+            start = int(head[2]) + step
+        stop = start + step * limit
+        seqs = range(start, min(max(stop, -1), count), step)
+        if not seqs:
+            return [], False
+        blobs = await self._call(self._client.hmget(key, [f"i:{seq}" for seq in seqs]))
+        if any(blob is None for blob in blobs):  # deleted or expired between the two reads
+            return None
+        return [orjson.loads(blob) for blob in blobs], 0 <= stop < count
+
+    async def delete(self, response_id: str, owner: str) -> bool:
+        keys = [self.records + response_id, *self.bookkeeping]
+        return bool(await self._call(self._delete(keys=keys, args=[response_id, owner])))
+
+    async def close(self) -> None:
+        """Close the pool's connections; never raises."""
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                await self._client.aclose()
+        except (TimeoutError, RedisError, OSError):
+            pass
+
+    async def _call(self, operation: Awaitable[T]) -> T:
+        # The one boundary where Redis's failures become StoreUnavailable.
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                return await operation
+        except TimeoutError:
+            raise StoreUnavailable(f"the response store did not answer within {self.timeout_s:g}s") from None
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(f"the response store failed: {exc}") from exc

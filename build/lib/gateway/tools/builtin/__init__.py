@@ -1,0 +1,195 @@
+"""The built-in tools: one row each, off until ``[tools.builtin.NAME]`` enables it.
+
+::
+
+    [tools.builtin.current_time]
+    default_timezone = "Europe/Berlin"
+
+    [tools.builtin.calculate]
+
+    [tools.builtin.fetch_url]
+    max_bytes = 1048576
+    allow = ["intranet.example:8080", "10.1.0.0/16"]
+
+    [tools.builtin.read_file]
+    roots = ["/srv/docs"]
+
+``build("builtin", table, problems, "tools.builtin")`` returns one source holding
+every enabled tool, or ``None`` when none is enabled. Every table also takes
+``enabled`` (default true) and ``timeout_s`` (the tool's own timeout).
+A row's module is imported only when the config names it.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from gateway.errors import Problems
+from gateway.tools.base import SourceContext, StaticSource, Tool
+
+_MISSING = object()
+
+
+@dataclass(frozen=True)
+class Builtin:
+    target: str  # "module:function" below gateway.tools.builtin
+    summary: str
+
+    def factory(self, options: dict[str, Any], problems: Problems, key: str) -> Tool | None:
+        """The tool for ``options`` (the table minus ``enabled``/``timeout_s``), or ``None``
+        with problems added."""
+        module, _, func = self.target.partition(":")
+        build = getattr(importlib.import_module(f"{__name__}.{module}"), func)
+        return build(options, problems, key)
+
+
+BUILTINS: dict[str, Builtin] = {
+    "current_time": Builtin("current_time:build", "the current date and time in a time zone"),
+    "calculate": Builtin("calculate:build", "safe arithmetic"),
+    "fetch_url": Builtin("fetch_url:build", "HTTP GET to text or Markdown, SSRF-guarded"),
+    "read_file": Builtin("files:build_read_file", "read a text file inside configured roots"),
+    "list_dir": Builtin("files:build_list_dir", "list a directory inside configured roots"),
+}
+
+
+class BuiltinSource(StaticSource):
+    """Static tools, some of which hold a resource (fetch_url's HTTP client)."""
+
+    async def start(self, ctx: SourceContext) -> None:
+        for tool in self.tools():
+            start = getattr(tool, "start", None)
+            if start is not None:
+                await start(ctx)
+
+    async def stop(self) -> None:
+        for tool in self.tools():
+            stop = getattr(tool, "stop", None)
+            if stop is not None:
+                await stop()
+
+
+def build(name: str, table: Mapping[str, Any], problems: Problems, key: str) -> BuiltinSource | None:
+    """The built-in source for ``[tools.builtin]``, or ``None`` if nothing is enabled."""
+    tools: list[Tool] = []
+    for tool_name, options in table.items():
+        where = f"{key}.{tool_name}"
+        row = BUILTINS.get(tool_name)
+        if row is None:
+            problems.add(where, f"unknown built-in tool; expected one of {', '.join(BUILTINS)}")
+            continue
+        if not isinstance(options, dict):
+            problems.add(where, "expected a table")
+            continue
+        opts = dict(options)
+        enabled = opts.pop("enabled", True)
+        timeout_s = opts.pop("timeout_s", None)
+        if not isinstance(enabled, bool):
+            problems.add(f"{where}.enabled", "expected true or false")
+            continue
+        if timeout_s is not None and not _positive_number(timeout_s):
+            problems.add(f"{where}.timeout_s", "expected a positive number of seconds")
+            continue
+        if not enabled:
+            continue
+        tool = row.factory(opts, problems, where)
+        if tool is not None:
+            if timeout_s is not None:
+                tool.timeout_s = timeout_s
+            tools.append(tool)
+    return BuiltinSource(name, tools) if tools else None
+
+
+def _positive_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
+
+
+class Options:
+    """Typed reads from one config table; a bad value is a problem, never an exception.
+
+    ::
+
+        opts = Options(table, problems, key)
+        limit = opts.number("max_bytes", 2 << 20, integer=True)
+        if not opts.finish():   # reports unknown keys; False if anything was wrong
+            return None
+    """
+
+    def __init__(self, table: Mapping[str, Any], problems: Problems, key: str) -> None:
+        self._table = dict(table)
+        self._problems = problems
+        self._key = key
+        self._read: set[str] = set()
+        self.ok = True
+
+    def problem(self, option: str, what: str) -> None:
+        self.ok = False
+        self._problems.add(f"{self._key}.{option}", what)
+
+    def _take(self, option: str) -> Any:
+        self._read.add(option)
+        return self._table.get(option, _MISSING)
+
+    def string(self, option: str, default: str | None = None, *, required: bool = False) -> str | None:
+        value = self._take(option)
+        if value is _MISSING:
+            if required:
+                self.problem(option, "required; expected a string")
+            return default
+        if not isinstance(value, str) or not value:
+            self.problem(option, "expected a non-empty string")
+            return default
+        return value
+
+    def number(
+        self, option: str, default: float, *, integer: bool = False, minimum: float = 0, exclusive: bool = True
+    ) -> Any:
+        value = self._take(option)
+        if value is _MISSING:
+            return default
+        kinds = int if integer else (int, float)
+        fits = isinstance(value, kinds) and not isinstance(value, bool)
+        if not fits or (value <= minimum if exclusive else value < minimum):
+            what = "an integer" if integer else "a number"
+            bound = f"greater than {minimum}" if exclusive else f"at least {minimum}"
+            self.problem(option, f"expected {what} {bound}")
+            return default
+        return value
+
+    def boolean(self, option: str, default: bool) -> bool:
+        value = self._take(option)
+        if value is _MISSING:
+            return default
+        if not isinstance(value, bool):
+            self.problem(option, "expected true or false")
+            return default
+        return value
+
+    def strings(self, option: str, default: Sequence[str] = (), *, required: bool = False) -> list[str]:
+        value = self._take(option)
+        if value is _MISSING:
+            if required:
+                self.problem(option, "required; expected a list of strings")
+            return list(default)
+        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+            self.problem(option, "expected a list of non-empty strings")
+            return list(default)
+        return list(value)
+
+    def string_map(self, option: str) -> dict[str, str]:
+        value = self._take(option)
+        if value is _MISSING:
+            return {}
+        if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+            self.problem(option, "expected a table of strings")
+            return {}
+        return dict(value)
+
+    def finish(self) -> bool:
+        """Report options nobody read; True when the table was entirely valid."""
+        for option in self._table:
+            if option not in self._read:
+                self.problem(option, "unknown option")
+        return self.ok
