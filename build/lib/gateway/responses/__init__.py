@@ -1,2 +1,0 @@
-"""The OpenAI Responses API on the one tool loop: its parser (`wire`), renderers (`render`)
-and handlers (`routes`), beside the Chat Completions ones."""
