@@ -8,7 +8,10 @@ fake's demo brain:
 
 - the upstream model name picks the latency: ``fake-model-50ms`` waits 50 ms before every
   answer (S4's 50 ms rounds); ``slow`` streams its chunks ``--slow-chunk-ms`` apart (S5);
+  ``paced`` streams them ``--paced-chunk-ms`` apart (S3-paced: one chunk per network read,
+  as a real model sends);
 - offered ``nap`` (S7): ``--nap-calls`` parallel calls of ``nap(ms=--nap-ms)`` in one round;
+- offered ``sleep`` (S7 over stdio MCP): the same calls as ``sleep(seconds=--nap-ms / 1000)``;
 - offered ``add`` (S4 with the stdio MCP server): one ``add(a=2, b=3)`` call;
 - otherwise the demo brain: ``calculate`` when offered and the user wrote arithmetic, an
   answer from the tool results after a tool round, else "You said: ...".
@@ -30,7 +33,7 @@ _REFILL_LOW = 2_000
 _REFILL_BATCH = 10_000
 
 
-def brain(nap_calls: int, nap_ms: int, slow_chunk_s: float) -> Callable[[dict[str, Any]], Reply | Calls]:
+def brain(nap_calls: int, nap_ms: int, slow_chunk_s: float, paced_chunk_s: float = 0.001) -> Callable[[dict[str, Any]], Reply | Calls]:
     def bench_turn(body: dict[str, Any]) -> Reply | Calls:
         model = str(body.get("model") or "")
         messages = body.get("messages") or []
@@ -41,12 +44,14 @@ def brain(nap_calls: int, nap_ms: int, slow_chunk_s: float) -> Callable[[dict[st
         turn: Reply | Calls
         if not last_is_tool and "nap" in offered:
             turn = Calls([("nap", {"ms": nap_ms})] * nap_calls)
+        elif not last_is_tool and "sleep" in offered:  # S7 over stdio MCP (tests/mcp_server.py's sleep)
+            turn = Calls([("sleep", {"seconds": nap_ms / 1000})] * nap_calls)
         elif not last_is_tool and "add" in offered:
             turn = Calls([("add", {"a": 2, "b": 3})])
         else:
             turn = demo_turn(body)
-        if model == "slow" and isinstance(turn, Reply):
-            turn = dataclasses.replace(turn, chunk_delay_s=slow_chunk_s)
+        if model in ("slow", "paced") and isinstance(turn, Reply):
+            turn = dataclasses.replace(turn, chunk_delay_s=slow_chunk_s if model == "slow" else paced_chunk_s)
         latency = _LATENCY.search(model)
         if latency:
             turn = dataclasses.replace(turn, delay_s=int(latency.group(1)) / 1000)
@@ -80,7 +85,7 @@ async def _probe(fake: FakeLLM) -> bytes:
 async def serve(args: argparse.Namespace) -> None:
     fake = FakeLLM("openai", latency_s=args.latency_ms / 1000, chunks=args.chunks or None, record=False)
     await fake.start(port=args.port)
-    refill = asyncio.create_task(keep_scripted(fake, brain(args.nap_calls, args.nap_ms, args.slow_chunk_ms / 1000)))
+    refill = asyncio.create_task(keep_scripted(fake, brain(args.nap_calls, args.nap_ms, args.slow_chunk_ms / 1000, args.paced_chunk_ms / 1000)))
     await asyncio.sleep(0.01)
     problem = await _probe(fake)
     if problem:
@@ -100,6 +105,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--nap-calls", type=int, default=8)
     parser.add_argument("--nap-ms", type=int, default=100)
     parser.add_argument("--slow-chunk-ms", type=float, default=50.0)
+    parser.add_argument("--paced-chunk-ms", type=float, default=1.0)
     args = parser.parse_args(argv)
     try:
         import uvloop

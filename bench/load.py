@@ -54,7 +54,7 @@ class Target:
 
 
 class Result:
-    __slots__ = ("status", "ttfb", "done", "close", "watched")
+    __slots__ = ("status", "ttfb", "done", "close", "watched", "events", "frames")
 
     def __init__(self) -> None:
         self.status = 0
@@ -62,6 +62,8 @@ class Result:
         self.done = False  # a stream ended with [DONE]; a JSON body read whole
         self.close = False
         self.watched: list[bytes] = []
+        self.events = 0  # SSE `data:` lines the client received
+        self.frames = 0  # HTTP body chunks they came in
 
 
 async def exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, target: Target,
@@ -99,18 +101,22 @@ async def exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, t
         result.close = result.done = True
         return result
     tail = b""
+    at_line_start = True
     while True:
         size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
         if size == 0:
             await reader.readuntil(b"\r\n")  # no trailers are sent: the blank line
             break
         data = await reader.readexactly(size + 2)
+        payload = data[:-2]
+        result.frames += 1
+        result.events += payload.count(b"\ndata:") + (at_line_start and payload.startswith(b"data:"))
+        at_line_start = payload.endswith(b"\n")
         if not result.ttfb:
             result.ttfb = time.perf_counter()
             if on_first_byte is not None:
                 on_first_byte()
         if not result.done:
-            payload = data[:-2]
             # The marker may straddle two chunks: search the end of the last one with this one.
             result.done = target.done in tail + payload
             tail = payload[-len(target.done) :]
@@ -144,6 +150,7 @@ async def closed(args: argparse.Namespace, target: Target) -> dict:
     statuses: Counter = Counter()
     errors: Counter = Counter()
     watched: Counter = Counter()
+    events = [0, 0]  # SSE events, HTTP body chunks: summed over measured requests
     window = [float("inf"), float("inf")]
     full = asyncio.Event()
     stopping = False
@@ -180,6 +187,8 @@ async def closed(args: argparse.Namespace, target: Target) -> dict:
                 latencies.append(t1 - t0)
                 ttfbs.append(result.ttfb - t0)
                 watched.update(w.decode() for w in result.watched)
+                events[0] += result.events
+                events[1] += result.frames
                 if len(latencies) >= args.max_requests:
                     full.set()
         if conn is not None:
@@ -212,6 +221,9 @@ async def closed(args: argparse.Namespace, target: Target) -> dict:
         "errors": dict(errors),
         "incomplete": incomplete,
         "watched": dict(watched),
+        # Per stream: SSE events the client saw, and the HTTP body chunks they came in.
+        "events_per_request": events[0] / len(latencies) if latencies else None,
+        "frames_per_request": events[1] / len(latencies) if latencies else None,
     }
 
 

@@ -142,6 +142,18 @@ class StreamAssembler:
         self._repeats = 0
 
     def feed(self, chunk: Any) -> Delta | None:
+        piece = self._read(chunk)
+        if piece is None:
+            return None
+        content, reasoning, tokens = piece
+        if content:
+            self._content.add(content)
+        if reasoning:
+            self._reasoning.add(reasoning)
+        return Delta(content, reasoning, tokens)
+
+    def _read(self, chunk: Any) -> tuple[str | None, str | None, list[Any] | None] | None:
+        """One chunk's text (content, reasoning, logprob tokens), or None; the rest of it folded in."""
         # The hot path of every stream: a content-only delta touches five keys and no helper.
         if type(chunk) is not dict:
             raise UpstreamError("The upstream stream carried something that is not a chunk.")
@@ -172,19 +184,16 @@ class StreamAssembler:
         if reasoning is not None and type(reasoning) is not str:
             reasoning = _text(reasoning, "reasoning")
         if content:
-            self._content.add(content)
             if content == self._repeat:
                 self._repeats += 1
                 if self._max_repeats and self._repeats >= self._max_repeats:
                     raise UpstreamError(f"The model repeated the same output {self._repeats} times in a row; the stream was stopped.", code="runaway_output")
             else:
                 self._repeat, self._repeats = content, 1
-        if reasoning:
-            self._reasoning.add(reasoning)
         if content or reasoning:
             logprobs = choice.get("logprobs")
             tokens = logprobs.get("content") if type(logprobs) is dict else None
-            return Delta(content or None, reasoning or None, tokens if type(tokens) is list else None)
+            return content or None, reasoning or None, tokens if type(tokens) is list else None
         return None
 
     def _rare(self, delta: dict[str, Any]) -> None:
@@ -202,24 +211,31 @@ class StreamAssembler:
             self._refusal.append(refusal)
 
     def feed_many(self, chunks: list[Any]) -> Delta | None:
-        """Chunks that arrived together, as one Delta: one event per network read, not per chunk."""
+        """Chunks that arrived together, as one Delta: one event per network read, not per chunk
+        (and their text kept as one piece: no Delta, no append per chunk)."""
         if len(chunks) == 1:
             return self.feed(chunks[0])
         content: list[str] = []
         reasoning: list[str] = []
         logprobs: list[dict[str, Any]] | None = None
         for chunk in chunks:
-            delta = self.feed(chunk)
-            if delta is not None:
-                if delta.content:
-                    content.append(delta.content)
-                if delta.reasoning:
-                    reasoning.append(delta.reasoning)
-                if delta.logprobs is not None:
-                    logprobs = [*(logprobs or ()), *delta.logprobs]
-        if content or reasoning:
-            return Delta("".join(content) or None, "".join(reasoning) or None, logprobs)
-        return None
+            piece = self._read(chunk)
+            if piece is not None:
+                if piece[0]:
+                    content.append(piece[0])
+                if piece[1]:
+                    reasoning.append(piece[1])
+                if piece[2] is not None:
+                    logprobs = [*(logprobs or ()), *piece[2]]
+        if not (content or reasoning):
+            return None
+        text = "".join(content) or None
+        thought = "".join(reasoning) or None
+        if text:
+            self._content.add(text)
+        if thought:
+            self._reasoning.add(thought)
+        return Delta(text, thought, logprobs)
 
     def _fold_call(self, raw: dict[str, Any]) -> None:
         # A known id names its call (vLLM repeats it in every fragment); else the

@@ -161,4 +161,7 @@ atexit.register(stop)
 
 def request_line(fields: dict[str, Any]) -> None:
     if access.isEnabledFor(logging.INFO):
-        access.info("request", extra={"fields": {"event": "request", **fields}})
+        # The record made directly, not through access.info(): that first walks the stack for
+        # the caller's file and line, which no line shows. Handlers and filters run as ever.
+        extra = {"fields": {"event": "request", **fields}}
+        access.handle(access.makeRecord(access.name, logging.INFO, __file__, 0, "request", (), None, extra=extra))

@@ -10,7 +10,8 @@ owns the rest:
   stream with the first bytes the client will see, so an early error keeps
   its own status;
 - keepalives: streamed, the loop feeds a bounded queue, and waiting on the
-  queue (never on the loop) times out to send one;
+  queue (never on the loop) for `keepalive_s` sends one (one timer per
+  stream watches that wait: no timer per event);
 - liveness: the client leaving, the loop dying of anything, and the server
   shutting down each end the request in one known way (`Outcome.ended`);
 - error envelopes: before the status line, the error is the response; after
@@ -28,7 +29,7 @@ from typing import Any, Literal, Protocol
 
 from gateway import drain
 from gateway.errors import ShuttingDown, UpstreamTimeout, error_json
-from gateway.events import Event, Final, Opening, RoundUsage, ToolStarted
+from gateway.events import Delta, Event, Final, Opening, RoundUsage, ToolStarted
 from gateway.usage import add_usage
 
 log = logging.getLogger("toolgate")
@@ -202,6 +203,8 @@ class _Pump:
 
     def note(self, event: Event) -> None:
         """Accounting that must survive whatever happens next."""
+        if type(event) is Delta:  # nearly every event: nothing to count
+            return
         if isinstance(event, RoundUsage):
             if event.usage is not None:
                 self.outcome.usage = add_usage(self.outcome.usage, event.usage)
@@ -253,16 +256,54 @@ async def _produce(events: AsyncGenerator[Event, None], queue: asyncio.Queue[Any
     await queue.put(terminal)
 
 
+class _Quiet:
+    """Keepalives from one timer per stream, not one per event: the timer checks how long the
+    writer has been waiting on the queue, and when it is `keepalive_s`, queues `_KEEPALIVE`
+    (the writer sends one), else sleeps the rest of that time. A writer busy sending waits on
+    nobody, and gets no keepalive meanwhile, as with a timeout around each wait."""
+
+    __slots__ = ("queue", "every", "loop", "waiting_since", "timer")
+
+    def __init__(self, queue: asyncio.Queue[Any], every: float) -> None:
+        self.queue, self.every = queue, every
+        self.loop = asyncio.get_running_loop()
+        self.waiting_since: float | None = None  # None: the writer is not waiting on the queue
+        self.timer = self.loop.call_later(every, self._due)
+
+    def _due(self) -> None:
+        since = self.waiting_since
+        left = self.every if since is None else since + self.every - self.loop.time()
+        if left <= 0:
+            self.waiting_since = None  # one keepalive per quiet `every`
+            try:
+                self.queue.put_nowait(_KEEPALIVE)
+            except asyncio.QueueFull:  # not while the writer waits (the queue is empty then); never mind
+                pass
+            left = self.every
+        self.timer = self.loop.call_later(left, self._due)
+
+    def stop(self) -> None:
+        self.timer.cancel()
+
+
+_KEEPALIVE = object()
+
+
 async def _stream(p: _Pump, events: AsyncGenerator[Event, None]) -> None:
     queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=QUEUE_SIZE)
     producer = asyncio.ensure_future(_produce(events, queue))
-    r, keepalive_s = p.r, p.timing.keepalive_s
+    r = p.r
+    quiet = _Quiet(queue, p.timing.keepalive_s)
+    loop = quiet.loop
     try:
         while True:  # ends at _END or an error; the loop behind the queue is bounded
-            try:
-                async with asyncio.timeout(keepalive_s):
-                    item = await queue.get()
-            except TimeoutError:
+            if queue.empty():
+                quiet.waiting_since = loop.time()
+                item = await queue.get()
+                quiet.waiting_since = None
+            else:
+                item = queue.get_nowait()
+            if item is _KEEPALIVE:
                 if p.outcome.started:
                     await p.body(r.keepalive, True)
                 else:
@@ -275,6 +316,8 @@ async def _stream(p: _Pump, events: AsyncGenerator[Event, None]) -> None:
             for event in batch:
                 if event is _END:
                     break
+                if event is _KEEPALIVE:
+                    continue  # events are going out now: no keepalive needed
                 if isinstance(event, BaseException):
                     p.outcome.ended = "error"
                     if not p.outcome.started and out:
@@ -295,6 +338,7 @@ async def _stream(p: _Pump, events: AsyncGenerator[Event, None]) -> None:
             if not more:
                 return
     finally:
+        quiet.stop()
         if not producer.done():
             producer.cancel()
         try:

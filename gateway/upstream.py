@@ -329,10 +329,13 @@ async def probe(transport: Transport, upstream: Upstream) -> tuple[bool, str]:
 def _batch(events: list[bytes], done: bytes | None) -> tuple[list[Any], bool]:
     """The parsed payloads, up to the one that ends the stream, and whether it came."""
     batch: list[Any] = []
-    for data in events:
-        if data == done:
-            return batch, True
-        batch.append(_parse(data, "The upstream stream carried malformed JSON."))
+    try:
+        for data in events:  # per streamed chunk: no helper call, one try for the whole read
+            if data == done:
+                return batch, True
+            batch.append(orjson.loads(data))
+    except orjson.JSONDecodeError:
+        raise UpstreamError("The upstream stream carried malformed JSON.") from None
     return batch, False
 
 
