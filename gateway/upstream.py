@@ -147,15 +147,7 @@ class UpstreamClient:
         return body
 
     async def _complete(self, target: _Target, payload: dict[str, Any], request_id: str, client_auth: str, span: Any) -> Any:
-        await target.slot()
-        try:
-            reply = await self._send(target, payload, request_id, client_auth, span)
-            try:
-                raw = await reply.read()
-            finally:
-                await reply.close()
-        finally:
-            target.slots.release()
+        reply, raw = await self._whole(target, payload, request_id, client_auth, span)
         if "json" not in reply.headers.get("content-type", "json"):
             raise UpstreamError(f"The upstream answered with {_kind(reply)} instead of JSON.")
         try:
@@ -227,9 +219,15 @@ class UpstreamClient:
         `endpoint` (a URL on the host; a GET when `payload` is None), under the same slots,
         retries, budget and error mapping as chat; a 2xx reply and its whole body."""
         target = self._target(upstream)
+        return await self._whole(target, payload, request_id, client_auth, url=endpoint + target.query)
+
+    async def _whole(
+        self, target: _Target, payload: dict[str, Any] | None, request_id: str, client_auth: str, span: Any = None, *, url: str = ""
+    ) -> tuple[Reply, bytes]:
+        """One exchange under a slot: the reply and its whole body."""
         await target.slot()
         try:
-            reply = await self._send(target, payload, request_id, client_auth, url=endpoint + target.query)
+            reply = await self._send(target, payload, request_id, client_auth, span, url=url)
             try:
                 raw = await reply.read()
             finally:
