@@ -48,7 +48,8 @@ def create_app(
     tool_transport: httpx.AsyncBaseTransport | None = None,
     demo: bool = False,
 ) -> Starlette:
-    runtime = routes.Runtime(settings, toolbox_for(settings))
+    runtime = routes.Runtime(settings, toolbox_for(settings))  # creates the sources from their specs
+    sources = runtime.toolbox.sources
     store = StoreSlot(store_opener(settings))
 
     SECRETS.add(*settings.secrets())
@@ -71,12 +72,12 @@ def create_app(
             # startup) still stops what it began, children included.
             reloader = app.state.reloader = Reloader(runtime, context)
             stack.push_async_callback(reloader.close)
-            reloader.own(settings.sources)
+            reloader.own(sources)
             register(reloader)  # SIGHUP reloads this app's config
             stack.callback(unregister, reloader)
             # Sources start behind the open port: /healthz answers from the first second,
             # /readyz says "starting" until every source is up or has given up.
-            runtime.starting = asyncio.ensure_future(_start_sources(settings.sources, context, runtime))
+            runtime.starting = asyncio.ensure_future(_start_sources(sources, context, runtime))
             stack.push_async_callback(_cancel, runtime.starting)
             runtime.probe = lambda: _probe_upstreams(upstream, runtime)
             stack.push_async_callback(runtime.stop_probing)

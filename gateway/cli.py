@@ -149,7 +149,7 @@ async def _check(settings: Settings) -> int:
         await runtime.starting
         owners = runtime.toolbox.owners()
         print("\ntools:")
-        for source in settings.sources:
+        for source in runtime.toolbox.sources:
             status = source.status()
             names = sorted(name for name, owner in owners.items() if owner == source.name)
             print(f"  {source.name}: {', '.join(names) or '(none)'}")

@@ -26,7 +26,8 @@ from gateway.redact import MASK, MIN_LENGTH, SECRETS
 from gateway.tools import hints
 from gateway.tools.base import StaticSource, ToolSource
 from gateway.tools.builtin import BUILTINS
-from gateway.tools.registry import build_sources
+from gateway.tools import registry
+from gateway.tools.registry import SourceSpec
 
 DEFAULT_PATH = "config/toolgate.toml"
 
@@ -212,7 +213,8 @@ class Settings:
     responses: ResponsesSettings = field(default_factory=ResponsesSettings)
     upstreams: Mapping[str, Upstream] = field(default_factory=dict)
     models: Mapping[str, ModelAlias] = field(default_factory=dict)
-    sources: tuple[ToolSource, ...] = ()
+    # What to create the tool sources from (`registry.create`); the app creates and starts them.
+    sources: tuple[SourceSpec, ...] = ()
     api_keys: tuple[Secret, ...] = ()
     path: str = ""
     # The environment the config was resolved against; `${VAR}` in tool sources reads it.
@@ -233,10 +235,8 @@ class Settings:
         found.append(urlsplit(self.store.url).password or "")
         for upstream in self.upstreams.values():
             found += _upstream_secrets(upstream)
-        for source in self.sources:
-            report = getattr(source, "secrets", None)
-            if report is not None:
-                found += report(self.environ)
+        for spec in self.sources:
+            found += registry.secrets(spec, self.environ)
         return [value for value in dict.fromkeys(found) if value]
 
     def describe(self) -> dict[str, Any]:
@@ -750,11 +750,11 @@ def settings_from_dict(raw: dict[str, Any], environ: Mapping[str, str], path: st
     if server.default_upstream not in upstreams:
         problems.add("server.default_upstream", f"no [upstreams.{server.default_upstream}] is configured")
 
-    sources = build_sources(table("tools"), problems)
+    sources = registry.build_specs(table("tools"), problems)
     for name in responses.require_approval:
-        if name not in {source.name for source in sources}:
+        if name not in {spec.name for spec in sources}:
             problems.add(f"responses.require_approval.{name}", "no tool source of that name is configured")
-    catalog = _Catalog(sources)
+    catalog = _Catalog(registry.create(spec) for spec in sources)
     models_raw = raw.get("models", [])
     if not isinstance(models_raw, list):
         problems.add("models", "expected an array of tables ([[models]])")

@@ -1,7 +1,7 @@
 """Config reload without a restart: on SIGHUP, or `toolgate reload`.
 
     reloader = Reloader(runtime, context)    # the app's lifespan: one per app, closed at shutdown
-    reloader.own(settings.sources)           # sources it stops at shutdown (every later one joins)
+    reloader.own(runtime.toolbox.sources)    # sources it stops at shutdown (every later one joins)
     await reloader.reload()                  # what SIGHUP runs; the outcome is /readyz's last_reload
 
 A reload reads and validates the file on a thread of its own, as `toolgate check` would;
@@ -11,10 +11,10 @@ keeps serving. A valid one becomes the next generation (`routes.Generation`):
 - settings read once at start (the listen address, uvicorn's limits, the response store,
   the tool threads, the gateway's API keys) keep their running value, with a "needs a
   restart" warning each;
-- tool sources are diffed: an MCP server whose table is unchanged is kept (same process,
-  same session); new and changed ones start before the switch; other kinds hold no
-  session and are rebuilt; those left behind stop once no request that began on an older
-  generation is running (bounded by that config's request deadline);
+- tool sources are diffed by spec (`registry.SourceSpec`): a source whose spec is unchanged
+  is kept (an MCP server: same process, same session); new and changed ones are created
+  from their spec and start before the switch; those left behind stop once no request
+  that began on an older generation is running (bounded by that config's request deadline);
 - the new secrets join the redactor before anything starts;
 - requests that began on the old generation finish on it; the next request sees the new one.
 
@@ -40,7 +40,9 @@ from gateway.config import Settings, load_config
 from gateway.errors import ConfigError
 from gateway.redact import SECRETS
 from gateway.threads import Busy, Threads
+from gateway.tools import registry
 from gateway.tools.base import SourceContext, ToolSource
+from gateway.tools.registry import SourceSpec
 from gateway.tools.toolbox import Toolbox
 
 if TYPE_CHECKING:
@@ -73,6 +75,7 @@ class Plan:
     """The next config, ready to serve, and what changes with it."""
 
     settings: Settings
+    sources: list[ToolSource] = field(default_factory=list)  # one per `settings.sources` spec, in order
     start: list[ToolSource] = field(default_factory=list)
     stop: list[ToolSource] = field(default_factory=list)
     kept: list[ToolSource] = field(default_factory=list)
@@ -80,8 +83,9 @@ class Plan:
     warnings: list[str] = field(default_factory=list)
 
 
-def plan(old: Settings, demo: bool = False) -> Plan:
-    """Read `old.path` again, validated (ConfigError lists its problems), and diff it with `old`.
+def plan(old: Settings, demo: bool = False, running: Sequence[ToolSource] = ()) -> Plan:
+    """Read `old.path` again, validated (ConfigError lists its problems), and diff it with `old`,
+    whose sources are `running` (one per `old.sources` spec, in order).
 
     Blocking (file I/O, imports of Python tool modules, schema checks): run it on a thread.
     """
@@ -89,38 +93,38 @@ def plan(old: Settings, demo: bool = False) -> Plan:
     result = Plan(new, warnings=list(new.warnings))
     sections = {}
     for section, keys in RESTART_ONLY.items():
-        running, wanted = getattr(old, section), getattr(new, section)
-        changed = [key for key in keys if getattr(running, key) != getattr(wanted, key)]
+        current, wanted = getattr(old, section), getattr(new, section)
+        changed = [key for key in keys if getattr(current, key) != getattr(wanted, key)]
         result.restart += [f"{section}.{key}" for key in changed]
-        sections[section] = replace(wanted, **{key: getattr(running, key) for key in changed})
+        sections[section] = replace(wanted, **{key: getattr(current, key) for key in changed})
     api_keys = new.api_keys
     if [k.value for k in api_keys] != [k.value for k in old.api_keys]:
         result.restart.append("auth.api_keys_env")
         api_keys = old.api_keys
     result.warnings += [f"{old.path}: {key}: changed, and needs a restart to take effect; the running value stays" for key in result.restart]
-    sources = _diff_sources(old.sources, new.sources, result)
+    result.sources = _diff_sources(list(zip(old.sources, running)), new.sources, result)
     result.settings = replace(
-        new, **sections, api_keys=api_keys, sources=tuple(sources), upstreams=_upstreams(old, new, demo), warnings=tuple(result.warnings)
+        new, **sections, api_keys=api_keys, upstreams=_upstreams(old, new, demo), warnings=tuple(result.warnings)
     )
     SECRETS.add(*result.settings.secrets())  # before anything of the new config starts or logs
     return result
 
 
-def _diff_sources(old: Sequence[ToolSource], new: Sequence[ToolSource], result: Plan) -> list[ToolSource]:
-    """`new`, with each source whose spec is unchanged replaced by the running one."""
-    running = {(type(s), s.name): s for s in old}
+def _diff_sources(old: Sequence[tuple[SourceSpec, ToolSource]], new: Sequence[SourceSpec], result: Plan) -> list[ToolSource]:
+    """A source per `new` spec: the running one where its spec is unchanged, else a new one."""
+    running = {(spec.kind, spec.name): (spec, source) for spec, source in old}
     merged: list[ToolSource] = []
-    for source in new:
-        twin = running.get((type(source), source.name))
-        spec = getattr(source, "spec", None)  # sources without one hold no session: rebuilt
-        if twin is not None and spec is not None and getattr(twin, "spec", None) == spec:
-            result.kept.append(twin)
-            merged.append(twin)
+    for spec in new:
+        twin = running.pop((spec.kind, spec.name), None)
+        if twin is not None and twin[0] == spec:
+            result.kept.append(twin[1])
+            merged.append(twin[1])
         else:
+            source = registry.create(spec)
             result.start.append(source)
             merged.append(source)
     kept = {id(s) for s in result.kept}
-    result.stop = [s for s in old if id(s) not in kept]
+    result.stop = [source for _, source in old if id(source) not in kept]
     return merged
 
 
@@ -137,11 +141,11 @@ def _upstreams(old: Settings, new: Settings, demo: bool) -> dict[str, Any]:
     return upstreams
 
 
-def toolbox_for(settings: Settings) -> Toolbox:
-    """The toolbox over `settings.sources`, with the config's bounds."""
+def toolbox_for(settings: Settings, sources: Sequence[ToolSource] | None = None) -> Toolbox:
+    """The toolbox over `sources` (default: created from `settings.sources`), with the config's bounds."""
     loop = settings.loop
     return Toolbox(
-        settings.sources,
+        [registry.create(spec) for spec in settings.sources] if sources is None else sources,
         max_parallel=loop.max_parallel_tools,
         timeout_s=loop.tool_timeout_s,
         max_result_chars=loop.max_tool_result_chars,
@@ -149,9 +153,9 @@ def toolbox_for(settings: Settings) -> Toolbox:
     )
 
 
-def _prepared_toolbox(settings: Settings) -> Toolbox:
-    """`toolbox_for(settings)` with its names, schemas and every alias's offer built (on a thread)."""
-    toolbox = toolbox_for(settings)
+def _prepared_toolbox(settings: Settings, sources: Sequence[ToolSource]) -> Toolbox:
+    """`toolbox_for(settings, sources)` with its names, schemas and every alias's offer built (on a thread)."""
+    toolbox = toolbox_for(settings, sources)
     for alias in settings.models.values():
         toolbox.select(alias.tools)
     return toolbox
@@ -202,7 +206,7 @@ class Reloader:
             path = old.settings.path
             try:
                 async with asyncio.timeout(READ_TIMEOUT_S):
-                    next_ = await _THREADS.run(plan, old.settings, runtime.demo)
+                    next_ = await _THREADS.run(plan, old.settings, runtime.demo, old.toolbox.sources)
             except ConfigError as exc:
                 return self._refused(old, exc.problems)
             except TimeoutError:
@@ -235,7 +239,7 @@ class Reloader:
         self.own(next_.start)
         await self._start(next_.start)
         async with asyncio.timeout(READ_TIMEOUT_S):
-            toolbox = await _THREADS.run(_prepared_toolbox, next_.settings)
+            toolbox = await _THREADS.run(_prepared_toolbox, next_.settings, next_.sources)
         retired = runtime.swap(next_.settings, toolbox)
         for name in set(runtime.reachability) - set(next_.settings.upstreams):
             del runtime.reachability[name]

@@ -10,6 +10,7 @@ import pytest
 
 from gateway.config import Secret, Settings, load_config, settings_from_dict
 from gateway.errors import ConfigError, Problems
+from gateway.tools.registry import create, ready
 
 SHIPPED = Path(__file__).resolve().parent.parent / "config" / "toolgate.toml"
 
@@ -45,7 +46,7 @@ def test_shipped_config_loads_as_it_is():
     assert settings.server.host == "127.0.0.1"
     tooled = [m for m in settings.models.values() if {"current_time", "calculate"} <= set(m.tools)]
     assert tooled, "a model alias offering the safe built-ins"
-    names = {tool.name for source in settings.sources for tool in source.tools()}
+    names = {tool.name for spec in settings.sources for tool in create(spec).tools()}
     assert {"current_time", "calculate"} <= names
     assert settings.api_keys == ()
 
@@ -655,7 +656,7 @@ def test_secrets_lists_every_key_header_query_and_source_secret():
         },
     }
     settings = settings_from_dict(raw, {"UP_KEY": "sk-up-1", "OTHER_KEY": "sk-other-2", "TOOLGATE_API_KEYS": "client-1,client-2"})
-    settings = replace(settings, sources=(*settings.sources, ReportingSource()))
+    settings = replace(settings, sources=(*settings.sources, ready(ReportingSource())))
     secrets = settings.secrets()
     assert set(secrets) == {
         "client-1", "client-2", "sk-up-1", "sk-other-2", "Bearer hdr-token-9", "hdr-token-9", "org-id-77",

@@ -19,6 +19,7 @@ from gateway.config import Settings
 from tests.fakellm import Calls, FakeLLM, Reply
 from gateway.server import Server, server_config
 from gateway.tools.base import StaticSource, Tool
+from gateway.tools.registry import ready
 from tests.support import settings as make_settings
 
 
@@ -50,7 +51,7 @@ def settings_for(fake: FakeLLM, *, host_type: str = "openai", extra_tools: tuple
         }
     )
     if extra_tools:
-        config = dataclasses.replace(config, sources=(*config.sources, StaticSource("test", extra_tools)))
+        config = dataclasses.replace(config, sources=(*config.sources, ready(StaticSource("test", extra_tools))))
     return config
 
 

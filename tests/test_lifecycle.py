@@ -11,6 +11,7 @@ import httpx
 from gateway.app import create_app
 from gateway.server import Server, server_config
 from gateway.tools.base import SourceStatus
+from gateway.tools import registry
 from tests.support import settings
 
 
@@ -55,7 +56,7 @@ async def _serve(config):
 
 async def test_healthz_answers_while_sources_start_and_readyz_says_starting():
     source = SlowSource(30)
-    config = dataclasses.replace(settings(), sources=(source,))
+    config = dataclasses.replace(settings(), sources=(registry.ready(source),))
     server, task, base, sock = await _serve(config)
     try:
         await asyncio.wait_for(source.began.wait(), 5)

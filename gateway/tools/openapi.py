@@ -141,17 +141,7 @@ class OpenApiSource:
 
         Expanded against ``environ``, else what ``start()`` was given, else the process's.
         """
-        environ = environ or self._environ or os.environ
-        found: list[str] = []
-        for header, value in self.settings.headers.items():
-            names = variables.REFERENCE.findall(value)
-            found += [environ[name] for name in names if name in environ]
-            if not (names or _CREDENTIAL.search(header)) or any(name not in environ for name in names):
-                continue
-            full = variables.expand(value, environ)
-            token = _SCHEME.fullmatch(full)
-            found += [full, *([token.group(1)] if token else [])]
-        return [v for v in dict.fromkeys(found) if v]
+        return secret_values(self.settings, environ or self._environ or os.environ)
 
     async def start(self, ctx: SourceContext) -> None:
         """Loads the spec, or records why not and retries in the background; never raises."""
@@ -481,8 +471,32 @@ def _describe(exc: BaseException) -> str:
     return f"malformed spec ({type(exc).__name__})"
 
 
+def secret_values(settings: Settings, environ: Mapping[str, str]) -> list[str]:
+    """The header values of `settings` to mask (see the module docstring), expanded against `environ`."""
+    found: list[str] = []
+    for header, value in settings.headers.items():
+        names = variables.REFERENCE.findall(value)
+        found += [environ[name] for name in names if name in environ]
+        if not (names or _CREDENTIAL.search(header)) or any(name not in environ for name in names):
+            continue
+        full = variables.expand(value, environ)
+        token = _SCHEME.fullmatch(full)
+        found += [full, *([token.group(1)] if token else [])]
+    return [v for v in dict.fromkeys(found) if v]
+
+
+def create(name: str, settings: Settings) -> OpenApiSource:
+    return OpenApiSource(settings)
+
+
 def build(name: str, table: Mapping[str, Any], problems: Problems, key: str) -> OpenApiSource | None:
     """An unstarted source for ``[tools.openapi.NAME]``, or ``None`` (with problems)."""
+    settings = parse(name, table, problems, key)
+    return OpenApiSource(settings) if settings is not None else None
+
+
+def parse(name: str, table: Mapping[str, Any], problems: Problems, key: str) -> Settings | None:
+    """The frozen settings of ``[tools.openapi.NAME]``, or ``None`` (with problems)."""
     opts = Options(table, problems, key)
     url, spec = opts.string("url"), opts.string("spec")
     base_url = opts.string("base_url")
@@ -504,7 +518,4 @@ def build(name: str, table: Mapping[str, Any], problems: Problems, key: str) -> 
     if not opts.finish() or guard is None or not enabled:
         return None
     globs = tuple(operations) if operations is not None else None
-    settings = Settings(
-        name, url, spec, base_url, headers, prefix, float(timeout_s), float(startup_timeout_s), globs, guard
-    )
-    return OpenApiSource(settings)
+    return Settings(name, url, spec, base_url, headers, prefix, float(timeout_s), float(startup_timeout_s), globs, guard)

@@ -16,6 +16,7 @@ from gateway.config import ResponsesSettings
 from gateway.errors import ConfigError
 from gateway.responses.conversation import to_messages
 from gateway.tools.base import StaticSource, Tool, ToolError
+from gateway.tools.registry import ready
 from tests.support import ScriptedUpstream, call, chunk, completion, gateway, settings, sse_body
 
 EVENT = TypeAdapter(ResponseStreamEvent)
@@ -36,7 +37,7 @@ def config(tmp_path, extra=None, environ=None, sources=()):
     env = {"TOOLGATE_STORE_URL": f"sqlite:///{tmp_path}/responses.db", **(environ or {})}
     cfg = settings({"upstreams": {"default": {"url": "http://upstream.test/v1", "retries": 0}}, **(extra or {})}, env)
     if sources:
-        cfg = dataclasses.replace(cfg, sources=(*cfg.sources, *sources))
+        cfg = dataclasses.replace(cfg, sources=(*cfg.sources, *map(ready, sources)))
     return cfg
 
 

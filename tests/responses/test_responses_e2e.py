@@ -15,6 +15,7 @@ import pytest
 from gateway.config import StoreSettings
 from tests.fakellm import Calls, Fail, FakeLLM, Reply
 from gateway.tools.base import StaticSource
+from gateway.tools.registry import ready
 from tests.test_e2e import Sleeper, _left_tasks, sdk, serve, settings_for
 from tests.responses.test_responses import Add
 
@@ -91,7 +92,7 @@ async def test_mcp_label_with_approval_through_the_sdk(tmp_path):
     async with FakeLLM() as fake:
         fake.push(Calls([("add", {"a": 20, "b": 22})]), Reply("42"))
         cfg = config(fake, tmp_path)
-        cfg = dataclasses.replace(cfg, sources=(*cfg.sources, StaticSource("calc", [add])))
+        cfg = dataclasses.replace(cfg, sources=(*cfg.sources, ready(StaticSource("calc", [add]))))
         mcp = {"type": "mcp", "server_label": "calc", "require_approval": "always"}
         async with serve(cfg) as (base, _):
             async with sdk(base) as client:

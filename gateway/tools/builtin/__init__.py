@@ -71,6 +71,20 @@ class BuiltinSource(StaticSource):
                 await stop()
 
 
+def parse(name: str, table: Mapping[str, Any], problems: Problems, key: str) -> Mapping[str, Any] | None:
+    """The table itself once ``build`` accepts it (its tools hold no session: the table is the spec)."""
+    return dict(table) if build(name, table, problems, key) is not None else None
+
+
+def create(name: str, table: Mapping[str, Any]) -> BuiltinSource:
+    """The source for a table ``parse`` accepted."""
+    problems = Problems("<spec>")
+    source = build(name, table, problems, "tools.builtin")
+    if source is None:
+        raise ValueError(f"{name}: the table no longer builds: {'; '.join(problems.lines)}")
+    return source
+
+
 def build(name: str, table: Mapping[str, Any], problems: Problems, key: str) -> BuiltinSource | None:
     """The built-in source for ``[tools.builtin]``, or ``None`` if nothing is enabled."""
     tools: list[Tool] = []

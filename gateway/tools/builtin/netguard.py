@@ -23,6 +23,7 @@ import re
 import socket
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 
@@ -185,6 +186,16 @@ class Guard:
         self.host_ports = frozenset((h.lower().rstrip("."), p) for h, p in host_ports)
         self.networks = tuple(networks)
         self.resolve = resolve
+
+    def _policy(self) -> tuple[Any, ...]:
+        return (self.hosts, self.host_ports, self.networks, self.resolve)
+
+    def __eq__(self, other: object) -> bool:
+        """Same policy, same resolver: a reload keeps a source whose guard is unchanged."""
+        return isinstance(other, Guard) and self._policy() == other._policy()
+
+    def __hash__(self) -> int:
+        return hash(self._policy())
 
     @classmethod
     def from_config(

@@ -33,8 +33,9 @@ of the same name (the file is often shared, or a client's own config: TOML is th
 place to say "this one differently", e.g. ``enabled = false``). ``toolgate mcp import FILE``
 prints the TOML an import amounts to.
 
-``build(name, table, problems, key)`` returns an unstarted ``McpSource`` (or None when the
-table is unusable or ``enabled = false``). ``start()`` never raises: a server that is down
+``parse(name, table, problems, key)`` returns the table's frozen ``ServerSpec`` (or None when
+the table is unusable or ``enabled = false``), ``create(name, spec)`` an unstarted ``McpSource``;
+``build`` does both. ``start()`` never raises: a server that is down
 makes the source not ready (``status().detail`` says why) and is retried with backoff.
 ``secrets()`` lists the expanded ``env`` and ``headers`` values, for the redaction layer.
 
@@ -51,11 +52,15 @@ from typing import Any
 
 from gateway.errors import Problems
 from gateway.tools.mcp import _import
-from gateway.tools.mcp._config import ServerSpec, parse
+from gateway.tools.mcp._config import ServerSpec, parse, secret_values
 from gateway.tools.mcp._import import RESERVED
 from gateway.tools.mcp._source import McpSource, McpTool
 
-__all__ = ["McpSource", "McpTool", "ServerSpec", "build", "build_all", "import_toml"]
+__all__ = ["McpSource", "McpTool", "ServerSpec", "build", "build_all", "create", "import_toml", "parse", "parse_all", "secret_values"]
+
+
+def create(name: str, spec: ServerSpec) -> McpSource:
+    return McpSource(spec)
 
 
 def build(name: str, table: dict[str, Any], problems: Problems, key: str) -> McpSource | None:
@@ -64,21 +69,26 @@ def build(name: str, table: dict[str, Any], problems: Problems, key: str) -> Mcp
 
 
 def build_all(entries: Mapping[str, Any], problems: Problems, key: str = "tools.mcp") -> list[McpSource]:
-    """Sources for the whole ``[tools.mcp]`` table: its NAME tables, then the imported entries.
+    """Sources for the whole ``[tools.mcp]`` table (``parse_all``, each created)."""
+    return [McpSource(spec) for _, spec in parse_all(entries, problems, key)]
+
+
+def parse_all(entries: Mapping[str, Any], problems: Problems, key: str = "tools.mcp") -> list[tuple[str, ServerSpec]]:
+    """Specs for the whole ``[tools.mcp]`` table: its NAME tables, then the imported entries.
 
     ``import`` paths are relative to the directory of the file being loaded, which is
     ``problems.where``. A problem in an imported file is reported against that file
     (``mcp.json: mcpServers.NAME.args: expected a list of strings``).
     """
-    sources: list[McpSource] = []
+    specs: list[tuple[str, ServerSpec]] = []
     for name, table in entries.items():
         if name == RESERVED:
             continue
         if not isinstance(table, dict):
             problems.add(f"{key}.{name}", "expected a table")
             continue
-        if (source := build(name, table, problems, f"{key}.{name}")) is not None:
-            sources.append(source)
+        if (spec := parse(name, table, problems, f"{key}.{name}")) is not None:
+            specs.append((name, spec))
     imported: dict[str, str] = {}  # name -> the file that defined it first
     for path in _paths(entries.get(RESERVED), problems, f"{key}.{RESERVED}"):
         found, file_problems = _import.read(path)
@@ -89,10 +99,10 @@ def build_all(entries: Mapping[str, Any], problems: Problems, key: str = "tools.
                 file_problems.add(entry.key, f"server {entry.name!r} is also imported from {imported[entry.name]}")
                 continue
             imported[entry.name] = path
-            if (source := build(entry.name, entry.table, file_problems, entry.key)) is not None:
-                sources.append(source)
+            if (spec := parse(entry.name, entry.table, file_problems, entry.key)) is not None:
+                specs.append((entry.name, spec))
         problems.lines.extend(file_problems.lines)
-    return sources
+    return specs
 
 
 def _paths(value: Any, problems: Problems, key: str) -> list[str]:
