@@ -501,3 +501,35 @@ async def test_sighup_reloads_every_worker(tmp_path):
             assert proc.wait(30) == 0
     assert seen == {("m2",)}
     assert (tmp_path / "log").read_text().count('"message":"config reloaded from') == 2
+
+
+def test_every_source_whose_spec_is_unchanged_is_kept_and_a_changed_one_is_created_anew(tmp_path):
+    spec = tmp_path / "openapi.json"
+    spec.write_text('{"openapi": "3.0.3", "info": {"title": "t", "version": "1"}, "paths": {}}')
+    path = tmp_path / "toolgate.toml"
+
+    def write(allow: str) -> None:
+        extra = f'[tools.openapi.pets]\nspec = "{spec}"\nbase_url = "http://127.0.0.1:9"\nallow = ["{allow}"]\n'
+        path.write_text(config_text("http://127.0.0.1:9/v1", extra=extra))
+
+    write("pets.internal")
+    old = load_config(path, {})
+    running = reload.toolbox_for(old).sources
+    assert [s.name for s in running] == ["builtin", "gate", "pets"]
+    same = reload.plan(old, running=running)
+    assert [id(s) for s in same.sources] == [id(s) for s in running]  # kept: the running objects
+    assert same.kept == running and same.start == [] and same.stop == []
+    write("pets2.internal")  # the OpenAPI source's guard changed: a new source, the old one stops
+    changed = reload.plan(old, running=running)
+    assert changed.start == [changed.sources[2]] and changed.stop == [running[2]]
+    assert changed.sources[2] is not running[2] and changed.sources[:2] == running[:2]
+    assert changed.sources[2].settings.guard.hosts == frozenset({"pets2.internal"})
+
+
+def test_a_ready_made_source_is_its_own_spec():
+    from gateway.tools.base import StaticSource
+    from gateway.tools.registry import create, ready
+
+    source = StaticSource("made", [])
+    assert create(ready(source)) is source and ready(source) == ready(source)
+    assert ready(source) != ready(StaticSource("made", []))
