@@ -797,3 +797,16 @@ def test_results_map_to_outputs() -> None:
     assert to_output(result(link)) == "[resource link file:///a.txt (a)]"
     with pytest.raises(ToolError, match="^the tool reported an error$"):
         to_output(result(image, is_error=True))
+
+
+def test_config_problems_never_show_a_secret_value() -> None:
+    problems = Problems("gw.toml")
+    build("s", {"url": "ftp://user:sk-in-url@h/mcp"}, problems, "tools.mcp.s")
+    build("t", {"url": "http://h/mcp", "headers": {"Authorization": "Bearer sk-in-header", "N": 1}}, problems, "tools.mcp.t")
+    build("u", {"command": "x", "env": {"TOKEN": "sk-in-env", "N": 2}, "args": ["--token=sk-in-args", 3]}, problems, "tools.mcp.u")
+    assert problems.lines == [
+        "gw.toml: tools.mcp.s.url: expected an http:// or https:// URL, got a string",
+        "gw.toml: tools.mcp.t.headers: expected a table of strings, got a table of strings and integers",
+        "gw.toml: tools.mcp.u.env: expected a table of strings, got a table of strings and integers",
+        "gw.toml: tools.mcp.u.args: expected a list of strings, got an array of strings and integers",
+    ]
