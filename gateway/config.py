@@ -23,6 +23,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from gateway.errors import ConfigError, Problems
 from gateway.hosts import HOST_TYPES, HostType, base_url
 from gateway.redact import MASK, MIN_LENGTH, SECRETS
+from gateway.tables import Table
 from gateway.tools import hints
 from gateway.tools.base import StaticSource, ToolSource
 from gateway.tools.builtin import BUILTINS
@@ -415,14 +416,11 @@ _OUTPUT_PARAMS = ("max_tokens", "max_completion_tokens")
 _SDK_TIMEOUT_S = 600.0
 
 
-class _Reader:
+class _Reader(Table):
     """Typed reads from one TOML table, recording problems instead of raising.
 
     Every number is checked against its key's range (`_RANGES`), so one table holds them all.
     """
-
-    def __init__(self, table: Mapping[str, Any], key: str, problems: Problems) -> None:
-        self.table, self.key, self.problems = table, key, problems
 
     def get(self, name: str, kind: type | tuple[type, ...], default: Any, expect: str) -> Any:
         if name not in self.table:
@@ -430,10 +428,10 @@ class _Reader:
         value = self.table[name]
         ok = isinstance(value, kind) and not (isinstance(value, bool) and bool not in _as_tuple(kind))
         if not ok:
-            self.problems.add(f"{self.key}.{name}", f"expected {expect}, got {value!r}")
+            self.expected(name, expect, value)
             return default
         if isinstance(value, (int, float)) and not isinstance(value, bool) and not _range(name).admits(value):
-            self.problems.add(f"{self.key}.{name}", f"expected {_range(name).expect}, got {value!r}")
+            self.expected(name, _range(name).expect, value)
             return default
         return value
 
@@ -444,11 +442,6 @@ class _Reader:
         expect = {bool: "true or false", int: "an integer", str: "a string"}.get(kind, "a number")
         value = self.get(f.name, kind, default, expect)
         return float(value) if isinstance(default, float) else value
-
-    def unknown(self, known: set[str]) -> None:
-        for name in self.table:
-            if name not in known:
-                self.problems.add(f"{self.key}.{name}", f"unknown key; expected one of {', '.join(sorted(known))}")
 
 
 def _as_tuple(kind: type | tuple[type, ...]) -> tuple[type, ...]:
@@ -471,7 +464,7 @@ def _dataclass_from(cls: type, table: Mapping[str, Any], key: str, problems: Pro
 def _str_table(reader: _Reader, name: str) -> dict[str, str]:
     value = reader.get(name, dict, {}, "a table of strings")
     if not all(isinstance(v, str) for v in value.values()):
-        reader.problems.add(f"{reader.key}.{name}", "expected a table of strings")
+        reader.expected(name, "a table of strings", value)
         return {}
     return dict(value)
 
@@ -479,7 +472,7 @@ def _str_table(reader: _Reader, name: str) -> dict[str, str]:
 def _strings(reader: _Reader, name: str, expect: str) -> tuple[str, ...]:
     value = reader.get(name, list, [], expect)
     if not all(isinstance(v, str) and v for v in value):
-        reader.problems.add(f"{reader.key}.{name}", f"expected {expect} (non-empty strings), got {value!r}")
+        reader.expected(name, f"{expect} (non-empty strings)", value)
         return ()
     return tuple(value)
 

@@ -391,7 +391,7 @@ async def test_uses_the_shared_client_and_leaves_it_open(server):
         ({"url": "http://a/x", "headers": {"A": "Bearer ${1-X}"}}, "tools.openapi.pets.headers.A: expected ${VAR}"),
         ({"url": "http://a/x", "timeout_s": 0}, "tools.openapi.pets.timeout_s: expected a number greater than 0"),
         ({"url": "http://a/x", "allow": ["a b"]}, "tools.openapi.pets.allow: 'a b': expected a host"),
-        ({"url": "http://a/x", "colour": "red"}, "tools.openapi.pets.colour: unknown option"),
+        ({"url": "http://a/x", "colour": "red"}, "tools.openapi.pets.colour: unknown key; expected one of "),
     ],
 )
 def test_config_problems(table, problem):

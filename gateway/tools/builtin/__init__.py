@@ -28,10 +28,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway.errors import Problems
+from gateway.tables import MISSING, Table
 from gateway.tools.base import SourceContext, StaticSource, Tool
-
-_MISSING = object()
-
 
 @dataclass(frozen=True)
 class Builtin:
@@ -92,7 +90,7 @@ def build(name: str, table: Mapping[str, Any], problems: Problems, key: str) -> 
         where = f"{key}.{tool_name}"
         row = BUILTINS.get(tool_name)
         if row is None:
-            problems.add(where, f"unknown built-in tool; expected one of {', '.join(BUILTINS)}")
+            problems.add(where, f"unknown built-in tool; expected one of {', '.join(sorted(BUILTINS))}")
             continue
         if not isinstance(options, dict):
             problems.add(where, "expected a table")
@@ -101,10 +99,10 @@ def build(name: str, table: Mapping[str, Any], problems: Problems, key: str) -> 
         enabled = opts.pop("enabled", True)
         timeout_s = opts.pop("timeout_s", None)
         if not isinstance(enabled, bool):
-            problems.add(f"{where}.enabled", "expected true or false")
+            Table(options, where, problems).expected("enabled", "true or false", enabled)
             continue
         if timeout_s is not None and not _positive_number(timeout_s):
-            problems.add(f"{where}.timeout_s", "expected a positive number of seconds")
+            Table(options, where, problems).expected("timeout_s", "a positive number of seconds", timeout_s)
             continue
         if not enabled:
             continue
@@ -121,7 +119,8 @@ def _positive_number(value: Any) -> bool:
 
 
 class Options:
-    """Typed reads from one config table; a bad value is a problem, never an exception.
+    """Typed reads from one config table (a ``gateway.tables.Table``); a bad value is a
+    problem, never an exception.
 
     ::
 
@@ -132,28 +131,26 @@ class Options:
     """
 
     def __init__(self, table: Mapping[str, Any], problems: Problems, key: str) -> None:
-        self._table = dict(table)
-        self._problems = problems
-        self._key = key
+        self._table = Table(dict(table), key, problems)
         self._read: set[str] = set()
-        self.ok = True
+
+    @property
+    def ok(self) -> bool:
+        return self._table.ok
 
     def problem(self, option: str, what: str) -> None:
-        self.ok = False
-        self._problems.add(f"{self._key}.{option}", what)
+        self._table.problem(option, what)
 
     def _take(self, option: str) -> Any:
         self._read.add(option)
-        return self._table.get(option, _MISSING)
+        return self._table.table.get(option, MISSING)
 
     def string(self, option: str, default: str | None = None, *, required: bool = False) -> str | None:
         value = self._take(option)
-        if value is _MISSING:
-            if required:
-                self.problem(option, "required; expected a string")
+        if value is MISSING and not required:
             return default
         if not isinstance(value, str) or not value:
-            self.problem(option, "expected a non-empty string")
+            self._table.expected(option, "a non-empty string" if value is not MISSING else "a string", value)
             return default
         return value
 
@@ -161,49 +158,45 @@ class Options:
         self, option: str, default: float | None, *, integer: bool = False, minimum: float = 0, exclusive: bool = True
     ) -> Any:
         value = self._take(option)
-        if value is _MISSING:
+        if value is MISSING:
             return default
         kinds = int if integer else (int, float)
         fits = isinstance(value, kinds) and not isinstance(value, bool)
         if not fits or (value <= minimum if exclusive else value < minimum):
             what = "an integer" if integer else "a number"
             bound = f"greater than {minimum}" if exclusive else f"at least {minimum}"
-            self.problem(option, f"expected {what} {bound}")
+            self._table.expected(option, f"{what} {bound}", value)
             return default
         return value
 
     def boolean(self, option: str, default: bool) -> bool:
         value = self._take(option)
-        if value is _MISSING:
+        if value is MISSING:
             return default
         if not isinstance(value, bool):
-            self.problem(option, "expected true or false")
+            self._table.expected(option, "true or false", value)
             return default
         return value
 
     def strings(self, option: str, default: Sequence[str] = (), *, required: bool = False) -> list[str]:
         value = self._take(option)
-        if value is _MISSING:
-            if required:
-                self.problem(option, "required; expected a list of strings")
+        if value is MISSING and not required:
             return list(default)
         if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
-            self.problem(option, "expected a list of non-empty strings")
+            self._table.expected(option, "a list of strings" if value is MISSING else "a list of non-empty strings", value)
             return list(default)
         return list(value)
 
     def string_map(self, option: str) -> dict[str, str]:
         value = self._take(option)
-        if value is _MISSING:
+        if value is MISSING:
             return {}
         if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
-            self.problem(option, "expected a table of strings")
+            self._table.expected(option, "a table of strings", value)
             return {}
         return dict(value)
 
     def finish(self) -> bool:
         """Report options nobody read; True when the table was entirely valid."""
-        for option in self._table:
-            if option not in self._read:
-                self.problem(option, "unknown option")
+        self._table.unknown(self._read)
         return self.ok

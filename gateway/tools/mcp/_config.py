@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any
@@ -11,6 +11,7 @@ from urllib.parse import parse_qsl, urlsplit
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 from gateway.errors import Problems
+from gateway.tables import Key, Table
 from gateway.tools import variables
 
 # "${VAR}" anywhere in an env or header value is read from the gateway's environment when the
@@ -82,53 +83,44 @@ def _is_url(value: Any) -> bool:
 
 TRANSPORT_NAMES = ("stdio", "http", "sse")
 PROTOCOLS = ("auto", "legacy", *MODERN_PROTOCOL_VERSIONS)
-_STDIO, _REMOTE, _ANY = frozenset({"stdio"}), frozenset({"http", "sse"}), frozenset(TRANSPORT_NAMES)
+_STDIO, _REMOTE = frozenset({"stdio"}), frozenset({"http", "sse"})
 
-# key -> (check, what is expected, transports the key applies to)
-_KEYS: dict[str, tuple[Callable[[Any], bool], str, frozenset[str]]] = {
-    "command": (_is_str, "a non-empty string", _STDIO),
-    "args": (_is_str_list, "a list of strings", _STDIO),
-    "env": (_is_str_table, "a table of strings", _STDIO),
-    "cwd": (_is_str, "a non-empty string", _STDIO),
-    "url": (_is_url, "an http:// or https:// URL", _REMOTE),
-    "headers": (_is_str_table, "a table of strings", _REMOTE),
-    # Checked on its own (in parse): the other keys' applicability depends on it.
-    "transport": (lambda value: value in TRANSPORT_NAMES, "stdio, http or sse", _ANY),
-    "prefix": (_is_bool, "true or false", _ANY),
-    "timeout_s": (_is_seconds, "a number of seconds above 0", _ANY),
-    "startup_timeout_s": (_is_seconds, "a number of seconds above 0", _ANY),
-    "tools": (_is_str_list, "a list of tool name globs", _ANY),
-    "protocol": (lambda value: value in PROTOCOLS, " or ".join(PROTOCOLS), _ANY),
-    "list_ttl_min_s": (_is_seconds, "a number of seconds above 0", _ANY),
-    "list_ttl_max_s": (_is_seconds, "a number of seconds above 0", _ANY),
-    "enabled": (_is_bool, "true or false", _ANY),
+# The keys of a server table; `applies` names the transports that take a key (empty: all).
+_KEYS: dict[str, Key] = {
+    "command": Key(_is_str, "a non-empty string", _STDIO),
+    "args": Key(_is_str_list, "a list of strings", _STDIO, secret=True),
+    "env": Key(_is_str_table, "a table of strings", _STDIO, secret=True),
+    "cwd": Key(_is_str, "a non-empty string", _STDIO),
+    "url": Key(_is_url, "an http:// or https:// URL", _REMOTE, secret=True),
+    "headers": Key(_is_str_table, "a table of strings", _REMOTE, secret=True),
+    # Always true here: checked first (in parse), since the other keys' applicability depends on it.
+    "transport": Key(lambda value: True, "stdio, http or sse"),
+    "prefix": Key(_is_bool, "true or false"),
+    "timeout_s": Key(_is_seconds, "a number of seconds above 0"),
+    "startup_timeout_s": Key(_is_seconds, "a number of seconds above 0"),
+    "tools": Key(_is_str_list, "a list of tool name globs"),
+    "protocol": Key(lambda value: value in PROTOCOLS, " or ".join(PROTOCOLS)),
+    "list_ttl_min_s": Key(_is_seconds, "a number of seconds above 0"),
+    "list_ttl_max_s": Key(_is_seconds, "a number of seconds above 0"),
+    "enabled": Key(_is_bool, "true or false"),
 }
 
 
 def parse(name: str, table: Mapping[str, Any], problems: Problems, key: str) -> ServerSpec | None:
     """The server's spec, or None (with problems added) when the table is unusable or disabled."""
     before = len(problems.lines)
+    reader = Table(table, key, problems)
     one_of = ("command" in table) != ("url" in table)
     if not one_of:
         problems.add(key, "expected exactly one of command (stdio) or url (streamable HTTP or SSE)")
     transport = table.get("transport", "http" if "url" in table else "stdio")
     if transport not in TRANSPORT_NAMES:
-        problems.add(f"{key}.transport", f"expected {_KEYS['transport'][1]}")
+        reader.expected("transport", "stdio, http or sse", transport)
         one_of = False  # which keys apply is unknown: say nothing about them
     elif one_of and (transport == "stdio") != ("command" in table):
         problems.add(f"{key}.transport", f"{transport} servers need {'command' if transport == 'stdio' else 'url'}")
         one_of = False
-    for item, value in table.items():
-        if item not in _KEYS:
-            problems.add(f"{key}.{item}", f"unknown key; expected one of {', '.join(_KEYS)}")
-            continue
-        check, expected, transports = _KEYS[item]
-        if item == "transport":
-            continue
-        if not check(value):
-            problems.add(f"{key}.{item}", f"expected {expected}")
-        elif transport not in transports and one_of:
-            problems.add(f"{key}.{item}", f"only applies to {' or '.join(sorted(transports))} servers")
+    reader.check(_KEYS, transport if one_of else None)
     for item in ("env", "headers"):
         if _is_str_table(table.get(item)):
             variables.check(table[item], problems.add, f"{key}.{item}")

@@ -57,12 +57,12 @@ def test_unknown_builtin_and_bad_options_are_problems():
     )
     assert problems == [
         "toolgate.toml: tools.builtin.wether: unknown built-in tool; expected one of "
-        "current_time, calculate, fetch_url, read_file, list_dir",
-        "toolgate.toml: tools.builtin.calculate.max_length: expected an integer greater than 0",
+        "calculate, current_time, fetch_url, list_dir, read_file",
+        "toolgate.toml: tools.builtin.calculate.max_length: expected an integer greater than 0, got 'long'",
         "toolgate.toml: tools.builtin.current_time.default_timezone: unknown time zone 'Mars/Olympus'; "
         "expected an IANA name",
-        "toolgate.toml: tools.builtin.current_time.colour: unknown option",
-        "toolgate.toml: tools.builtin.fetch_url.enabled: expected true or false",
+        "toolgate.toml: tools.builtin.current_time.colour: unknown key; expected one of default_timezone",
+        "toolgate.toml: tools.builtin.fetch_url.enabled: expected true or false, got 'yes'",
     ]
 
 
@@ -71,7 +71,7 @@ def test_timeout_option_sets_the_tool_timeout():
     assert problems == []
     assert source.tools()[0].timeout_s == 2.5
     _, problems = build({"calculate": {"timeout_s": 0}})
-    assert problems == ["toolgate.toml: tools.builtin.calculate.timeout_s: expected a positive number of seconds"]
+    assert problems == ["toolgate.toml: tools.builtin.calculate.timeout_s: expected a positive number of seconds, got 0"]
 
 
 def test_a_table_that_is_not_a_table_is_a_problem():
@@ -416,7 +416,7 @@ def test_fetch_url_options():
     assert (tool.max_bytes, tool.max_redirects, tool.timeout_s) == (2 << 20, 5, 20.0)
     _, problems = build({"fetch_url": {"max_bytes": -1, "allow": "everything", "max_redirects": 1.5}})
     assert problems == [
-        "toolgate.toml: tools.builtin.fetch_url.max_bytes: expected an integer greater than 0",
-        "toolgate.toml: tools.builtin.fetch_url.max_redirects: expected an integer at least 0",
-        "toolgate.toml: tools.builtin.fetch_url.allow: expected a list of non-empty strings",
+        "toolgate.toml: tools.builtin.fetch_url.max_bytes: expected an integer greater than 0, got -1",
+        "toolgate.toml: tools.builtin.fetch_url.max_redirects: expected an integer at least 0, got 1.5",
+        "toolgate.toml: tools.builtin.fetch_url.allow: expected a list of non-empty strings, got 'everything'",
     ]

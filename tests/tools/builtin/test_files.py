@@ -299,4 +299,4 @@ def test_dotfiles_option_in_config(tree):
     assert read_tool.roots.dotfiles is True and list_tool.roots.dotfiles is False
     assert "Hidden files" in list_tool.description and "Hidden files" not in read_tool.description
     builtin.build("builtin", {"read_file": {"roots": [str(tree / "data")], "dotfiles": "yes"}}, problems, "tools.builtin")
-    assert problems.lines == ["toolgate.toml: tools.builtin.read_file.dotfiles: expected true or false"]
+    assert problems.lines == ["toolgate.toml: tools.builtin.read_file.dotfiles: expected true or false, got 'yes'"]

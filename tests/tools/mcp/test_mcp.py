@@ -712,34 +712,34 @@ async def test_sse_unset_variable_is_a_startup_failure(make_source: Factory, sse
             {"command": "x", "url": "http://h/mcp"},
             ["tools.mcp.s: expected exactly one of command (stdio) or url (streamable HTTP or SSE)"],
         ),
-        ({"command": ""}, ["tools.mcp.s.command: expected a non-empty string"]),
-        ({"command": ["x"]}, ["tools.mcp.s.command: expected a non-empty string"]),
-        ({"url": "ftp://h"}, ["tools.mcp.s.url: expected an http:// or https:// URL"]),
+        ({"command": ""}, ["tools.mcp.s.command: expected a non-empty string, got ''"]),
+        ({"command": ["x"]}, ["tools.mcp.s.command: expected a non-empty string, got an array of strings"]),
+        ({"url": "ftp://h"}, ["tools.mcp.s.url: expected an http:// or https:// URL, got a string"]),
         (
             {"command": "x", "args": "a b", "env": {"A": 1}, "cwd": 3},
             [
-                "tools.mcp.s.args: expected a list of strings",
-                "tools.mcp.s.env: expected a table of strings",
-                "tools.mcp.s.cwd: expected a non-empty string",
+                "tools.mcp.s.args: expected a list of strings, got a string",
+                "tools.mcp.s.env: expected a table of strings, got a table of integers",
+                "tools.mcp.s.cwd: expected a non-empty string, got 3",
             ],
         ),
         (
             {"command": "x", "prefix": "yes", "timeout_s": 0, "startup_timeout_s": True, "tools": "e*"},
             [
-                "tools.mcp.s.prefix: expected true or false",
-                "tools.mcp.s.timeout_s: expected a number of seconds above 0",
-                "tools.mcp.s.startup_timeout_s: expected a number of seconds above 0",
-                "tools.mcp.s.tools: expected a list of tool name globs",
+                "tools.mcp.s.prefix: expected true or false, got 'yes'",
+                "tools.mcp.s.timeout_s: expected a number of seconds above 0, got 0",
+                "tools.mcp.s.startup_timeout_s: expected a number of seconds above 0, got True",
+                "tools.mcp.s.tools: expected a list of tool name globs, got 'e*'",
             ],
         ),
         ({"command": "x", "headers": {"A": "b"}}, ["tools.mcp.s.headers: only applies to http or sse servers"]),
         ({"command": "x", "transport": "sse"}, ["tools.mcp.s.transport: sse servers need url"]),
         ({"url": "http://h/sse", "transport": "stdio"}, ["tools.mcp.s.transport: stdio servers need command"]),
-        ({"url": "http://h/sse", "transport": "websocket", "args": []}, ["tools.mcp.s.transport: expected stdio, http or sse"]),
+        ({"url": "http://h/sse", "transport": "websocket", "args": []}, ["tools.mcp.s.transport: expected stdio, http or sse, got 'websocket'"]),
         ({"url": "http://h/sse", "transport": "sse", "cwd": "/"}, ["tools.mcp.s.cwd: only applies to stdio servers"]),
         ({"url": "http://h/mcp", "args": ["a"]}, ["tools.mcp.s.args: only applies to stdio servers"]),
-        ({"command": "x", "colour": "red"}, ["tools.mcp.s.colour: unknown key"]),
-        ({"command": "x", "enabled": "no"}, ["tools.mcp.s.enabled: expected true or false"]),
+        ({"command": "x", "colour": "red"}, ["tools.mcp.s.colour: unknown key; expected one of args, command, cwd, enabled, env, headers, list_ttl_max_s, list_ttl_min_s, prefix, protocol, startup_timeout_s, timeout_s, tools, transport, url"]),
+        ({"command": "x", "enabled": "no"}, ["tools.mcp.s.enabled: expected true or false, got 'no'"]),
         ({"command": "x", "env": {"A": "${1BAD}"}}, ["tools.mcp.s.env.A: expected ${VAR}"]),
         ({"url": "http://h/mcp", "headers": {"A": "${OPEN"}}, ["tools.mcp.s.headers.A: unclosed ${"]),
     ],
@@ -797,3 +797,16 @@ def test_results_map_to_outputs() -> None:
     assert to_output(result(link)) == "[resource link file:///a.txt (a)]"
     with pytest.raises(ToolError, match="^the tool reported an error$"):
         to_output(result(image, is_error=True))
+
+
+def test_config_problems_never_show_a_secret_value() -> None:
+    problems = Problems("gw.toml")
+    build("s", {"url": "ftp://user:sk-in-url@h/mcp"}, problems, "tools.mcp.s")
+    build("t", {"url": "http://h/mcp", "headers": {"Authorization": "Bearer sk-in-header", "N": 1}}, problems, "tools.mcp.t")
+    build("u", {"command": "x", "env": {"TOKEN": "sk-in-env", "N": 2}, "args": ["--token=sk-in-args", 3]}, problems, "tools.mcp.u")
+    assert problems.lines == [
+        "gw.toml: tools.mcp.s.url: expected an http:// or https:// URL, got a string",
+        "gw.toml: tools.mcp.t.headers: expected a table of strings, got a table of strings and integers",
+        "gw.toml: tools.mcp.u.env: expected a table of strings, got a table of strings and integers",
+        "gw.toml: tools.mcp.u.args: expected a list of strings, got an array of strings and integers",
+    ]

@@ -206,10 +206,10 @@ async def test_config_problems_of_the_era_keys() -> None:
     build("c", {"url": "http://x/mcp", "list_ttl_min_s": 60, "list_ttl_max_s": 10}, problems, "tools.mcp.c")
     build("d", {"url": "http://x/mcp", "list_ttl_max_s": 0}, problems, "tools.mcp.d")
     assert problems.lines == [
-        "t.toml: tools.mcp.a.protocol: expected auto or legacy or 2026-07-28",
+        "t.toml: tools.mcp.a.protocol: expected auto or legacy or 2026-07-28, got '2025-06-18'",
         "t.toml: tools.mcp.b.protocol: 2026-07-28 has no HTTP+SSE transport; expected auto or legacy",
         "t.toml: tools.mcp.c.list_ttl_min_s: 60 s is above list_ttl_max_s (10 s)",
-        "t.toml: tools.mcp.d.list_ttl_max_s: expected a number of seconds above 0",
+        "t.toml: tools.mcp.d.list_ttl_max_s: expected a number of seconds above 0, got 0",
     ]
     source = build("e", {"command": "x", "protocol": "legacy", "list_ttl_min_s": 1, "list_ttl_max_s": 2}, problems, "k")
     assert isinstance(source, McpSource)

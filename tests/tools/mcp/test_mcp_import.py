@@ -171,7 +171,7 @@ def test_import_must_name_files(value: Any) -> None:
 def test_toml_tables_are_still_checked() -> None:
     problems = Problems("gw.toml")
     assert build_all({"s": "npx", "t": {"command": 3}}, problems) == []
-    assert problems.lines == ["gw.toml: tools.mcp.s: expected a table", "gw.toml: tools.mcp.t.command: expected a non-empty string"]
+    assert problems.lines == ["gw.toml: tools.mcp.s: expected a table", "gw.toml: tools.mcp.t.command: expected a non-empty string, got 3"]
 
 
 def test_cli_prints_toml_that_loads_back_to_the_same_specs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -208,7 +208,7 @@ def test_cli_reports_problems_and_exits_2(tmp_path: Path, capsys: pytest.Capture
     captured = capsys.readouterr()
     assert captured.out == ""
     assert captured.err.splitlines() == [
-        f"{path}: mcpServers.a.args: expected a list of strings",
+        f"{path}: mcpServers.a.args: expected a list of strings, got a string",
         f"{path}: mcpServers.b: expected exactly one of command (stdio) or url (streamable HTTP or SSE)",
     ]
     with pytest.raises(ConfigError):
@@ -227,7 +227,7 @@ def test_the_config_loader_imports(tmp_path: Path) -> None:
     raw = {"upstreams": {"default": {"url": "http://127.0.0.1:1/v1"}}, "tools": {"mcp": {"import": "mcp.json"}}}
     with pytest.raises(ConfigError) as failed:
         settings_from_dict(raw, {}, str(tmp_path / "toolgate.toml"))
-    assert failed.value.problems == [f"{tmp_path / 'mcp.json'}: mcpServers.bad.env: expected a table of strings"]
+    assert failed.value.problems == [f"{tmp_path / 'mcp.json'}: mcpServers.bad.env: expected a table of strings, got a table of integers"]
     write(tmp_path / "mcp.json", {"mcpServers": {"files": {"command": "npx"}}})
     settings = settings_from_dict(raw, {}, str(tmp_path / "toolgate.toml"))
     assert [source.name for source in settings.sources] == ["files"]
