@@ -220,7 +220,7 @@ def _alive(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as f:
             return f.read().split(")")[-1].split()[0] != "Z"
-    except FileNotFoundError:
+    except OSError:  # gone, or gone between open and read (ESRCH)
         return False
 
 
@@ -398,7 +398,7 @@ def _free_port() -> int:
 
 
 def _children(pid: int) -> list[int]:
-    with suppress(FileNotFoundError), open(f"/proc/{pid}/task/{pid}/children") as f:
+    with suppress(OSError), open(f"/proc/{pid}/task/{pid}/children") as f:
         return [int(p) for p in f.read().split()]
     return []
 

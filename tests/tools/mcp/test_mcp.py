@@ -48,7 +48,7 @@ def alive(pid: int) -> bool:
     """Running, as opposed to gone or a zombie nobody reaped yet."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
+    except OSError:  # gone, or gone between open and read (ESRCH)
         return False
     return stat.rpartition(")")[2].split()[0] not in ("Z", "X")
 
