@@ -82,6 +82,11 @@ class Fold(Protocol):
         """The finished reply, once the stream ended."""
 
 
+# Configs of one upstream whose targets are kept while their requests may still run (reloads
+# in a row; the oldest beyond this is rebuilt if it is still used).
+KEPT_CONFIGS = 4
+
+
 class _Target:
     """What every call to one upstream shares, built once: headers, URLs, slots, the retry budget."""
 
@@ -126,12 +131,20 @@ class _Target:
 class UpstreamClient:
     def __init__(self, transport: Transport) -> None:
         self.transport = transport
-        self._targets: dict[str, _Target] = {}
+        # name -> the targets of its last configs, newest first. A reload that changes an
+        # upstream gives the new config its own target while requests of the old one finish
+        # on theirs: alternating between the two never rebuilds one, so neither's connection
+        # bound nor retry budget is reset under requests that count on it.
+        self._targets: dict[str, list[_Target]] = {}
 
     def _target(self, upstream: Upstream) -> _Target:
-        target = self._targets.get(upstream.name)
-        if target is None or target.upstream is not upstream:
-            target = self._targets[upstream.name] = _Target(upstream)
+        targets = self._targets.get(upstream.name)
+        if targets is not None:
+            for target in targets:
+                if target.upstream is upstream:
+                    return target
+        target = _Target(upstream)
+        self._targets[upstream.name] = [target, *(targets or ())][:KEPT_CONFIGS]
         return target
 
     async def complete(self, upstream: Upstream, payload: dict[str, Any], *, request_id: str = "", client_auth: str = "") -> Any:

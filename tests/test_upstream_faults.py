@@ -248,3 +248,40 @@ async def test_annotations_and_audio_reach_the_client():
     deltas = [p["choices"][0]["delta"] for p in sse_events(stream.text) if p != "[DONE]" and p["choices"]]
     assert {"annotations": cites} in deltas
     assert refused.status_code == 400 and refused.json()["error"]["param"] == "audio"
+
+
+async def test_a_reload_that_changes_an_upstream_never_resets_its_connection_bound():
+    """Requests of the old config still running (a later round, a retry) and new requests
+    alternate on one upstream name: each config keeps its own bounded pool."""
+    from dataclasses import replace
+
+    from gateway.errors import UpstreamBusy
+    from gateway.transports import create_transport
+    from gateway.upstream import UpstreamClient
+
+    release = asyncio.Event()
+    in_flight = {"old": 0, "new": 0}
+    peak = dict(in_flight)
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        gen = request.headers["x-config"]
+        in_flight[gen] += 1
+        peak[gen] = max(peak[gen], in_flight[gen])
+        if gen == "new":
+            await asyncio.wait_for(release.wait(), 5)
+        in_flight[gen] -= 1
+        return httpx.Response(200, json=completion("ok"))
+
+    running = settings(upstream(max_connections=1, pool_timeout_s=0.2, retries=0)).upstreams["default"]
+    old, new = replace(running, headers={"x-config": "old"}), replace(running, headers={"x-config": "new"})
+    client = UpstreamClient(create_transport(httpx.MockTransport(handler)))
+    payload = {"model": "m", "messages": USER}
+    first = asyncio.ensure_future(client.complete(new, payload))
+    while not in_flight["new"]:
+        await asyncio.sleep(0.01)
+    await client.complete(old, payload)  # the old config's next round, on its own pool
+    with pytest.raises(UpstreamBusy):
+        await client.complete(new, payload)  # the new config's one connection is still taken
+    release.set()
+    await first
+    assert peak == {"old": 1, "new": 1}
