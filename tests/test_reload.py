@@ -307,6 +307,49 @@ async def test_a_broken_config_is_refused_logged_and_the_old_one_keeps_serving(t
     assert ready.json()["config"] == {"generation": 1, "last_reload": unreadable}
 
 
+async def test_a_config_file_that_never_arrives_is_refused_in_bounded_time_and_the_gateway_keeps_answering(tmp_path, monkeypatch, caplog):
+    """The config path is a pipe nobody writes: the reading thread is stuck, the reload is
+    refused after its bound, a second reload says the first is still reading, and meanwhile
+    /healthz and chat completions answer at once."""
+    monkeypatch.setattr(reload, "READ_TIMEOUT_S", 1.0)
+    caplog.set_level("INFO", logger="toolgate")
+    path = tmp_path / "toolgate.toml"
+    async with FakeLLM() as fake:
+        good = config_text(fake.url)
+        path.write_text(good)
+        async with serve(path) as (base, app), sdk(base) as client, httpx.AsyncClient(base_url=base, timeout=2) as http:
+            path.unlink()
+            os.mkfifo(path)
+            stuck = asyncio.ensure_future(app.state.reloader.reload())
+            await asyncio.sleep(0.2)
+            health = await http.get("/healthz")  # while the reload waits on the pipe
+            fake.push(Reply("still here"))
+            reply = await client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}])
+            outcome = await asyncio.wait_for(stuck, 10)
+            again = await asyncio.wait_for(app.state.reloader.reload(), 10)
+            ready = await http.get("/readyz")
+            # Let the stuck reader go: it gets the config, and its plan is thrown away.
+            writer = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
+            path.unlink()
+            path.write_text(good)
+            os.write(writer, good.encode())
+            os.close(writer)
+            for _ in range(100):  # the thread frees itself, then a reload is served again
+                applied = await asyncio.wait_for(app.state.reloader.reload(), 10)
+                if applied["outcome"] == "applied":
+                    break
+                await asyncio.sleep(0.05)
+    assert health.status_code == 200 and health.json() == {"status": "ok"}
+    assert reply.choices[0].message.content == "still here"
+    assert outcome["outcome"] == "refused" and outcome["problems"] == 1
+    assert again["outcome"] == "refused"
+    lines = [r.getMessage() for r in caplog.records if r.name == "toolgate" and r.levelname == "ERROR"]
+    assert f"config reload refused: {path}: reading the config took longer than 1 s" in lines
+    assert f"config reload refused: {path}: an earlier reload is still reading the config" in lines
+    assert ready.status_code == 200 and ready.json()["config"]["last_reload"] == again
+    assert applied["outcome"] == "applied"
+
+
 async def test_settings_that_need_a_restart_keep_their_running_value(tmp_path, caplog):
     caplog.set_level("INFO", logger="toolgate")
     path = tmp_path / "toolgate.toml"

@@ -137,6 +137,36 @@ async def test_an_unreachable_server_is_424_as_the_hosted_api_says_it(tmp_path):
     assert TOKEN not in r.text
 
 
+async def test_a_server_that_accepts_and_never_answers_is_424_in_bounded_time_and_healthz_answers_meanwhile(tmp_path):
+    held: list[asyncio.StreamWriter] = []
+
+    async def stall(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)  # read nothing, answer nothing, keep the connection open
+
+    listener = await asyncio.start_server(stall, "127.0.0.1", 0)
+    server = HttpServer()
+    server.port = listener.sockets[0].getsockname()[1]
+    try:
+        async with gateway(config(tmp_path, server, mcp_connect_timeout_s=1), ScriptedUpstream()) as client:
+            body = {"model": "m", "input": "x", "tools": [remote_tool(server, authorization=TOKEN)]}
+            pending = asyncio.ensure_future(client.post("/v1/responses", json=body))
+            while not held:
+                await asyncio.sleep(0.01)
+            health = await asyncio.wait_for(client.get("/healthz"), 2)
+            assert not pending.done()  # the stall is still on
+            r = await asyncio.wait_for(pending, 10)
+    finally:
+        for writer in held:
+            writer.close()
+        listener.close()
+        await listener.wait_closed()
+    assert health.status_code == 200 and health.json() == {"status": "ok"}
+    assert r.status_code == 424, r.text
+    error = r.json()["error"]
+    assert error["type"] == "external_connector_error" and error["message"].startswith("Error retrieving tool list from MCP server: 'calc'.")
+    assert TOKEN not in r.text
+
+
 def _mcp(server: HttpServer, team: str) -> McpTool:
     return McpTool("calc", None, frozenset(), url=server.url, headers={"X-Team": team})
 
