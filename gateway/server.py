@@ -130,6 +130,8 @@ class GuardedHttp(HttpToolsProtocol):
             self._head_timer.cancel()
             self._head_timer = None
         super().on_headers_complete()
+        if self.cycle is not None:
+            self.cycle.transport = _HeadFirst(self.transport, self.loop)  # type: ignore[assignment]
 
     def on_body(self, body: bytes) -> None:
         if not self._refused:
@@ -189,6 +191,47 @@ class GuardedHttp(HttpToolsProtocol):
             if timer is not None:
                 timer.cancel()
         self._head_timer = self._stall_timer = None
+
+
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+class _HeadFirst:
+    """The transport one response is written through: the status line and headers wait for
+    the first piece of the body, so a whole response goes out in one write (one system call,
+    where uvicorn makes two); a head with nothing after it in the same turn of the loop (a
+    stream waiting for its first token) goes out on its own at the end of that turn."""
+
+    __slots__ = ("transport", "loop", "head")
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self.transport, self.loop = transport, loop
+        self.head: bytes | None = b""  # b"": nothing written yet; None: the head is out
+
+    def write(self, data: bytes) -> None:
+        head = self.head
+        if head is None:
+            self.transport.write(data)
+        elif head:
+            self.head = None
+            self.transport.write(head + data)
+        elif data == _CONTINUE:  # the client waits for it before sending the body
+            self.transport.write(data)
+        else:
+            self.head = data
+            self.loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        head, self.head = self.head, None
+        if head and not self.transport.is_closing():
+            self.transport.write(head)
+
+    def close(self) -> None:
+        self.flush()
+        self.transport.close()
+
+    def is_closing(self) -> bool:
+        return self.transport.is_closing()
 
 
 def _peer(client: Any) -> str:
