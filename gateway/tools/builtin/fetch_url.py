@@ -90,7 +90,7 @@ class FetchUrl(Tool):
         try:
             async with asyncio.timeout(timeout):
                 return await self._fetch(httpx.URL(url.strip()), fmt, timeout)
-        except TimeoutError:
+        except (TimeoutError, httpx.TimeoutException):  # the whole fetch, or one step of it (same bound)
             raise ToolError(f"fetching {url} took longer than {timeout:g} s") from None
         except httpx.InvalidURL:
             raise ToolError(f"not a valid URL: {url}") from None
