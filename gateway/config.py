@@ -747,7 +747,7 @@ def settings_from_dict(raw: dict[str, Any], environ: Mapping[str, str], path: st
     for name in responses.require_approval:
         if name not in {spec.name for spec in sources}:
             problems.add(f"responses.require_approval.{name}", "no tool source of that name is configured")
-    catalog = _Catalog(registry.create(spec) for spec in sources)
+    catalog = _Catalog(registry.preview(spec) for spec in sources)
     models_raw = raw.get("models", [])
     if not isinstance(models_raw, list):
         problems.add("models", "expected an array of tables ([[models]])")

@@ -134,15 +134,17 @@ class AiohttpTransport:
         return cls(session)
 
     async def post(self, url: str, headers: Mapping[str, str], body: bytes, *, connect_s: float, read_s: float, name: str) -> AiohttpReply:
-        timeout = aiohttp.ClientTimeout(total=None, connect=connect_s, sock_read=read_s)
-        with _aiohttp_errors(name):
-            response = await self.session.post(url, data=body, headers=headers, timeout=timeout, allow_redirects=False)
-        return AiohttpReply(response, name)
+        return await self._send("POST", url, headers, body, connect_s, read_s, name)
 
     async def get(self, url: str, headers: Mapping[str, str], *, connect_s: float, read_s: float, name: str) -> AiohttpReply:
+        return await self._send("GET", url, headers, None, connect_s, read_s, name)
+
+    async def _send(
+        self, method: str, url: str, headers: Mapping[str, str], body: bytes | None, connect_s: float, read_s: float, name: str
+    ) -> AiohttpReply:
         timeout = aiohttp.ClientTimeout(total=None, connect=connect_s, sock_read=read_s)
         with _aiohttp_errors(name):
-            response = await self.session.get(url, headers=headers, timeout=timeout, allow_redirects=False)
+            response = await self.session.request(method, url, data=body, headers=headers, timeout=timeout, allow_redirects=False)
         return AiohttpReply(response, name)
 
     async def status(self, url: str, headers: Mapping[str, str], *, timeout_s: float, name: str) -> int:
@@ -199,15 +201,16 @@ class HttpxTransport:
         self.client = client
 
     async def post(self, url: str, headers: Mapping[str, str], body: bytes, *, connect_s: float, read_s: float, name: str) -> HttpxReply:
-        timeout = httpx.Timeout(read_s, connect=connect_s, pool=connect_s)
-        request = self.client.build_request("POST", url, content=body, headers=headers, timeout=timeout)
-        with _httpx_errors(name):
-            response = await self.client.send(request, stream=True)
-        return HttpxReply(response, name)
+        return await self._send("POST", url, headers, body, connect_s, read_s, name)
 
     async def get(self, url: str, headers: Mapping[str, str], *, connect_s: float, read_s: float, name: str) -> HttpxReply:
+        return await self._send("GET", url, headers, None, connect_s, read_s, name)
+
+    async def _send(
+        self, method: str, url: str, headers: Mapping[str, str], body: bytes | None, connect_s: float, read_s: float, name: str
+    ) -> HttpxReply:
         timeout = httpx.Timeout(read_s, connect=connect_s, pool=connect_s)
-        request = self.client.build_request("GET", url, headers=headers, timeout=timeout)
+        request = self.client.build_request(method, url, content=body, headers=headers, timeout=timeout)
         with _httpx_errors(name):
             response = await self.client.send(request, stream=True)
         return HttpxReply(response, name)

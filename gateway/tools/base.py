@@ -29,6 +29,7 @@ reporting to another task (an SDK's callback) takes ``progress_listener()`` firs
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -171,3 +172,36 @@ class StaticSource:
 
     def status(self) -> SourceStatus:
         return SourceStatus(True)
+
+
+class ServerSource:
+    """What a source whose tools come from a server (MCP, OpenAPI) keeps: the tools it
+    found, its status, and how to name its secrets; the subclass starts and stops it::
+
+        class Weather(ServerSource):
+            def __init__(self, settings):
+                super().__init__(settings.name, settings.prefix, partial(secret_values, settings))
+    """
+
+    def __init__(self, name: str, prefix: bool, secret_values: Callable[[Mapping[str, str]], list[str]]) -> None:
+        self.name = name
+        self.prefix = prefix
+        self._secret_values = secret_values  # environ -> the settings' secrets, expanded
+        self._tools: list[Tool] = []
+        self._status = SourceStatus(False, "not started")
+        self._environ: Mapping[str, str] | None = None  # what start() was given
+
+    def tools(self) -> Sequence[Tool]:
+        return self._tools
+
+    def status(self) -> SourceStatus:
+        return self._status
+
+    def secrets(self, environ: Mapping[str, str] | None = None) -> list[str]:
+        """The values to mask (see ``ToolSource``), for the redaction layer::
+
+            SECRETS.add(*source.secrets())
+
+        Expanded against ``environ``, else what ``start()`` was given, else the process's.
+        """
+        return self._secret_values(environ or self._environ or os.environ)

@@ -32,10 +32,11 @@ the SSRF policy and every call to it is pinned to the checked address.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from pathlib import Path
@@ -49,7 +50,7 @@ from gateway import tracing
 from gateway.errors import Problems
 from gateway.backoff import backoff
 from gateway.tools import variables
-from gateway.tools.base import SourceContext, SourceStatus, Tool, ToolError, tool_name
+from gateway.tools.base import ServerSource, SourceContext, SourceStatus, Tool, ToolError, tool_name
 from gateway.tools.builtin import Options
 from gateway.tools.builtin.fetch_url import read_capped
 from gateway.tools.builtin.netguard import Guard, Refused
@@ -111,37 +112,18 @@ class OpenApiTool(Tool):
         return await self._source.request(self.operation, arguments)
 
 
-class OpenApiSource:
+class OpenApiSource(ServerSource):
     """The operations of one OpenAPI server (see the module docstring)."""
 
     def __init__(self, settings: Settings) -> None:
-        self.name = settings.name
-        self.prefix = settings.prefix
+        super().__init__(settings.name, settings.prefix, functools.partial(secret_values, settings))
         self.settings = settings
-        self._tools: list[Tool] = []
-        self._status = SourceStatus(False, "not started")
         self._client: httpx.AsyncClient | None = None
         self._owns_client = False
         self._headers: dict[str, str] = {}
-        self._environ: Mapping[str, str] | None = None
         self._base = httpx.URL("")
         self._pinned = False  # the base URL came from the spec: check and pin every call
         self._retry: asyncio.Task[None] | None = None
-
-    def tools(self) -> Sequence[Tool]:
-        return self._tools
-
-    def status(self) -> SourceStatus:
-        return self._status
-
-    def secrets(self, environ: Mapping[str, str] | None = None) -> list[str]:
-        """The header values to mask (see the module docstring), expanded::
-
-            SECRETS.add(*source.secrets())
-
-        Expanded against ``environ``, else what ``start()`` was given, else the process's.
-        """
-        return secret_values(self.settings, environ or self._environ or os.environ)
 
     async def start(self, ctx: SourceContext) -> None:
         """Loads the spec, or records why not and retries in the background; never raises."""

@@ -237,20 +237,6 @@ def load(target: str) -> Callable[..., Any]:
     return function
 
 
-def parse(name: str, table: Mapping[str, Any], problems: Problems, key: str) -> Mapping[str, Any] | None:
-    """The table itself once ``build`` accepts it (its tools hold no session: the table is the spec)."""
-    return dict(table) if build(name, table, problems, key) is not None else None
-
-
-def create(name: str, table: Mapping[str, Any]) -> StaticSource:
-    """The source for a table ``parse`` accepted."""
-    problems = Problems("<spec>")
-    source = build(name, table, problems, f"tools.python.{name}")
-    if source is None:
-        raise ValueError(f"{name}: the table no longer builds: {'; '.join(problems.lines)}")
-    return source
-
-
 def build(name: str, table: Mapping[str, Any], problems: Problems, key: str) -> StaticSource | None:
     """A source for ``[tools.python.NAME]``, or ``None`` (with problems) if any function is unusable."""
     opts = Options(table, problems, key)

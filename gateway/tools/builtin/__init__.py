@@ -33,15 +33,15 @@ from gateway.tools.base import SourceContext, StaticSource, Tool
 
 @dataclass(frozen=True)
 class Builtin:
-    target: str  # "module:function" below gateway.tools.builtin
+    target: str  # "module:function" below gateway.tools.builtin: (Options) -> Tool | None
     summary: str
 
-    def factory(self, options: dict[str, Any], problems: Problems, key: str) -> Tool | None:
-        """The tool for ``options`` (the table minus ``enabled``/``timeout_s``), or ``None``
-        with problems added."""
+    def factory(self, opts: Options) -> Tool | None:
+        """The tool for the table ``opts`` reads (``enabled``/``timeout_s`` already read), or
+        ``None`` with problems added; it reads its own options and calls ``opts.finish()``."""
         module, _, func = self.target.partition(":")
-        build: Callable[[dict[str, Any], Problems, str], Tool | None] = getattr(importlib.import_module(f"{__name__}.{module}"), func)
-        return build(options, problems, key)
+        build: Callable[[Options], Tool | None] = getattr(importlib.import_module(f"{__name__}.{module}"), func)
+        return build(opts)
 
 
 BUILTINS: dict[str, Builtin] = {
@@ -69,20 +69,6 @@ class BuiltinSource(StaticSource):
                 await stop()
 
 
-def parse(name: str, table: Mapping[str, Any], problems: Problems, key: str) -> Mapping[str, Any] | None:
-    """The table itself once ``build`` accepts it (its tools hold no session: the table is the spec)."""
-    return dict(table) if build(name, table, problems, key) is not None else None
-
-
-def create(name: str, table: Mapping[str, Any]) -> BuiltinSource:
-    """The source for a table ``parse`` accepted."""
-    problems = Problems("<spec>")
-    source = build(name, table, problems, "tools.builtin")
-    if source is None:
-        raise ValueError(f"{name}: the table no longer builds: {'; '.join(problems.lines)}")
-    return source
-
-
 def build(name: str, table: Mapping[str, Any], problems: Problems, key: str) -> BuiltinSource | None:
     """The built-in source for ``[tools.builtin]``, or ``None`` if nothing is enabled."""
     tools: list[Tool] = []
@@ -95,27 +81,19 @@ def build(name: str, table: Mapping[str, Any], problems: Problems, key: str) -> 
         if not isinstance(options, dict):
             problems.add(where, "expected a table")
             continue
-        opts = dict(options)
-        enabled = opts.pop("enabled", True)
-        timeout_s = opts.pop("timeout_s", None)
-        if not isinstance(enabled, bool):
-            Table(options, where, problems).expected("enabled", "true or false", enabled)
-            continue
-        if timeout_s is not None and not _positive_number(timeout_s):
-            Table(options, where, problems).expected("timeout_s", "a positive number of seconds", timeout_s)
-            continue
+        # The keys every built-in takes, read by the same Options as its own: an unknown
+        # key's problem names them all.
+        opts = Options(options, problems, where)
+        enabled = opts.boolean("enabled", True)
+        timeout_s = opts.number("timeout_s", None)
         if not enabled:
             continue
-        tool = row.factory(opts, problems, where)
+        tool = row.factory(opts)
         if tool is not None:
             if timeout_s is not None:
                 tool.timeout_s = timeout_s
             tools.append(tool)
     return BuiltinSource(name, tools) if tools else None
-
-
-def _positive_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
 
 
 class Options:
@@ -133,6 +111,7 @@ class Options:
     def __init__(self, table: Mapping[str, Any], problems: Problems, key: str) -> None:
         self._table = Table(dict(table), key, problems)
         self._read: set[str] = set()
+        self.problems, self.key = problems, key  # for readers of a whole option (an allow list)
 
     @property
     def ok(self) -> bool:

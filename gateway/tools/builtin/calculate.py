@@ -13,7 +13,6 @@ import operator
 from collections.abc import Callable
 from typing import Any
 
-from gateway.errors import Problems
 from gateway.tools.base import Tool, ToolError
 from gateway.tools.builtin import Options
 
@@ -163,7 +162,6 @@ class Calculate(Tool):
         return format_number(evaluate(expression, max_length=self.max_length))
 
 
-def build(options: dict[str, Any], problems: Problems, key: str) -> Calculate | None:
-    opts = Options(options, problems, key)
+def build(opts: Options) -> Calculate | None:
     max_length = opts.number("max_length", 1000, integer=True)
     return Calculate(max_length=max_length) if opts.finish() else None

@@ -7,7 +7,6 @@ from datetime import datetime, timezone
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from gateway.errors import Problems
 from gateway.tools.base import Tool, ToolError
 from gateway.tools.builtin import Options
 
@@ -57,8 +56,7 @@ class CurrentTime(Tool):
         return f"{local.isoformat(timespec='seconds')} {local:%A} ({label})"
 
 
-def build(options: dict[str, Any], problems: Problems, key: str) -> CurrentTime | None:
-    opts = Options(options, problems, key)
+def build(opts: Options) -> CurrentTime | None:
     default = opts.string("default_timezone", "UTC")
     if default is not None:
         try:

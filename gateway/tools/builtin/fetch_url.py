@@ -18,7 +18,6 @@ from typing import Any
 
 import httpx
 
-from gateway.errors import Problems
 from gateway.tools.base import SourceContext, Tool, ToolError
 from gateway.tools.builtin import Options
 from gateway.tools.builtin.html import html_to_text
@@ -91,7 +90,7 @@ class FetchUrl(Tool):
         try:
             async with asyncio.timeout(timeout):
                 return await self._fetch(httpx.URL(url.strip()), fmt, timeout)
-        except TimeoutError:
+        except (TimeoutError, httpx.TimeoutException):  # the whole fetch, or one step of it (same bound)
             raise ToolError(f"fetching {url} took longer than {timeout:g} s") from None
         except httpx.InvalidURL:
             raise ToolError(f"not a valid URL: {url}") from None
@@ -207,12 +206,11 @@ def _charset(response: httpx.Response, html: bytes) -> str:
         return "utf-8"
 
 
-def build(options: dict[str, Any], problems: Problems, key: str) -> FetchUrl | None:
-    opts = Options(options, problems, key)
+def build(opts: Options) -> FetchUrl | None:
     max_bytes = opts.number("max_bytes", 2 << 20, integer=True)
     max_redirects = opts.number("max_redirects", 5, integer=True, exclusive=False)
     allow = opts.strings("allow")
-    guard = Guard.from_config(allow, problems, f"{key}.allow", resolve=system_resolve)
+    guard = Guard.from_config(allow, opts.problems, f"{opts.key}.allow", resolve=system_resolve)
     if not opts.finish() or guard is None:
         return None
     return FetchUrl(guard, max_bytes=max_bytes, max_redirects=max_redirects)

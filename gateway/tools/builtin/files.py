@@ -20,7 +20,6 @@ import stat
 from pathlib import Path
 from typing import Any
 
-from gateway.errors import Problems
 from gateway.tools.base import Tool, ToolError
 from gateway.tools.builtin import Options
 from gateway.tools.workers import WORKERS, WorkersBusy
@@ -228,15 +227,13 @@ def _roots(opts: Options) -> Roots:
     return Roots(roots, dotfiles=opts.boolean("dotfiles", False))
 
 
-def build_read_file(options: dict[str, Any], problems: Problems, key: str) -> ReadFile | None:
-    opts = Options(options, problems, key)
+def build_read_file(opts: Options) -> ReadFile | None:
     roots = _roots(opts)
     max_bytes = opts.number("max_bytes", 256 << 10, integer=True)
     return ReadFile(roots, max_bytes=max_bytes) if opts.finish() else None
 
 
-def build_list_dir(options: dict[str, Any], problems: Problems, key: str) -> ListDir | None:
-    opts = Options(options, problems, key)
+def build_list_dir(opts: Options) -> ListDir | None:
     roots = _roots(opts)
     max_entries = opts.number("max_entries", 1000, integer=True)
     return ListDir(roots, max_entries=max_entries) if opts.finish() else None

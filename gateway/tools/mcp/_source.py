@@ -10,10 +10,11 @@ era and the stateless 2026-07-28 revision is in ``_era``.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import math
 import os
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager, suppress
 from fnmatch import fnmatchcase
 from typing import Any
@@ -25,7 +26,7 @@ from mcp.client.session import ClientSession
 from mcp.shared.dispatcher import ProgressFnT
 
 from gateway.backoff import backoff
-from gateway.tools.base import Progress, SourceContext, SourceStatus, Tool, ToolError, ToolOutput, progress_listener
+from gateway.tools.base import Progress, ServerSource, SourceContext, SourceStatus, Tool, ToolError, ToolOutput, progress_listener
 from gateway.tools.mcp import _era
 from gateway.tools.mcp._config import ServerSpec, secret_values
 from gateway.tools.mcp._convert import connection_gone, describe, to_output, tool_error
@@ -96,16 +97,13 @@ async def _ping(session: ClientSession, signals: Signals) -> None:
                 signals.lose()
 
 
-class McpSource:
+class McpSource(ServerSource):
     """The tools of one MCP server (see the package docstring for configuration)."""
 
     def __init__(self, spec: ServerSpec) -> None:
-        self.name = spec.name
-        self.prefix = spec.prefix
+        super().__init__(spec.name, spec.prefix, functools.partial(secret_values, spec))
         self.spec = spec
-        self._tools: list[Tool] = []
         self._guard = Guard(spec.name)
-        self._status = SourceStatus(False, "not started")
         self._live: tuple[Client, Signals] | None = None
         self._learned: str | None = None  # the mode that reached the server last time (protocol = "auto")
         self._discovered: types.DiscoverResult | None = None  # its server/discover answer, reused on reconnect
@@ -113,22 +111,6 @@ class McpSource:
         self._scope: anyio.CancelScope | None = None
         self._settled = asyncio.Event()  # the first attempt ended, either way
         self._stopping = False
-        self._environ: Mapping[str, str] | None = None  # what start() was given
-
-    def tools(self) -> Sequence[Tool]:
-        return self._tools
-
-    def status(self) -> SourceStatus:
-        return self._status
-
-    def secrets(self, environ: Mapping[str, str] | None = None) -> list[str]:
-        """The values of the ``env`` and ``headers`` tables, expanded, for the redaction layer::
-
-            SECRETS.add(*source.secrets())
-
-        Expanded against ``environ``, else what ``start()`` was given, else the process's.
-        """
-        return secret_values(self.spec, environ or self._environ or os.environ)
 
     async def start(self, ctx: SourceContext) -> None:
         """Connects, or records why not and keeps trying in the background; never raises."""

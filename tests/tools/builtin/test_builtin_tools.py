@@ -61,9 +61,31 @@ def test_unknown_builtin_and_bad_options_are_problems():
         "toolgate.toml: tools.builtin.calculate.max_length: expected an integer greater than 0, got 'long'",
         "toolgate.toml: tools.builtin.current_time.default_timezone: unknown time zone 'Mars/Olympus'; "
         "expected an IANA name",
-        "toolgate.toml: tools.builtin.current_time.colour: unknown key; expected one of default_timezone",
+        "toolgate.toml: tools.builtin.current_time.colour: unknown key; expected one of default_timezone, enabled, timeout_s",
         "toolgate.toml: tools.builtin.fetch_url.enabled: expected true or false, got 'yes'",
     ]
+
+
+@pytest.mark.parametrize(
+    ("name", "accepted"),
+    [
+        ("calculate", "enabled, max_length, timeout_s"),
+        ("current_time", "default_timezone, enabled, timeout_s"),
+        ("fetch_url", "allow, enabled, max_bytes, max_redirects, timeout_s"),
+        ("read_file", "dotfiles, enabled, max_bytes, roots, timeout_s"),
+        ("list_dir", "dotfiles, enabled, max_entries, roots, timeout_s"),
+    ],
+)
+def test_an_unknown_key_names_every_key_the_builtin_takes(name, accepted, tmp_path):
+    table = {"roots": [str(tmp_path)]} if "roots" in accepted else {}
+    source, problems = build({name: {**table, "enabled": True, "timeout_s": 5, "colour": "red"}})
+    assert problems == [f"toolgate.toml: tools.builtin.{name}.colour: unknown key; expected one of {accepted}"]
+    assert source is None
+    # Every key the message names is one the table takes.
+    keys = dict.fromkeys(accepted.split(", "))
+    values = {"enabled": True, "timeout_s": 5, "roots": [str(tmp_path)], "allow": ["a.test"], "default_timezone": "UTC", "dotfiles": False}
+    source, problems = build({name: {key: values.get(key, 1) for key in keys}})
+    assert problems == [] and [t.timeout_s for t in source.tools()] == [5]
 
 
 def test_timeout_option_sets_the_tool_timeout():
@@ -71,7 +93,7 @@ def test_timeout_option_sets_the_tool_timeout():
     assert problems == []
     assert source.tools()[0].timeout_s == 2.5
     _, problems = build({"calculate": {"timeout_s": 0}})
-    assert problems == ["toolgate.toml: tools.builtin.calculate.timeout_s: expected a positive number of seconds, got 0"]
+    assert problems == ["toolgate.toml: tools.builtin.calculate.timeout_s: expected a number greater than 0, got 0"]
 
 
 def test_a_table_that_is_not_a_table_is_a_problem():
