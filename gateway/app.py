@@ -63,7 +63,7 @@ def create_app(
                 upstream = DemoTransport(upstream)
             stack.push_async_callback(upstream.aclose)
             tool_http = await stack.enter_async_context(
-                httpx.AsyncClient(transport=tool_transport, timeout=httpx.Timeout(30.0), follow_redirects=False)
+                httpx.AsyncClient(transport=tool_transport, timeout=httpx.Timeout(30.0), follow_redirects=False, trust_env=False)
             )
             runtime.upstream = UpstreamClient(upstream)
             context = SourceContext(http=tool_http, environ=settings.environ)

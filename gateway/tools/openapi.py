@@ -128,7 +128,7 @@ class OpenApiSource(ServerSource):
     async def start(self, ctx: SourceContext) -> None:
         """Loads the spec, or records why not and retries in the background; never raises."""
         if self._client is None:
-            self._client, self._owns_client = (ctx.http, False) if ctx.http is not None else (httpx.AsyncClient(), True)
+            self._client, self._owns_client = (ctx.http, False) if ctx.http is not None else (httpx.AsyncClient(trust_env=False), True)
         environ = self._environ = ctx.environ or os.environ
         try:
             self._headers = {k: variables.expand(v, environ) for k, v in self.settings.headers.items()}

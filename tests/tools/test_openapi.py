@@ -373,6 +373,33 @@ async def test_spec_servers_elsewhere_are_checked_and_pinned(server):
     await source.stop()
 
 
+async def test_the_environments_proxy_settings_never_apply(server, monkeypatch):
+    """toolgate talks to the servers its config names, directly (as it does to upstreams):
+    an HTTP(S)_PROXY in the process environment is not picked up."""
+    import asyncio
+
+    proxied: list[bytes] = []
+
+    async def proxy(reader, writer):
+        proxied.append(await reader.read(1024))
+        writer.close()
+
+    listener = await asyncio.start_server(proxy, "127.0.0.1", 0)
+    address = f"http://127.0.0.1:{listener.sockets[0].getsockname()[1]}"
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
+        monkeypatch.setenv(name, address)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    try:
+        source = await started({"url": f"{server.base}/specs/openapi.json", "headers": AUTH})
+        ready = source.status()
+        await source.stop()
+    finally:
+        listener.close()
+        await listener.wait_closed()
+    assert ready == openapi.SourceStatus(True, "7 tools") and proxied == []
+
+
 async def test_uses_the_shared_client_and_leaves_it_open(server):
     async with httpx.AsyncClient() as client:
         source = await started({"url": f"{server.base}/specs/openapi.json"}, client=client)

@@ -71,7 +71,7 @@ class FetchUrl(Tool):
         if ctx.http is not None:
             self._client = ctx.http
         elif self._client is None:
-            self._client, self._owns_client = httpx.AsyncClient(), True
+            self._client, self._owns_client = httpx.AsyncClient(trust_env=False), True
 
     async def stop(self) -> None:
         if self._owns_client and self._client is not None:

@@ -138,7 +138,7 @@ def _http_client(spec: ServerSpec, environ: Mapping[str, str]) -> httpx2.AsyncCl
     # are left long: the GET stream idles, and tool calls are timed by the toolbox.
     timeout = httpx2.Timeout(spec.startup_timeout_s, read=300.0, pool=None)
     # The hook sends the current span's traceparent: the SDK posts in the caller's context.
-    return httpx2.AsyncClient(headers=headers, timeout=timeout, event_hooks={"request": [tracing.httpx_hook]})
+    return httpx2.AsyncClient(headers=headers, timeout=timeout, event_hooks={"request": [tracing.httpx_hook]}, trust_env=False)
 
 
 @asynccontextmanager

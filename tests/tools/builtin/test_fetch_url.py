@@ -73,6 +73,39 @@ async def test_no_cookie_no_credentials_and_no_trace_context_reach_a_page(httpx_
         assert {"cookie", "authorization", "traceparent", "tracestate"}.isdisjoint(request.headers)
 
 
+async def test_the_environments_proxy_settings_never_apply_to_a_fetch(monkeypatch):
+    """A fetch goes to the address the guard checked, never through an HTTP(S)_PROXY of the
+    process environment (which would connect to wherever the proxy resolves the name)."""
+    import asyncio
+
+    proxied: list[bytes] = []
+
+    async def proxy(reader, writer):
+        proxied.append(await reader.read(1024))
+        writer.close()
+
+    async def site(reader, writer):
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 6\r\nconnection: close\r\n\r\ndirect")
+        await writer.drain()
+        writer.close()
+
+    listeners = [await asyncio.start_server(handler, "127.0.0.1", 0) for handler in (proxy, site)]
+    proxy_port, site_port = (listener.sockets[0].getsockname()[1] for listener in listeners)
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
+        monkeypatch.setenv(name, f"http://127.0.0.1:{proxy_port}")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    url = f"http://127.0.0.1:{site_port}/page"
+    try:
+        outcomes = await fetched({"url": url}, allow=[f"127.0.0.1:{site_port}"])
+    finally:
+        for listener in listeners:
+            listener.close()
+            await listener.wait_closed()
+    assert outcomes == [("ok", f"URL: {url}\n\ndirect")] and proxied == []
+
+
 async def test_redirects_are_followed_one_checked_hop_at_a_time(httpx_mock):
     httpx_mock.add_response(url="http://93.184.216.34/old", status_code=301, headers={"location": "https://other.test/new"})
     httpx_mock.add_response(url="https://93.184.216.35/new", status_code=307, headers={"location": "/final"})
