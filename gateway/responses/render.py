@@ -133,11 +133,13 @@ class Items:
         index = len(self.items)
         self.items.append(item)
         self.rounds.append(round_no)
-        self.emit("response.output_item.added", output_index=index, item=item)
+        if self.streamed:
+            self.emit("response.output_item.added", output_index=index, item=item)
         return index
 
     def done(self, index: int) -> None:
-        self.emit("response.output_item.done", output_index=index, item=self.items[index])
+        if self.streamed:
+            self.emit("response.output_item.done", output_index=index, item=self.items[index])
 
     def response(self, status: str, *, output: bool = True, error: dict[str, Any] | None = None, incomplete: str | None = None) -> dict[str, Any]:
         view = self.view
@@ -161,10 +163,14 @@ class Items:
         if self.opened:
             return
         self.opened = True
-        if self.streamed:
-            opening = orjson.dumps(self.response("in_progress", output=False))
-            self.emit_response("response.created", opening)
-            self.emit_response("response.in_progress", opening)
+        if not self.streamed:
+            # Unstreamed, events say nothing: the listings are the first items, as they are.
+            self.items.extend(self.view.list_tools)
+            self.rounds.extend([0] * len(self.view.list_tools))
+            return
+        opening = orjson.dumps(self.response("in_progress", output=False))
+        self.emit_response("response.created", opening)
+        self.emit_response("response.in_progress", opening)
         for item in self.view.list_tools:
             index = self.add({**item, "tools": []}, 0)
             self.emit("response.mcp_list_tools.in_progress", output_index=index, item_id=item["id"])
@@ -250,9 +256,10 @@ class Items:
         self.message = None
         item = self.items[index]
         part = item["content"][0]
-        lp = [{k: v for k, v in e.items() if k != "bytes"} for e in part["logprobs"]]
-        self.emit("response.output_text.done", item_id=item["id"], output_index=index, content_index=0, text=part["text"], logprobs=lp)
-        self.emit("response.content_part.done", item_id=item["id"], output_index=index, content_index=0, part=part)
+        if self.streamed:
+            lp = [{k: v for k, v in e.items() if k != "bytes"} for e in part["logprobs"]]
+            self.emit("response.output_text.done", item_id=item["id"], output_index=index, content_index=0, text=part["text"], logprobs=lp)
+            self.emit("response.content_part.done", item_id=item["id"], output_index=index, content_index=0, part=part)
         if refusal:
             self._refusal(index, refusal)
         item["status"] = "completed"
@@ -287,9 +294,10 @@ class Items:
             item["approval_request_id"] = event.call_id
         index = self.calls[event.call_id] = self.add(item, event.round)
         item["arguments"] = event.arguments
-        self.emit("response.mcp_call_arguments.delta", item_id=item["id"], output_index=index, delta=event.arguments)
-        self.emit("response.mcp_call_arguments.done", item_id=item["id"], output_index=index, arguments=event.arguments)
-        self.emit("response.mcp_call.in_progress", item_id=item["id"], output_index=index)
+        if self.streamed:
+            self.emit("response.mcp_call_arguments.delta", item_id=item["id"], output_index=index, delta=event.arguments)
+            self.emit("response.mcp_call_arguments.done", item_id=item["id"], output_index=index, arguments=event.arguments)
+            self.emit("response.mcp_call.in_progress", item_id=item["id"], output_index=index)
 
     def _mcp_result(self, event: ToolFinished) -> None:
         index = self.calls.get(event.call_id)
@@ -299,13 +307,13 @@ class Items:
         text = _text(event.content)
         if event.outcome == "ok":
             item["output"], item["status"] = text, "completed"
-            self.emit("response.mcp_call.completed", item_id=item["id"], output_index=index)
         else:
             # As the hosted API's McpToolCallError: what the tool said, as MCP content.
             item["error"] = {"type": "mcp_tool_execution_error", "content": [{"type": "text", "text": text}]}
             item["status"] = "failed"
-            self.emit("response.mcp_call.failed", item_id=item["id"], output_index=index)
-        self.done(index)
+        if self.streamed:
+            self.emit(f"response.mcp_call.{item['status']}", item_id=item["id"], output_index=index)
+            self.done(index)
 
     def _final(self, final: Final) -> None:
         self.final = final
