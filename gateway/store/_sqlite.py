@@ -10,9 +10,12 @@ loop gives up. Either way the caller gets StoreUnavailable, never a hang.
 Puts are group-committed: the puts that arrive while one batch is being written
 go together as the next job (at most MAX_WAITING of them), in one transaction,
 so the thread hop, the commit and the WAL pages are paid once per batch, not per
-response; if the database refuses a record, the batch is written again with a
-savepoint per record, so that one fails alone. Each put returns when its own
-record is committed. Writers purge expired rows and evict
+response. Each table's rows go in multi-row INSERTs (CHUNK_ROWS a statement):
+sqlite3 lets the GIL go around every statement step, and while the event loop
+is busy each take-back is a wait and a thread switch on the loop's core, so a
+batch pays a few of those, not several per record. If the database refuses a
+record, the batch is written again with a savepoint per record, so that one
+fails alone. Each put returns when its own record is committed. Writers purge expired rows and evict
 the soonest-to-expire (under one ttl, the oldest) past the size cap, at most
 CLEANUP_BATCH of each per batch.
 """
@@ -36,7 +39,6 @@ from gateway.threads import Busy, Threads
 
 T = TypeVar("T")
 
-# Per order: the comparison past `after`, the direction, and the bound when no `after`.
 _INSERT_NEW = (
     "INSERT INTO responses (id, owner, created_at, expires_at, response, bytes) VALUES (?, ?, ?, ?, ?, ?)"
     " ON CONFLICT (id) DO NOTHING"
@@ -63,6 +65,7 @@ def _insert(db: sqlite3.Connection, table: tuple[str, str, int], values: list[An
 
 MAX_WAITING = 1024  # puts waiting for the next batch; past it, StoreUnavailable
 
+# Per order: the comparison past `after`, the direction, and the bound when no `after`.
 _PAGES = {
     "asc": ("seq > ?", "ASC", -1),
     "desc": ("seq < ?", "DESC", 1 << 62),
@@ -222,9 +225,7 @@ class SqliteStore:
         return failures
 
     def _put_all(self, db: sqlite3.Connection, encoded: list[tuple[Stored, Encoded]], now: float) -> None:
-        """A batch in a constant number of statements, each many rows at once: sqlite3 lets the
-        GIL go and takes it back around every statement step, and while the event loop is
-        busy each take-back is a wait and a thread switch; a step per table per chunk, not per row."""
+        """A batch in a few statements: one step per table per CHUNK_ROWS rows, not one per row."""
         db.execute("DELETE FROM responses WHERE id IN (SELECT value FROM json_each(?))", (orjson.dumps([s.id for s, _ in encoded]),))
         expires = now + self.ttl_s
         _insert(db, _RESPONSES, [v for s, e in encoded for v in (s.id, s.owner, s.created_at, expires, e.response, e.size)])
