@@ -62,8 +62,10 @@ def response_usage(usage: dict[str, Any] | None) -> dict[str, Any] | None:
         return None
     prompt = int(usage.get("prompt_tokens") or 0)
     completion = int(usage.get("completion_tokens") or 0)
-    cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0
-    reasoning = (usage.get("completion_tokens_details") or {}).get("reasoning_tokens") or 0
+    details = usage.get("prompt_tokens_details")
+    cached = details.get("cached_tokens") or 0 if details else 0
+    details = usage.get("completion_tokens_details")
+    reasoning = details.get("reasoning_tokens") or 0 if details else 0
     return {
         "input_tokens": prompt,
         "input_tokens_details": {"cached_tokens": int(cached), "cache_write_tokens": 0},
@@ -108,7 +110,7 @@ class Items:
         self.reasoning: int | None = None  # open reasoning item
         self.calls: dict[str, int] = {}  # chat call id -> item index
         self.round = 0
-        self.usage: dict[str, Any] | None = None
+        self.round_usage: list[dict[str, Any] | None] = []  # each upstream call's, as it came
         self.opened = False
         self.final: Final | None = None
         self.delta_tail = b""  # the open message's text-delta event, past its sequence number
@@ -152,10 +154,19 @@ class Items:
         body["output"] = list(self.items) if output else []
         body["error"] = error
         body["incomplete_details"] = {"reason": incomplete} if status == "incomplete" else None
-        body["usage"] = response_usage(self.usage) if output else None
+        body["usage"] = response_usage(self.usage()) if output else None
         if status in _ENDED:
             body["completed_at"] = time.time()
         return body
+
+    def usage(self) -> dict[str, Any] | None:
+        """Summed over the rounds: the loop's own sum once it answered, else the rounds so far."""
+        if self.final is not None:
+            return self.final.usage
+        total = None
+        for usage in self.round_usage:
+            total = add_usage(total, usage)
+        return total
 
     # -- loop events in ----------------------------------------------------------------
 
@@ -187,10 +198,11 @@ class Items:
             if event.content:
                 self._content(event.content, event.logprobs)
         elif isinstance(event, RoundUsage):
-            self.usage = add_usage(self.usage, event.usage)
+            self.round_usage.append(event.usage)
             self.round = event.round
         elif isinstance(event, ToolStarted):
-            self._close_text()
+            if self.message is not None or self.reasoning is not None:
+                self._close_text()
             self._mcp_call(event)
         elif isinstance(event, ToolProgress):
             # The event type has no field for the progress itself: it says the call is alive.
