@@ -459,6 +459,16 @@ class Harness:
         """The Responses API on the processes that served chat this round, at the same concurrency:
         pass-through (S2's and S3's shapes) and S4's two-round `calculate` loop, store on and off."""
         p = self.plan
+        # With `--only S8`, the chat figures it is compared with are measured here, same round.
+        if "toolgate" in gateways:
+            proc = gateways["toolgate"]
+            if not self.wants("S2"):
+                self.attempt("S2", "toolgate", lambda: self.post_run(proc, proc.url + CHAT, body("bench"), p.c_s2, p.s2_s))
+            if not self.wants("S3"):
+                self.attempt("S3-cpu", "toolgate", lambda: self.load_run(proc, proc.url + CHAT, body("bench", stream=True), p.c_s3, p.s3_cpu_s))
+        if "toolgate-calc" in gateways and not self.wants("S4"):
+            proc = gateways["toolgate-calc"]
+            self.attempt("S4-0ms", "toolgate-calc", lambda: self.load_run(proc, proc.url + CHAT, body("bench-calc", text="What is 2+3?"), p.c_s4, p.s4_s))
         for store in (True, False):
             tag = "store" if store else "nostore"
             if "toolgate" in gateways:

@@ -35,6 +35,9 @@ def _text_of(content: list[dict[str, Any]], kind: str) -> str:
 
 
 def _user_content(content: list[dict[str, Any]]) -> str | list[dict[str, Any]]:
+    if len(content) == 1 and content[0]["type"] == "input_text":
+        text: str = content[0]["text"]  # the usual message: one text part
+        return text
     if all(p["type"] == "input_text" for p in content):
         return "\n".join(p["text"] for p in content)
     parts: list[dict[str, Any]] = []

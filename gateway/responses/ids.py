@@ -26,7 +26,8 @@ _bits = random.getrandbits
 
 
 def new_id(prefix: str) -> str:
-    return f"{prefix}_{int(time() * 1000):011x}{_bits(84):021x}"
+    # One number formatted once: 44 bits of milliseconds (11 hex digits until the year 2527), 84 random.
+    return f"{prefix}_{int(time() * 1000) << 84 | _bits(84):032x}"
 
 
 def with_ids(items: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -62,8 +62,10 @@ def response_usage(usage: dict[str, Any] | None) -> dict[str, Any] | None:
         return None
     prompt = int(usage.get("prompt_tokens") or 0)
     completion = int(usage.get("completion_tokens") or 0)
-    cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0
-    reasoning = (usage.get("completion_tokens_details") or {}).get("reasoning_tokens") or 0
+    details = usage.get("prompt_tokens_details")
+    cached = details.get("cached_tokens") or 0 if details else 0
+    details = usage.get("completion_tokens_details")
+    reasoning = details.get("reasoning_tokens") or 0 if details else 0
     return {
         "input_tokens": prompt,
         "input_tokens_details": {"cached_tokens": int(cached), "cache_write_tokens": 0},
@@ -108,7 +110,7 @@ class Items:
         self.reasoning: int | None = None  # open reasoning item
         self.calls: dict[str, int] = {}  # chat call id -> item index
         self.round = 0
-        self.usage: dict[str, Any] | None = None
+        self.round_usage: list[dict[str, Any] | None] = []  # each upstream call's, as it came
         self.opened = False
         self.final: Final | None = None
         self.delta_tail = b""  # the open message's text-delta event, past its sequence number
@@ -133,11 +135,13 @@ class Items:
         index = len(self.items)
         self.items.append(item)
         self.rounds.append(round_no)
-        self.emit("response.output_item.added", output_index=index, item=item)
+        if self.streamed:
+            self.emit("response.output_item.added", output_index=index, item=item)
         return index
 
     def done(self, index: int) -> None:
-        self.emit("response.output_item.done", output_index=index, item=self.items[index])
+        if self.streamed:
+            self.emit("response.output_item.done", output_index=index, item=self.items[index])
 
     def response(self, status: str, *, output: bool = True, error: dict[str, Any] | None = None, incomplete: str | None = None) -> dict[str, Any]:
         view = self.view
@@ -150,10 +154,19 @@ class Items:
         body["output"] = list(self.items) if output else []
         body["error"] = error
         body["incomplete_details"] = {"reason": incomplete} if status == "incomplete" else None
-        body["usage"] = response_usage(self.usage) if output else None
+        body["usage"] = response_usage(self.usage()) if output else None
         if status in _ENDED:
             body["completed_at"] = time.time()
         return body
+
+    def usage(self) -> dict[str, Any] | None:
+        """Summed over the rounds: the loop's own sum once it answered, else the rounds so far."""
+        if self.final is not None:
+            return self.final.usage
+        total = None
+        for usage in self.round_usage:
+            total = add_usage(total, usage)
+        return total
 
     # -- loop events in ----------------------------------------------------------------
 
@@ -161,10 +174,14 @@ class Items:
         if self.opened:
             return
         self.opened = True
-        if self.streamed:
-            opening = orjson.dumps(self.response("in_progress", output=False))
-            self.emit_response("response.created", opening)
-            self.emit_response("response.in_progress", opening)
+        if not self.streamed:
+            # Unstreamed, events say nothing: the listings are the first items, as they are.
+            self.items.extend(self.view.list_tools)
+            self.rounds.extend([0] * len(self.view.list_tools))
+            return
+        opening = orjson.dumps(self.response("in_progress", output=False))
+        self.emit_response("response.created", opening)
+        self.emit_response("response.in_progress", opening)
         for item in self.view.list_tools:
             index = self.add({**item, "tools": []}, 0)
             self.emit("response.mcp_list_tools.in_progress", output_index=index, item_id=item["id"])
@@ -181,10 +198,11 @@ class Items:
             if event.content:
                 self._content(event.content, event.logprobs)
         elif isinstance(event, RoundUsage):
-            self.usage = add_usage(self.usage, event.usage)
+            self.round_usage.append(event.usage)
             self.round = event.round
         elif isinstance(event, ToolStarted):
-            self._close_text()
+            if self.message is not None or self.reasoning is not None:
+                self._close_text()
             self._mcp_call(event)
         elif isinstance(event, ToolProgress):
             # The event type has no field for the progress itself: it says the call is alive.
@@ -250,9 +268,10 @@ class Items:
         self.message = None
         item = self.items[index]
         part = item["content"][0]
-        lp = [{k: v for k, v in e.items() if k != "bytes"} for e in part["logprobs"]]
-        self.emit("response.output_text.done", item_id=item["id"], output_index=index, content_index=0, text=part["text"], logprobs=lp)
-        self.emit("response.content_part.done", item_id=item["id"], output_index=index, content_index=0, part=part)
+        if self.streamed:
+            lp = [{k: v for k, v in e.items() if k != "bytes"} for e in part["logprobs"]]
+            self.emit("response.output_text.done", item_id=item["id"], output_index=index, content_index=0, text=part["text"], logprobs=lp)
+            self.emit("response.content_part.done", item_id=item["id"], output_index=index, content_index=0, part=part)
         if refusal:
             self._refusal(index, refusal)
         item["status"] = "completed"
@@ -287,9 +306,10 @@ class Items:
             item["approval_request_id"] = event.call_id
         index = self.calls[event.call_id] = self.add(item, event.round)
         item["arguments"] = event.arguments
-        self.emit("response.mcp_call_arguments.delta", item_id=item["id"], output_index=index, delta=event.arguments)
-        self.emit("response.mcp_call_arguments.done", item_id=item["id"], output_index=index, arguments=event.arguments)
-        self.emit("response.mcp_call.in_progress", item_id=item["id"], output_index=index)
+        if self.streamed:
+            self.emit("response.mcp_call_arguments.delta", item_id=item["id"], output_index=index, delta=event.arguments)
+            self.emit("response.mcp_call_arguments.done", item_id=item["id"], output_index=index, arguments=event.arguments)
+            self.emit("response.mcp_call.in_progress", item_id=item["id"], output_index=index)
 
     def _mcp_result(self, event: ToolFinished) -> None:
         index = self.calls.get(event.call_id)
@@ -299,13 +319,13 @@ class Items:
         text = _text(event.content)
         if event.outcome == "ok":
             item["output"], item["status"] = text, "completed"
-            self.emit("response.mcp_call.completed", item_id=item["id"], output_index=index)
         else:
             # As the hosted API's McpToolCallError: what the tool said, as MCP content.
             item["error"] = {"type": "mcp_tool_execution_error", "content": [{"type": "text", "text": text}]}
             item["status"] = "failed"
-            self.emit("response.mcp_call.failed", item_id=item["id"], output_index=index)
-        self.done(index)
+        if self.streamed:
+            self.emit(f"response.mcp_call.{item['status']}", item_id=item["id"], output_index=index)
+            self.done(index)
 
     def _final(self, final: Final) -> None:
         self.final = final

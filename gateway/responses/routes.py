@@ -21,6 +21,7 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
+from gateway.config import ModelAlias
 from gateway.errors import GatewayError, InvalidRequest, NotFound, error_json
 from gateway.loop import LoopJob
 from gateway.responses.conversation import to_messages
@@ -36,6 +37,9 @@ from gateway.tools.base import Tool
 from gateway.tools.toolbox import Offer
 
 
+_LISTINGS = 64  # listings kept (offer, label); a rebuilt toolbox's offers replace the old ones
+
+
 class CreateResponse:
     """`POST /v1/responses` as a raw ASGI app, as the chat route."""
 
@@ -43,6 +47,7 @@ class CreateResponse:
         self.rt = runtime
         self.slot = slot
         self.remote = remote or RemoteServers(runtime.settings.responses, tool_timeout_s=runtime.settings.loop.tool_timeout_s)
+        self._listings: dict[tuple[int, str], tuple[Offer, list[dict[str, Any]]]] = {}  # see _listing
 
     async def _remote_tools(self, request: ResponsesRequest, held: AsyncExitStack) -> dict[str, list[Tool]]:
         """The tools of each remote server the request names by server_url, by its label;
@@ -84,7 +89,7 @@ class CreateResponse:
             alias = rt.alias(request.model)
             remote = await self._remote_tools(request, held)
             history = await self._history(request, owner)
-            job, view, conversation_items = self._job(request, history, scope, request_id, remote)
+            job, view, conversation_items = self._job(request, alias, history, scope, request_id, remote)
         except Exception as exc:
             await reject(send, exc, scope, started, model=model, api="responses")
             return
@@ -142,10 +147,9 @@ class CreateResponse:
         return resolved
 
     def _job(
-        self, request: ResponsesRequest, history: list[dict[str, Any]], scope: dict[str, Any], request_id: str, remote: dict[str, list[Tool]]
+        self, request: ResponsesRequest, alias: ModelAlias, history: list[dict[str, Any]], scope: dict[str, Any], request_id: str, remote: dict[str, list[Tool]]
     ) -> tuple[LoopJob, ResponseView, list[dict[str, Any]]]:
         rt = self.rt
-        alias = rt.alias(request.model)
         items = with_ids([*history, *request.input])
         conversation = to_messages(items)
         if not conversation.messages:
@@ -167,7 +171,8 @@ class CreateResponse:
             owners = rt.toolbox.owners()
             labels = {name: remote_names.get(name) or owners.get(name, "toolgate") for name in offer.tools}
             used = dict.fromkeys([*(m.label for m in request.mcp), *labels.values()])
-            list_tools = [self._listing(label, offer, labels) for label in used if label not in conversation.listed]
+            shared = not request.mcp  # the toolbox's own offer, the same object request after request
+            list_tools = [self._listing(label, offer, labels, shared) for label in used if label not in conversation.listed]
         job = rt.loop_job(
             alias,
             messages,
@@ -248,12 +253,22 @@ class CreateResponse:
 
         return offer, asks, remote_names
 
-    def _listing(self, label: str, offer: Offer, labels: dict[str, str]) -> dict[str, Any]:
-        tools = []
-        for schema in offer.schemas:
-            function = schema["function"]
-            if labels.get(function["name"]) == label:
-                tools.append({"name": function["name"], "description": function.get("description") or None, "input_schema": function["parameters"], "annotations": None})
+    def _listing(self, label: str, offer: Offer, labels: dict[str, str], shared: bool) -> dict[str, Any]:
+        # The toolbox's offers are rebuilt (new objects) when its tools change: a listing of one
+        # is kept with it, by identity. Per-request offers (an mcp tool's filter) are listed anew.
+        kept = self._listings.get((id(offer), label)) if shared else None
+        if kept is not None and kept[0] is offer:
+            tools = kept[1]
+        else:
+            tools = []
+            for schema in offer.schemas:
+                function = schema["function"]
+                if labels.get(function["name"]) == label:
+                    tools.append({"name": function["name"], "description": function.get("description") or None, "input_schema": function["parameters"], "annotations": None})
+            if shared:
+                if len(self._listings) >= _LISTINGS:
+                    self._listings.clear()
+                self._listings[(id(offer), label)] = (offer, tools)
         return {"id": new_id("mcpl"), "type": "mcp_list_tools", "server_label": label, "tools": tools, "error": None}
 
 

@@ -88,17 +88,30 @@ class StoreSlot:
     async def put(self, stored: Stored) -> bool:
         """Store `stored` and wait for it (bounded by the store's own timeout); False, and
         logged, if that failed. The write runs on even when the waiting request is cancelled."""
-        try:
-            store = await self.get()
-        except StoreUnavailable as exc:
-            return _not_stored(stored.id, exc)
+        store = self.store
+        if store is None:
+            try:
+                store = await self.get()
+            except StoreUnavailable as exc:
+                return _not_stored(stored.id, exc)
+        # The request waits on the write's own future: no shield and no callbacks on the
+        # way (this is every stored response's path). Cancelling it does not take the record
+        # back, but the future is gone: the record is submitted again (the same record, so
+        # whichever write lands last stores the same thing) for reads and `close` to wait on.
         done = store.submit(stored)
         self.writes[stored.id] = done
-        done.add_done_callback(partial(self._written, stored.id))
         try:
-            await asyncio.shield(done)
+            await done
+        except asyncio.CancelledError:
+            again = store.submit(stored)
+            self.writes[stored.id] = again
+            again.add_done_callback(partial(self._written, stored.id))
+            raise
         except Exception as exc:
             return _not_stored(stored.id, exc)
+        finally:
+            if self.writes.get(stored.id) is done:
+                del self.writes[stored.id]
         return True
 
     async def close(self) -> None:

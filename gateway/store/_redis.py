@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable
+from functools import partial
 from typing import Any, TypeVar
 
 import orjson
@@ -143,7 +144,11 @@ class RedisStore:
         await self._call(write())
 
     def submit(self, stored: Stored) -> asyncio.Future[None]:
-        return asyncio.ensure_future(self.put(stored))
+        # The write is a task of its own: cancelling the future handed out does not stop it.
+        task = asyncio.ensure_future(self.put(stored))
+        done: asyncio.Future[None] = task.get_loop().create_future()
+        task.add_done_callback(partial(_relay, done))
+        return done
 
     async def get(self, response_id: str, owner: str) -> Stored | None:
         record = await self._call(self._client.hgetall(self.records + response_id))
@@ -216,3 +221,14 @@ class RedisStore:
             raise StoreUnavailable(f"the response store did not answer within {self.timeout_s:g}s") from None
         except (RedisError, OSError) as exc:
             raise StoreUnavailable(f"the response store failed: {exc}") from exc
+
+
+def _relay(done: asyncio.Future[None], task: asyncio.Future[None]) -> None:
+    if task.cancelled():
+        if not done.done():
+            done.cancel()
+    elif (exc := task.exception()) is not None:
+        if not done.done():
+            done.set_exception(exc)
+    elif not done.done():
+        done.set_result(None)

@@ -10,9 +10,12 @@ loop gives up. Either way the caller gets StoreUnavailable, never a hang.
 Puts are group-committed: the puts that arrive while one batch is being written
 go together as the next job (at most MAX_WAITING of them), in one transaction,
 so the thread hop, the commit and the WAL pages are paid once per batch, not per
-response; if the database refuses a record, the batch is written again with a
-savepoint per record, so that one fails alone. Each put returns when its own
-record is committed. Writers purge expired rows and evict
+response. Each table's rows go in multi-row INSERTs (CHUNK_ROWS a statement):
+sqlite3 lets the GIL go around every statement step, and while the event loop
+is busy each take-back is a wait and a thread switch on the loop's core, so a
+batch pays a few of those, not several per record. If the database refuses a
+record, the batch is written again with a savepoint per record, so that one
+fails alone. Each put returns when its own record is committed. Writers purge expired rows and evict
 the soonest-to-expire (under one ttl, the oldest) past the size cap, at most
 CLEANUP_BATCH of each per batch.
 """
@@ -36,13 +39,33 @@ from gateway.threads import Busy, Threads
 
 T = TypeVar("T")
 
-# Per order: the comparison past `after`, the direction, and the bound when no `after`.
 _INSERT_NEW = (
     "INSERT INTO responses (id, owner, created_at, expires_at, response, bytes) VALUES (?, ?, ?, ?, ?, ?)"
     " ON CONFLICT (id) DO NOTHING"
 )
+# Multi-row inserts: (the statement up to VALUES, its trailer, columns per row).
+_RESPONSES = ("INSERT INTO responses (id, owner, created_at, expires_at, response, bytes) VALUES ", " ON CONFLICT (id) DO NOTHING", 6)
+_ITEMS = ("INSERT INTO items (response_id, seq, item_id, item) VALUES ", "", 4)
+_OUTPUTS = ("INSERT INTO outputs (response_id, idx, item_id) VALUES ", "", 3)
+CHUNK_ROWS = 32  # rows per statement at most: 32 statement sizes per table, all in the statement cache
+_SQL: dict[tuple[str, int], str] = {}
+
+
+def _insert(db: sqlite3.Connection, table: tuple[str, str, int], values: list[Any]) -> None:
+    head, tail, width = table
+    step = CHUNK_ROWS * width
+    for at in range(0, len(values), step):
+        chunk = values[at : at + step]
+        rows = len(chunk) // width
+        sql = _SQL.get((head, rows))
+        if sql is None:
+            sql = _SQL[(head, rows)] = head + ",".join(["(" + ",".join("?" * width) + ")"] * rows) + tail
+        db.execute(sql, chunk)
+
+
 MAX_WAITING = 1024  # puts waiting for the next batch; past it, StoreUnavailable
 
+# Per order: the comparison past `after`, the direction, and the bound when no `after`.
 _PAGES = {
     "asc": ("seq > ?", "ASC", -1),
     "desc": ("seq < ?", "DESC", 1 << 62),
@@ -149,7 +172,7 @@ class SqliteStore:
     def _open(self) -> None:
         Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         # Python's `timeout` is SQLite's busy timeout: shorter than the loop's bound.
-        conn = sqlite3.connect(self.path, timeout=self.timeout_s * 0.8, isolation_level=None)
+        conn = sqlite3.connect(self.path, timeout=self.timeout_s * 0.8, isolation_level=None, cached_statements=256)
         try:
             conn.execute("PRAGMA journal_mode = WAL")
             # WAL's usual pairing: durable across a crash of the process, and one
@@ -202,18 +225,12 @@ class SqliteStore:
         return failures
 
     def _put_all(self, db: sqlite3.Connection, encoded: list[tuple[Stored, Encoded]], now: float) -> None:
-        """A batch in a constant number of statements (each row is still a hop out of and
-        back into the GIL, which the busy event loop holds)."""
+        """A batch in a few statements: one step per table per CHUNK_ROWS rows, not one per row."""
         db.execute("DELETE FROM responses WHERE id IN (SELECT value FROM json_each(?))", (orjson.dumps([s.id for s, _ in encoded]),))
-        db.executemany(_INSERT_NEW, [(s.id, s.owner, s.created_at, now + self.ttl_s, e.response, e.size) for s, e in encoded])
-        db.executemany(
-            "INSERT INTO items (response_id, seq, item_id, item) VALUES (?, ?, ?, ?)",
-            [(s.id, seq, item_id, blob) for s, e in encoded for seq, (item_id, blob) in enumerate(e.items)],
-        )
-        db.executemany(
-            "INSERT INTO outputs (response_id, idx, item_id) VALUES (?, ?, ?)",
-            [(s.id, idx, item_id) for s, e in encoded for idx, item_id in enumerate(e.outputs) if item_id],
-        )
+        expires = now + self.ttl_s
+        _insert(db, _RESPONSES, [v for s, e in encoded for v in (s.id, s.owner, s.created_at, expires, e.response, e.size)])
+        _insert(db, _ITEMS, [v for s, e in encoded for seq, (item_id, blob) in enumerate(e.items) for v in (s.id, seq, item_id, blob)])
+        _insert(db, _OUTPUTS, [v for s, e in encoded for idx, item_id in enumerate(e.outputs) if item_id for v in (s.id, idx, item_id)])
 
     def _put(self, db: sqlite3.Connection, stored: Stored, encoded: Encoded, now: float) -> None:
         row = (stored.id, stored.owner, stored.created_at, now + self.ttl_s, encoded.response, encoded.size)

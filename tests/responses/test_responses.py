@@ -244,6 +244,40 @@ def calc_source() -> tuple[StaticSource, Add]:
     return StaticSource("calc", [add]), add
 
 
+class Mul(Tool):
+    def __init__(self) -> None:
+        super().__init__("mul", "Multiplies a and b.", {"type": "object", "properties": {"a": {"type": "number"}, "b": {"type": "number"}}})
+
+    async def call(self, arguments):
+        return str(arguments["a"] * arguments["b"])
+
+
+async def test_the_tools_listing_follows_a_source_whose_tools_change(tmp_path):
+    # The listing of the alias's tools is kept between requests; a source whose tools change
+    # is listed anew from the next request on.
+    add = Add()
+    source = StaticSource("calc", [add, Mul()])
+    up = ScriptedUpstream(completion("one"), completion("two"), completion("three"))
+    cfg = config(tmp_path, extra={"models": [{"name": "m", "upstream_model": "up", "tools": ["*"]}]}, sources=(source,))
+
+    def listed(body: dict) -> list[str]:
+        valid(body)
+        (listing,) = [item for item in body["output"] if item["type"] == "mcp_list_tools" and item["server_label"] == "calc"]
+        return [tool["name"] for tool in listing["tools"]]
+
+    async with gateway(cfg, up) as client:
+        first = (await create(client, input="hi", store=False)).json()
+        second = (await create(client, input="hi", store=False)).json()
+        source._tools = [add]  # a new list: the toolbox sees a change (mul is gone)
+        third = (await create(client, input="hi", store=False)).json()
+    assert listed(first) == listed(second) == ["add", "mul"]
+    assert listed(third) == ["add"]
+    ids = [next(i["id"] for i in body["output"] if i["type"] == "mcp_list_tools" and i["server_label"] == "calc") for body in (first, second, third)]
+    assert len(set(ids)) == 3  # each response's listing is an item of its own
+    assert "mul" in [t["function"]["name"] for t in up.bodies[1]["tools"]]
+    assert "mul" not in [t["function"]["name"] for t in up.bodies[2]["tools"]]
+
+
 async def test_mcp_tool_by_label_waits_for_approval_then_runs(tmp_path):
     source, add = calc_source()
     up = ScriptedUpstream(

@@ -16,6 +16,7 @@ import pytest
 import redis.asyncio
 from openai.types.responses import ResponseItemList
 
+from gateway.responses.slot import StoreSlot
 from gateway.store import BACKENDS, Stored, StoreUnavailable, TooLargeToStore, open_store
 from gateway.store._schema import MIGRATIONS, migrate
 from gateway.store.base import encode
@@ -281,6 +282,35 @@ async def test_concurrent_puts_from_many_tasks(store):
     for n in range(60):
         got = await store.get(f"resp_{n}", f"owner-{n % 3}")
         assert got is not None and len(got.input_items) == n % 4
+
+
+async def test_a_request_cancelled_while_its_record_is_written_still_stores_it(backend):
+    """The slot's wait is the write's own future; cancelling the waiting request neither
+    takes the record back nor lets a read of its id (or close) skip the write."""
+    store = await backend.open()
+    slot = StoreSlot(lambda: asyncio.sleep(0, store))
+    waiting = asyncio.ensure_future(slot.put(record("resp_gone", items=2)))
+    while "resp_gone" not in slot.writes:
+        await asyncio.sleep(0)
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    assert "resp_gone" in slot.writes  # a read of this id waits for the write
+    await slot.settled("resp_gone")
+    got = await store.get("resp_gone", "owner-a")
+    assert got is not None and ids(got.input_items) == ["msg_0", "msg_1"]
+    assert await slot.put(record("resp_kept")) is True
+    assert slot.writes == {}  # nothing left behind once every write is done
+
+
+async def test_a_batch_of_many_records_and_items_in_one_go(store):
+    # More rows than one INSERT statement takes, in every table, committed together.
+    stored = [with_output(record(f"resp_{n}", items=n % 5), f"out_{n}_a", f"out_{n}_b") for n in range(90)]
+    await asyncio.gather(*(store.put(s) for s in stored))
+    for s in stored:
+        got = await store.get(s.id, "owner-a")
+        assert got is not None and got.input_items == s.input_items and got.response == s.response
+    assert (await store.find_item("out_89_b", "owner-a"))["id"] == "out_89_b"
 
 
 async def test_find_item_by_id_across_responses_of_one_owner(store):
