@@ -9,8 +9,8 @@ owns the rest:
 - the status line, sent late: a non-streamed reply when its body is ready, a
   stream with the first bytes the client will see, so an early error keeps
   its own status;
-- keepalives: streamed, the loop feeds a bounded queue, and waiting on the
-  queue (never on the loop) for `keepalive_s` sends one (one timer per
+- keepalives: streamed, the loop feeds a bounded channel, and waiting on the
+  channel (never on the loop) for `keepalive_s` sends one (one timer per
   stream watches that wait: no timer per event);
 - liveness: the client leaving, the loop dying of anything, and the server
   shutting down each end the request in one known way (`Outcome.ended`);
@@ -232,16 +232,65 @@ async def _collect(p: _Pump, events: AsyncGenerator[Event, None]) -> None:
         await p.fail(exc)
 
 
-# -- server-sent events: the loop feeds a queue from its own task ------------------------------
+# -- server-sent events: the loop feeds a bounded channel from its own task ------------------------------
 
 
-async def _produce(events: AsyncGenerator[Event, None], queue: asyncio.Queue[Any]) -> None:
+class _Channel:
+    """The loop's events on their way to the writer: at most `size` waiting, one producer, one
+    consumer. Smaller than an `asyncio.Queue` (a list and at most one pending Future, where a
+    queue holds three deques and an Event per stream), and the writer takes all that waits at once."""
+
+    __slots__ = ("items", "size", "waiter", "loop")
+
+    def __init__(self, size: int) -> None:
+        self.items: list[Any] = []
+        self.size = size
+        self.waiter: asyncio.Future[None] | None = None  # the side waiting: the writer (empty) or the loop (full)
+        self.loop = asyncio.get_running_loop()
+
+    def _wake(self) -> None:
+        waiter = self.waiter
+        if waiter is not None:
+            self.waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def _wait(self) -> None:
+        waiter = self.waiter = self.loop.create_future()
+        try:
+            await waiter
+        finally:
+            if self.waiter is waiter:
+                self.waiter = None
+
+    async def put(self, item: Any) -> None:
+        while len(self.items) >= self.size:
+            await self._wait()
+        self.items.append(item)
+        self._wake()
+
+    def offer(self, item: Any) -> None:
+        """Queue `item` unless the channel is full (a keepalive: never mind then)."""
+        if len(self.items) < self.size:
+            self.items.append(item)
+            self._wake()
+
+    async def take(self) -> list[Any]:
+        """Everything waiting, oldest first; waits while there is nothing."""
+        while not self.items:
+            await self._wait()
+        items, self.items = self.items, []
+        self._wake()  # a loop waiting on a full channel goes on
+        return items
+
+
+async def _produce(events: AsyncGenerator[Event, None], channel: _Channel) -> None:
     terminal: Any = _END
     try:
         async with aclosing(events) as stream:
             first = True
             async for event in stream:
-                await queue.put(event)
+                await channel.put(event)
                 if first:
                     # Let the writer send the first bytes now, not when reading next blocks.
                     first = False
@@ -253,21 +302,21 @@ async def _produce(events: AsyncGenerator[Event, None], queue: asyncio.Queue[Any
         terminal = _Ended("The gateway failed to finish this request.")
     except Exception as exc:
         terminal = exc
-    await queue.put(terminal)
+    await channel.put(terminal)
 
 
 class _Quiet:
     """Keepalives from one timer per stream, not one per event: the timer checks how long the
-    writer has been waiting on the queue, and when it is `keepalive_s`, queues `_KEEPALIVE`
+    writer has been waiting on the channel, and when it is `keepalive_s`, queues `_KEEPALIVE`
     (the writer sends one), else sleeps the rest of that time. A writer busy sending waits on
     nobody, and gets no keepalive meanwhile, as with a timeout around each wait."""
 
-    __slots__ = ("queue", "every", "loop", "waiting_since", "timer")
+    __slots__ = ("channel", "every", "loop", "waiting_since", "timer")
 
-    def __init__(self, queue: asyncio.Queue[Any], every: float) -> None:
-        self.queue, self.every = queue, every
-        self.loop = asyncio.get_running_loop()
-        self.waiting_since: float | None = None  # None: the writer is not waiting on the queue
+    def __init__(self, channel: _Channel, every: float) -> None:
+        self.channel, self.every = channel, every
+        self.loop = channel.loop
+        self.waiting_since: float | None = None  # None: the writer is not waiting on the channel
         self.timer = self.loop.call_later(every, self._due)
 
     def _due(self) -> None:
@@ -275,10 +324,7 @@ class _Quiet:
         left = self.every if since is None else since + self.every - self.loop.time()
         if left <= 0:
             self.waiting_since = None  # one keepalive per quiet `every`
-            try:
-                self.queue.put_nowait(_KEEPALIVE)
-            except asyncio.QueueFull:  # not while the writer waits (the queue is empty then); never mind
-                pass
+            self.channel.offer(_KEEPALIVE)  # not while the writer waits (the channel is empty then)
             left = self.every
         self.timer = self.loop.call_later(left, self._due)
 
@@ -290,31 +336,32 @@ _KEEPALIVE = object()
 
 
 async def _stream(p: _Pump, events: AsyncGenerator[Event, None]) -> None:
-    queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=QUEUE_SIZE)
-    producer = asyncio.ensure_future(_produce(events, queue))
+    channel = _Channel(QUEUE_SIZE)
+    producer = asyncio.ensure_future(_produce(events, channel))
     r = p.r
-    quiet = _Quiet(queue, p.timing.keepalive_s)
-    loop = quiet.loop
+    quiet = _Quiet(channel, p.timing.keepalive_s)
+    loop = channel.loop
     try:
-        while True:  # ends at _END or an error; the loop behind the queue is bounded
-            if queue.empty():
-                quiet.waiting_since = loop.time()
-                item = await queue.get()
-                quiet.waiting_since = None
+        while True:  # ends at _END or an error; the loop behind the channel is bounded
+            if channel.items:
+                batch = await channel.take()
             else:
-                item = queue.get_nowait()
-            if item is _KEEPALIVE:
+                quiet.waiting_since = loop.time()
+                batch = await channel.take()
+                quiet.waiting_since = None
+            if batch[0] is _KEEPALIVE:
                 if p.outcome.started:
                     await p.body(r.keepalive, True)
                 else:
                     await p.commit(200, r.headers(), r.feed(_OPENING) + r.keepalive, True)
-                continue
-            batch = [item]
-            while not queue.empty() and batch[-1] is not _END and not isinstance(batch[-1], BaseException):
-                batch.append(queue.get_nowait())
+                if len(batch) == 1:
+                    continue
+                del batch[0]
             out = bytearray()
+            more = True
             for event in batch:
                 if event is _END:
+                    more = False
                     break
                 if event is _KEEPALIVE:
                     continue  # events are going out now: no keepalive needed
@@ -328,7 +375,7 @@ async def _stream(p: _Pump, events: AsyncGenerator[Event, None]) -> None:
                     return
                 p.note(event)
                 out += r.feed(event)
-            more = batch[-1] is not _END
+            del batch, event  # nothing of a sent event stays with the stream meanwhile
             if not p.outcome.started:
                 if not out and more:
                     continue  # only unshown events: a later error can still keep its status

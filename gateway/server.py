@@ -79,6 +79,10 @@ _TOO_SLOW = (408, b"Request Timeout", "The request head did not arrive in time."
 class GuardedHttp(HttpToolsProtocol):
     """httptools with bounded request heads and bounded write stalls."""
 
+    # uvicorn's protocol has 28 attributes; six more in its __dict__ would pass CPython's
+    # 30 shared keys and give every connection a dict of its own (~1.5 KiB).
+    __slots__ = ("_limits", "_head_bytes", "_head_fields", "_head_timer", "_stall_timer", "_got_bytes")
+
     def __init__(self, config: uvicorn.Config, *args: Any, **kwargs: Any) -> None:
         super().__init__(config, *args, **kwargs)
         self._limits: Limits = getattr(config, "toolgate_limits", None) or Limits()
