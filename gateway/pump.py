@@ -98,6 +98,8 @@ _OPENING = Opening()
 
 
 class _Pump:
+    __slots__ = ("send", "receive", "r", "timing", "outcome", "task", "reason", "done", "watcher")
+
     def __init__(self, send: Send, receive: Receive, renderer: Renderer, timing: Timing) -> None:
         self.send = send
         self.receive = receive
@@ -107,6 +109,7 @@ class _Pump:
         self.task: asyncio.Task[Any] = asyncio.current_task()  # type: ignore[assignment]  # pump() runs in a task
         self.reason: str | None = None  # why the task was interrupted
         self.done = False  # the whole response was sent
+        self.watcher: asyncio.Task[None] | None = None
 
     # -- interruptions ----------------------------------------------------------------
 
@@ -115,6 +118,12 @@ class _Pump:
             self.reason = reason
             self.task.cancel()
 
+    def _shutdown(self) -> None:
+        self.interrupt("shutdown")
+
+    def _start_watching(self) -> None:
+        self.watcher = asyncio.ensure_future(self.watch())
+
     async def watch(self) -> None:
         while (await self.receive())["type"] != "http.disconnect":
             pass
@@ -122,43 +131,39 @@ class _Pump:
         self.interrupt("client_left")
 
     async def run(self, work: Awaitable[None]) -> Outcome:
+        """`work` under the deadline, the client leaving and the shutdown: each interrupts the
+        task the same way (a timer or a callback, `interrupt`), and ends the request its own way."""
         outcome = self.outcome
-        watcher: asyncio.Task[None] | None = None
-
-        def start_watching() -> None:
-            nonlocal watcher
-            watcher = asyncio.ensure_future(self.watch())
-
-        timer = asyncio.get_running_loop().call_later(WATCH_AFTER_S, start_watching)
+        loop = asyncio.get_running_loop()
+        timer = loop.call_later(WATCH_AFTER_S, self._start_watching)
+        deadline = loop.call_later(self.timing.deadline_s, self.interrupt, "deadline")
+        interrupt = drain.track(self._shutdown)
         try:
-            interrupt = drain.track(lambda: self.interrupt("shutdown"))
             try:
-                try:
-                    async with asyncio.timeout(self.timing.deadline_s):
-                        await work
-                except TimeoutError:
-                    message = f"The request did not finish within its {self.timing.deadline_s:g} s deadline."
-                    # Retrying would run the whole loop, and its tools, again.
-                    await self._end(UpstreamTimeout(message, code="request_timeout", headers={"x-should-retry": "false"}), "deadline")
-                except asyncio.CancelledError:
-                    if self.reason is not None and self.task.uncancel() == 0:
-                        if self.reason == "shutdown":
-                            await self._end(ShuttingDown("The gateway is shutting down; the request was ended.", headers={"retry-after": "1"}), "shutdown")
-                        else:
-                            outcome.status, outcome.ended = 499, "client_left"
-                    elif self.reason is None and not self.task.cancelling():
-                        # A CancelledError raised inside the loop, not at us: a bug below, not a reason to hang.
-                        log.error("the tool loop was cancelled from inside", exc_info=True)
-                        await self._end(_Ended("The gateway failed to finish this request."), "error")
+                await work
+            except asyncio.CancelledError:
+                if self.reason is not None and self.task.uncancel() == 0:
+                    if self.reason == "deadline":
+                        message = f"The request did not finish within its {self.timing.deadline_s:g} s deadline."
+                        # Retrying would run the whole loop, and its tools, again.
+                        await self._end(UpstreamTimeout(message, code="request_timeout", headers={"x-should-retry": "false"}), "deadline")
+                    elif self.reason == "shutdown":
+                        await self._end(ShuttingDown("The gateway is shutting down; the request was ended.", headers={"retry-after": "1"}), "shutdown")
                     else:
-                        raise  # a cancellation from outside (the server is stopping us)
-            finally:
-                drain.untrack(interrupt)
+                        outcome.status, outcome.ended = 499, "client_left"
+                elif self.reason is None and not self.task.cancelling():
+                    # A CancelledError raised inside the loop, not at us: a bug below, not a reason to hang.
+                    log.error("the tool loop was cancelled from inside", exc_info=True)
+                    await self._end(_Ended("The gateway failed to finish this request."), "error")
+                else:
+                    raise  # a cancellation from outside (the server is stopping us)
         finally:
+            drain.untrack(interrupt)
             self.done = True
             timer.cancel()
-            if watcher is not None:
-                watcher.cancel()
+            deadline.cancel()
+            if self.watcher is not None:
+                self.watcher.cancel()
         return outcome
 
     # -- what reaches the client --------------------------------------------------------
