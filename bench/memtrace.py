@@ -41,22 +41,68 @@ def _install(out: str) -> None:
     def dump(signum: int, frame: object) -> None:
         tag = Path(out + ".tag").read_text().strip()
         gc.collect()
+        garbage: collections.Counter[str] = collections.Counter()
+        for obj in gc.garbage:  # cyclic garbage since the idle snapshot: what waits for the collector
+            garbage[f"{type(obj).__module__}.{type(obj).__qualname__}"] += 1
+        gc.garbage.clear()
+        gc.set_debug(gc.DEBUG_SAVEALL if tag == "idle" else 0)
         types: collections.Counter[str] = collections.Counter()
         sizes: collections.Counter[str] = collections.Counter()
         for obj in gc.get_objects():
             name = f"{type(obj).__module__}.{type(obj).__qualname__}"
             types[name] += 1
             sizes[name] += sys.getsizeof(obj)
-        tracemalloc.take_snapshot().dump(f"{out}.{tag}.snap")
-        Path(f"{out}.{tag}.json").write_text(json.dumps({"count": types, "size": sizes}))
+        if tracemalloc.is_tracing():
+            tracemalloc.take_snapshot().dump(f"{out}.{tag}.snap")
+        Path(f"{out}.{tag}.json").write_text(json.dumps({"count": types, "size": sizes, "garbage": garbage, **_allocators()}))
         Path(f"{out}.{tag}.done").write_text("")
 
     signal.signal(signal.SIGUSR1, dump)
 
 
+def _allocators() -> dict[str, int]:
+    """RSS, pymalloc's arenas against the blocks in use, and glibc malloc's heap against what is in use."""
+    import ctypes
+    import re
+
+    found: dict[str, int] = {}
+    status = Path("/proc/self/status").read_text()
+    found["rss"] = int(re.search(r"VmRSS:\s+(\d+)", status).group(1)) * 1024  # type: ignore[union-attr]
+    fd = os.dup(2)
+    with tempfile.TemporaryFile("w+") as f:
+        os.dup2(f.fileno(), 2)
+        try:
+            sys._debugmallocstats()
+        finally:
+            os.dup2(fd, 2)
+            os.close(fd)
+        f.seek(0)
+        text = f.read()
+    for key, pattern in (("pymalloc_arenas", r"# arenas allocated current\s*=\s*([\d,]+)"),
+                         ("pymalloc_used", r"# bytes in allocated blocks\s*=\s*([\d,]+)"),
+                         ("pymalloc_free", r"# bytes in available blocks\s*=\s*([\d,]+)"),
+                         ("pymalloc_unused_pools", r"unused pools \* 16384\s*=\s*([\d,]+)")):  # fmt: skip
+        m = re.search(pattern, text)
+        if m:
+            found[key] = int(m.group(1).replace(",", ""))
+
+    class Mallinfo2(ctypes.Structure):
+        _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallinfo2.restype = Mallinfo2
+        info = libc.mallinfo2()
+        found.update(malloc_heap=info.arena, malloc_mmap=info.hblkhd, malloc_used=info.uordblks, malloc_free=info.fordblks)
+    except (OSError, AttributeError):
+        pass
+    return found
+
+
 def _target_main(argv: list[str]) -> None:
     out, kind, rest = argv[0], argv[1], argv[2:]
-    tracemalloc.start(int(os.environ.get("MEMTRACE_FRAMES", "25")))
+    if os.environ.get("MEMTRACE_FRAMES", "25") != "0":
+        tracemalloc.start(int(os.environ.get("MEMTRACE_FRAMES", "25")))
     _install(out)
     if kind == "toolgate":
         from gateway.cli import main
@@ -105,7 +151,20 @@ def _interesting(frame: tracemalloc.Frame) -> bool:
     return any(part in name for part in ("/gateway/", "/uvicorn/", "/starlette/", "/aiohttp/", "/bench/floor", "/asyncio/", "/httptools", "/yarl/", "/multidict/"))
 
 
+def allocators(out: str, n: int) -> None:
+    before = json.loads(Path(f"{out}.idle.json").read_text())
+    after = json.loads(Path(f"{out}.open.json").read_text())
+    parts = []
+    for key in ("rss", "pymalloc_used", "pymalloc_free", "pymalloc_unused_pools", "malloc_used", "malloc_free", "malloc_mmap"):
+        if key in after and key in before:
+            parts.append(f"{key} {(after[key] - before[key]) / n / 1024:+.2f}")
+    print("  per stream (KiB): " + ", ".join(parts))
+
+
 def report(out: str, n: int, top: int) -> dict:
+    allocators(out, n)
+    if not Path(f"{out}.idle.snap").exists():
+        return {}
     idle = tracemalloc.Snapshot.load(f"{out}.idle.snap")
     held = tracemalloc.Snapshot.load(f"{out}.open.snap")
     skip = [tracemalloc.Filter(False, tracemalloc.__file__), tracemalloc.Filter(False, "<frozen importlib._bootstrap>")]
@@ -132,6 +191,9 @@ def report(out: str, n: int, top: int) -> dict:
         print(f"    {size / n:8.0f} B  {counts[key] / n:5.1f}  {key}")
     before = json.loads(Path(f"{out}.idle.json").read_text())
     after = json.loads(Path(f"{out}.open.json").read_text())
+    garbage = collections.Counter(after.get("garbage", {}))
+    print(f"  cyclic garbage made while the streams opened, per stream: {sum(garbage.values()) / n:.1f} objects;"
+          f" {', '.join(f'{k} {v / n:.1f}' for k, v in garbage.most_common(12))}")
     print("  gc-tracked objects per stream, by type (count, getsizeof bytes; shallow):")
     diff = {k: (after["count"].get(k, 0) - before["count"].get(k, 0), after["size"].get(k, 0) - before["size"].get(k, 0)) for k in after["count"]}
     for name, (count, size) in sorted(diff.items(), key=lambda kv: -kv[1][1])[:top]:
@@ -151,7 +213,7 @@ def _short(frame: tracemalloc.Frame | None) -> str:
     return f"{name}:{frame.lineno}"
 
 
-def run_one(kind: str, fake_base: str, n: int, top: int, workdir: Path) -> None:
+def run_one(kind: str, fake_base: str, n: int, top: int, workdir: Path, frames: int = 25) -> None:
     port = procs.free_port()
     out = str(workdir / kind)
     if kind == "toolgate":
@@ -160,7 +222,7 @@ def run_one(kind: str, fake_base: str, n: int, top: int, workdir: Path) -> None:
     else:
         rest = ["--port", str(port), "--upstream", fake_base, "--client", "aiohttp"]
         model, warm = "slow", "fake-model"
-    env = {**os.environ, "TOOLGATE_UPSTREAM_URL": fake_base, "PYTHONPATH": str(ROOT), "TOOLGATE_API_KEYS": "",
+    env = {**os.environ, "MEMTRACE_FRAMES": str(frames), "TOOLGATE_UPSTREAM_URL": fake_base, "PYTHONPATH": str(ROOT), "TOOLGATE_API_KEYS": "",
            "TOOLGATE_STORE_URL": f"sqlite:///{workdir}/store.db"}  # fmt: skip
     proc = subprocess.Popen([PY, "-m", "bench.memtrace", "--target", out, kind, *rest], env=env, cwd=ROOT,
                             stdout=open(f"{out}.log", "w"), stderr=subprocess.STDOUT)  # fmt: skip
@@ -211,6 +273,7 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=40)
     parser.add_argument("--only", choices=("toolgate", "floor"))
     parser.add_argument("--slow-chunk-ms", type=float, default=1500)
+    parser.add_argument("--frames", type=int, default=25, help="tracemalloc frames; 0: no tracemalloc (RSS and allocator figures only)")
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="memtrace-"))
     fake = subprocess.Popen([PY, "-m", "bench.fake", "--port", "0", "--chunks", "100", "--slow-chunk-ms", f"{args.slow_chunk_ms:g}"],
@@ -220,7 +283,7 @@ def main() -> None:
         base = fake.stdout.readline().strip()
         for kind in ("toolgate", "floor"):
             if args.only in (None, kind):
-                run_one(kind, base, args.n, args.top, workdir)
+                run_one(kind, base, args.n, args.top, workdir, args.frames)
     finally:
         fake.terminate()
         fake.wait(10)

@@ -98,7 +98,7 @@ _OPENING = Opening()
 
 
 class _Pump:
-    __slots__ = ("send", "receive", "r", "timing", "outcome", "task", "reason", "done", "watcher")
+    __slots__ = ("send", "receive", "r", "timing", "outcome", "task", "reason", "done", "watcher", "timer")
 
     def __init__(self, send: Send, receive: Receive, renderer: Renderer, timing: Timing) -> None:
         self.send = send
@@ -110,6 +110,7 @@ class _Pump:
         self.reason: str | None = None  # why the task was interrupted
         self.done = False  # the whole response was sent
         self.watcher: asyncio.Task[None] | None = None
+        self.timer: asyncio.TimerHandle | None = None  # until the watcher starts
 
     # -- interruptions ----------------------------------------------------------------
 
@@ -122,6 +123,7 @@ class _Pump:
         self.interrupt("shutdown")
 
     def _start_watching(self) -> None:
+        self.timer = None  # fired: the handle is not kept for the rest of the stream
         self.watcher = asyncio.ensure_future(self.watch())
 
     async def watch(self) -> None:
@@ -135,7 +137,7 @@ class _Pump:
         task the same way (a timer or a callback, `interrupt`), and ends the request its own way."""
         outcome = self.outcome
         loop = asyncio.get_running_loop()
-        timer = loop.call_later(WATCH_AFTER_S, self._start_watching)
+        self.timer = loop.call_later(WATCH_AFTER_S, self._start_watching)
         deadline = loop.call_later(self.timing.deadline_s, self.interrupt, "deadline")
         interrupt = drain.track(self._shutdown)
         try:
@@ -160,7 +162,8 @@ class _Pump:
         finally:
             drain.untrack(interrupt)
             self.done = True
-            timer.cancel()
+            if self.timer is not None:
+                self.timer.cancel()
             deadline.cancel()
             if self.watcher is not None:
                 self.watcher.cancel()
@@ -260,17 +263,14 @@ class _Channel:
             if not waiter.done():
                 waiter.set_result(None)
 
-    async def _wait(self) -> None:
-        waiter = self.waiter = self.loop.create_future()
-        try:
-            await waiter
-        finally:
-            if self.waiter is waiter:
-                self.waiter = None
-
     async def put(self, item: Any) -> None:
         while len(self.items) >= self.size:
-            await self._wait()
+            waiter = self.waiter = self.loop.create_future()  # inline: no coroutine frame per wait
+            try:
+                await waiter
+            finally:
+                if self.waiter is waiter:
+                    self.waiter = None
         self.items.append(item)
         self._wake()
 
@@ -283,7 +283,12 @@ class _Channel:
     async def take(self) -> list[Any]:
         """Everything waiting, oldest first; waits while there is nothing."""
         while not self.items:
-            await self._wait()
+            waiter = self.waiter = self.loop.create_future()
+            try:
+                await waiter
+            finally:
+                if self.waiter is waiter:
+                    self.waiter = None
         items, self.items = self.items, []
         self._wake()  # a loop waiting on a full channel goes on
         return items
@@ -389,6 +394,7 @@ async def _stream(p: _Pump, events: AsyncGenerator[Event, None]) -> None:
                 await p.body(bytes(out), more)
             if not more:
                 return
+            del out
     finally:
         quiet.stop()
         if not producer.done():
