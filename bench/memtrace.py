@@ -52,12 +52,64 @@ def _install(out: str) -> None:
             name = f"{type(obj).__module__}.{type(obj).__qualname__}"
             types[name] += 1
             sizes[name] += sys.getsizeof(obj)
+        try:
+            walk = _one_stream() if tag == "open" else {}
+        except Exception as exc:  # a measuring tool: say what went wrong, in the report
+            walk = {"walk_error": repr(exc)}
         if tracemalloc.is_tracing():
             tracemalloc.take_snapshot().dump(f"{out}.{tag}.snap")
-        Path(f"{out}.{tag}.json").write_text(json.dumps({"count": types, "size": sizes, "garbage": garbage, **_allocators()}))
+        Path(f"{out}.{tag}.json").write_text(json.dumps({"count": types, "size": sizes, "garbage": garbage, **walk, **_allocators()}))
         Path(f"{out}.{tag}.done").write_text("")
 
     signal.signal(signal.SIGUSR1, dump)
+
+
+_HUBS = ("AbstractEventLoop", "Loop", "Server", "Config", "ServerState", "Starlette", "ClientSession", "TCPConnector",
+         "Runtime", "Generation", "Settings", "UpstreamClient", "Toolbox", "Logger", "ASGIApp", "Router")  # fmt: skip
+
+
+def _reach(root: object) -> dict[int, object]:
+    """Objects reachable from `root`, not through modules, classes, functions' globals or the
+    process-wide hubs (the loop, the server, the app, the session): one stream's objects, and
+    the shared ones it points at (taken out by comparing two streams)."""
+    import types
+
+    seen: dict[int, object] = {}
+    stack = [root]
+    while stack and len(seen) < 200_000:
+        obj = stack.pop()
+        if id(obj) in seen or isinstance(obj, (types.ModuleType, type, types.CodeType, types.FrameType)):
+            continue
+        if any(c.__name__ in _HUBS for c in type(obj).__mro__):
+            continue
+        if isinstance(obj, (set, frozenset)) and len(obj) > 8:
+            continue  # the server's sets of every connection and task: shared, and the way to every other stream
+        seen[id(obj)] = obj
+        if isinstance(obj, types.FunctionType):
+            stack.extend(c for c in (obj.__closure__ or ()))  # a closure's cells, not its globals
+            continue
+        stack.extend(gc.get_referents(obj))
+    return seen
+
+
+def _one_stream() -> dict[str, object]:
+    """One open stream's own objects: reachable from its request task and not from another's."""
+    import asyncio
+
+    loop = asyncio._get_running_loop()  # the signal handler runs on the loop's thread, between its callbacks
+    tasks = [t for t in asyncio.all_tasks(loop) if getattr(t.get_coro(), "__qualname__", "").endswith("run_asgi")] if loop else []
+    if len(tasks) < 2:
+        names = collections.Counter(getattr(t.get_coro(), "__qualname__", "?") for t in asyncio.all_tasks(loop)) if loop else {}
+        return {"walk_error": f"fewer than two request tasks (loop {loop!r}; tasks {dict(names)})"}
+    a, b = _reach(tasks[0]), _reach(tasks[1])
+    own = [o for k, o in a.items() if k not in b]
+    by_type: collections.Counter[str] = collections.Counter()
+    sizes: collections.Counter[str] = collections.Counter()
+    for obj in own:
+        name = f"{type(obj).__module__}.{type(obj).__qualname__}"
+        by_type[name] += 1
+        sizes[name] += sys.getsizeof(obj)
+    return {"walk_count": by_type, "walk_size": sizes, "walk_reached": [len(a), len(b)]}
 
 
 def _allocators() -> dict[str, int]:
@@ -161,8 +213,22 @@ def allocators(out: str, n: int) -> None:
     print("  per stream (KiB): " + ", ".join(parts))
 
 
+def walk(out: str, top: int) -> None:
+    after = json.loads(Path(f"{out}.open.json").read_text())
+    sizes = collections.Counter(after.get("walk_size", {}))
+    counts = after.get("walk_count", {})
+    if not sizes:
+        print(f"  (no walk: {after.get('walk_error', '')} reached {after.get('walk_reached')})")
+        return
+    print(f"  one stream's own objects (gc.get_referents walk from its request task, less what a second stream's"
+          f" walk also reaches; sys.getsizeof, shallow): {sum(counts.values())} objects, {sum(sizes.values()) / 1024:.2f} KiB")
+    for name, size in sizes.most_common(top):
+        print(f"    {counts[name]:4d}  {size:6d} B  {name}")
+
+
 def report(out: str, n: int, top: int) -> dict:
     allocators(out, n)
+    walk(out, top)
     if not Path(f"{out}.idle.snap").exists():
         return {}
     idle = tracemalloc.Snapshot.load(f"{out}.idle.snap")
