@@ -44,6 +44,8 @@ LAST_SEND_S = 2.0
 # Waiting for the loop to clean up after it was cancelled, at most.
 CLEANUP_S = 5.0
 QUEUE_SIZE = 64
+# A loop's timer may fire this much before its time (uvloop's clock counts milliseconds).
+_EARLY_S = 0.001
 # Statuses below 500 that the OpenAI SDKs retry on their own.
 _SDK_RETRIES = frozenset({408, 409, 429})
 
@@ -98,7 +100,7 @@ _OPENING = Opening()
 
 
 class _Pump:
-    __slots__ = ("send", "receive", "r", "timing", "outcome", "task", "reason", "done", "watcher", "timer")
+    __slots__ = ("send", "receive", "r", "timing", "outcome", "task", "reason", "done", "watcher", "timer", "deadline", "deadline_at")
 
     def __init__(self, send: Send, receive: Receive, renderer: Renderer, timing: Timing) -> None:
         self.send = send
@@ -111,6 +113,8 @@ class _Pump:
         self.done = False  # the whole response was sent
         self.watcher: asyncio.Task[None] | None = None
         self.timer: asyncio.TimerHandle | None = None  # until the watcher starts
+        self.deadline: asyncio.TimerHandle | None = None  # a stream's keepalive timer takes it over
+        self.deadline_at = 0.0  # in the loop's time
 
     # -- interruptions ----------------------------------------------------------------
 
@@ -121,6 +125,9 @@ class _Pump:
 
     def _shutdown(self) -> None:
         self.interrupt("shutdown")
+
+    def expire(self) -> None:
+        self.interrupt("deadline")
 
     def _start_watching(self) -> None:
         self.timer = None  # fired: the handle is not kept for the rest of the stream
@@ -138,7 +145,8 @@ class _Pump:
         outcome = self.outcome
         loop = asyncio.get_running_loop()
         self.timer = loop.call_later(WATCH_AFTER_S, self._start_watching)
-        deadline = loop.call_later(self.timing.deadline_s, self.interrupt, "deadline")
+        self.deadline_at = loop.time() + self.timing.deadline_s
+        self.deadline = loop.call_at(self.deadline_at, self.expire)
         interrupt = drain.track(self._shutdown)
         try:
             try:
@@ -164,7 +172,8 @@ class _Pump:
             self.done = True
             if self.timer is not None:
                 self.timer.cancel()
-            deadline.cancel()
+            if self.deadline is not None:
+                self.deadline.cancel()
             if self.watcher is not None:
                 self.watcher.cancel()
         return outcome
@@ -319,24 +328,33 @@ class _Quiet:
     """Keepalives from one timer per stream, not one per event: the timer checks how long the
     writer has been waiting on the channel, and when it is `keepalive_s`, queues `_KEEPALIVE`
     (the writer sends one), else sleeps the rest of that time. A writer busy sending waits on
-    nobody, and gets no keepalive meanwhile, as with a timeout around each wait."""
+    nobody, and gets no keepalive meanwhile, as with a timeout around each wait. The same timer
+    keeps the pump's deadline (it takes over the pump's own timer): one timer per stream."""
 
-    __slots__ = ("channel", "every", "loop", "waiting_since", "timer")
+    __slots__ = ("channel", "every", "loop", "waiting_since", "timer", "pump")
 
-    def __init__(self, channel: _Channel, every: float) -> None:
-        self.channel, self.every = channel, every
+    def __init__(self, channel: _Channel, every: float, pump: _Pump) -> None:
+        self.channel, self.every, self.pump = channel, every, pump
         self.loop = channel.loop
         self.waiting_since: float | None = None  # None: the writer is not waiting on the channel
-        self.timer = self.loop.call_later(every, self._due)
+        if pump.deadline is not None:
+            pump.deadline.cancel()
+            pump.deadline = None
+        self.timer = self.loop.call_at(min(self.loop.time() + every, pump.deadline_at), self._due)
 
     def _due(self) -> None:
+        now = self.loop.time()
+        deadline_at = self.pump.deadline_at
+        if now >= deadline_at - _EARLY_S:
+            self.pump.expire()
+            return
         since = self.waiting_since
-        left = self.every if since is None else since + self.every - self.loop.time()
+        left = self.every if since is None else since + self.every - now
         if left <= 0:
             self.waiting_since = None  # one keepalive per quiet `every`
             self.channel.offer(_KEEPALIVE)  # not while the writer waits (the channel is empty then)
             left = self.every
-        self.timer = self.loop.call_later(left, self._due)
+        self.timer = self.loop.call_at(min(now + left, deadline_at), self._due)
 
     def stop(self) -> None:
         self.timer.cancel()
@@ -349,7 +367,7 @@ async def _stream(p: _Pump, events: AsyncGenerator[Event, None]) -> None:
     channel = _Channel(QUEUE_SIZE)
     producer = asyncio.ensure_future(_produce(events, channel))
     r = p.r
-    quiet = _Quiet(channel, p.timing.keepalive_s)
+    quiet = _Quiet(channel, p.timing.keepalive_s, p)
     loop = channel.loop
     try:
         while True:  # ends at _END or an error; the loop behind the channel is bounded
