@@ -250,6 +250,13 @@ def report(out: str, n: int, top: int) -> dict:
         key = f"{_short(alloc)}  <-  {_short(where)}" + (f"  <-  {_short(own)}" if own and own is not where else "")
         lines[key] += stat.size_diff
         counts[key] += stat.count_diff
+    groups: collections.Counter[str] = collections.Counter()
+    for stat in held.compare_to(idle, "traceback"):
+        groups[_component(list(reversed(stat.traceback)))] += stat.size_diff
+    print("  by component (the innermost frame outside asyncio and the standard library; bytes per stream):")
+    for name, size in groups.most_common():
+        if abs(size / n) >= 16:
+            print(f"    {size / n:8.0f} B  {name}")
     print(f"  by allocating line <- first frame in a web package <- first frame in the app (bytes per stream, blocks per stream):")
     for key, size in lines.most_common(top):
         if size / n < 16:
@@ -267,6 +274,20 @@ def report(out: str, n: int, top: int) -> dict:
             continue
         print(f"    {count / n:6.1f}  {size / n:8.0f} B  {name}")
     return {"tracemalloc_per_stream": total / n}
+
+
+_PACKAGES = (("/gateway/", None), ("/bench/floor", "the floor's handler"), ("/starlette/", "Starlette"), ("/anyio/", "Starlette (anyio)"),
+             ("/uvicorn/", "uvicorn"), ("/aiohttp/", "aiohttp client"), ("/multidict/", "aiohttp client"), ("/yarl/", "aiohttp client"))  # fmt: skip
+
+
+def _component(frames: list[tracemalloc.Frame]) -> str:
+    if frames and frames[0].filename.endswith("asyncio/runners.py"):
+        return "event loop (uvloop's C code: transports, sockets, handles)"
+    for frame in frames:
+        for marker, name in _PACKAGES:
+            if marker in frame.filename:
+                return name or "toolgate " + frame.filename.split("/gateway/", 1)[1]
+    return "other"
 
 
 def _short(frame: tracemalloc.Frame | None) -> str:
@@ -340,8 +361,16 @@ def main() -> None:
     parser.add_argument("--only", choices=("toolgate", "floor"))
     parser.add_argument("--slow-chunk-ms", type=float, default=1500)
     parser.add_argument("--frames", type=int, default=25, help="tracemalloc frames; 0: no tracemalloc (RSS and allocator figures only)")
+    parser.add_argument("--report", metavar="DIR", help="only report again on the snapshots an earlier run left in DIR")
     args = parser.parse_args()
+    if args.report:
+        for kind in ("toolgate", "floor"):
+            if args.only in (None, kind) and Path(args.report, f"{kind}.open.json").exists():
+                print(f"{kind}: {args.n} slow streams open")
+                report(str(Path(args.report, kind)), args.n, args.top)
+        return
     workdir = Path(tempfile.mkdtemp(prefix="memtrace-"))
+    print(f"snapshots in {workdir}", file=sys.stderr)
     fake = subprocess.Popen([PY, "-m", "bench.fake", "--port", "0", "--chunks", "100", "--slow-chunk-ms", f"{args.slow_chunk_ms:g}"],
                             stdout=subprocess.PIPE, text=True, cwd=ROOT)  # fmt: skip
     try:
