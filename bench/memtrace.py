@@ -170,8 +170,9 @@ def _target_main(argv: list[str]) -> None:
 # -- the driver ------------------------------------------------------------------------------
 
 
-def _body(model: str) -> bytes:
-    return json.dumps({"model": model, "stream": True, "messages": [{"role": "user", "content": "Hello there, how are you?"}]}).encode()
+def _body(model: str, prompt_bytes: int = 0) -> bytes:
+    text = "Hello there, how are you?" + " lorem" * (prompt_bytes // 6)
+    return json.dumps({"model": model, "stream": True, "messages": [{"role": "user", "content": text}]}).encode()
 
 
 def _snap(proc: subprocess.Popen, out: str, tag: str) -> None:
@@ -300,7 +301,7 @@ def _short(frame: tracemalloc.Frame | None) -> str:
     return f"{name}:{frame.lineno}"
 
 
-def run_one(kind: str, fake_base: str, n: int, top: int, workdir: Path, frames: int = 25) -> None:
+def run_one(kind: str, fake_base: str, n: int, top: int, workdir: Path, frames: int = 25, prompt_bytes: int = 0) -> None:
     port = procs.free_port()
     out = str(workdir / kind)
     if kind == "toolgate":
@@ -330,7 +331,7 @@ def run_one(kind: str, fake_base: str, n: int, top: int, workdir: Path, frames: 
         time.sleep(0.5)
         _snap(proc, out, "idle")
         body = workdir / f"{kind}-body.json"
-        body.write_bytes(_body(model))
+        body.write_bytes(_body(model, prompt_bytes))
         t0 = time.monotonic()
         hold = subprocess.Popen([PY, "-m", "bench.load", "hold", "--url", url + CHAT, "--body", str(body), "-n", str(n),
                                  "--open-timeout", "60", "--timeout", "120"], stdout=subprocess.PIPE, text=True, cwd=ROOT)  # fmt: skip
@@ -361,6 +362,7 @@ def main() -> None:
     parser.add_argument("--only", choices=("toolgate", "floor"))
     parser.add_argument("--slow-chunk-ms", type=float, default=1500)
     parser.add_argument("--frames", type=int, default=25, help="tracemalloc frames; 0: no tracemalloc (RSS and allocator figures only)")
+    parser.add_argument("--prompt-bytes", type=int, default=0, help="a user message this long (what a long history costs per stream)")
     parser.add_argument("--report", metavar="DIR", help="only report again on the snapshots an earlier run left in DIR")
     args = parser.parse_args()
     if args.report:
@@ -378,7 +380,7 @@ def main() -> None:
         base = fake.stdout.readline().strip()
         for kind in ("toolgate", "floor"):
             if args.only in (None, kind):
-                run_one(kind, base, args.n, args.top, workdir, args.frames)
+                run_one(kind, base, args.n, args.top, workdir, args.frames, args.prompt_bytes)
     finally:
         fake.terminate()
         fake.wait(10)

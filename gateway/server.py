@@ -38,7 +38,7 @@ import orjson
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from gateway import drain, logs, metrics
+from gateway import drain, heap, logs, metrics
 from gateway.config import Settings
 from gateway.errors import error_body
 from gateway.reload import reload_all
@@ -211,6 +211,7 @@ class Server(uvicorn.Server):
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
+        heap.mmap_large_blocks()  # a request's large transient buffers leave no holes in the C heap
         self._gc = gc.get_threshold()
         gc.set_threshold(max(GC_YOUNG, self._gc[0]), *self._gc[1:])
 
