@@ -92,9 +92,10 @@ def turn_from_completion(body: Any) -> Turn:
 
 
 class _Text:
-    """Streamed text held compactly: every 32 pieces are joined into one block, so a long
-    answer is not one small str per token (~55 bytes each), and nothing is joined twice
-    until the end (linear in the answer's length)."""
+    """Streamed text held compactly: every 8 pieces are joined into one block, and a block is
+    merged into the one before it once it is as long, so a long answer is a few strs (about
+    log2 of its length) and at most 7 loose pieces, not one small str per token (~55 bytes
+    each); each character is copied O(log n) times (a binary counter's merges)."""
 
     __slots__ = ("blocks", "pieces")
 
@@ -103,10 +104,15 @@ class _Text:
         self.pieces: list[str] = []
 
     def add(self, text: str) -> None:
-        self.pieces.append(text)
-        if len(self.pieces) >= 32:
-            self.blocks.append("".join(self.pieces))
-            self.pieces.clear()
+        pieces = self.pieces
+        pieces.append(text)
+        if len(pieces) >= 8:
+            blocks = self.blocks
+            blocks.append("".join(pieces))
+            pieces.clear()
+            while len(blocks) > 1 and len(blocks[-1]) >= len(blocks[-2]):
+                last = blocks.pop()
+                blocks[-1] += last
 
     def value(self) -> str | None:
         return "".join(self.blocks) + "".join(self.pieces) or None

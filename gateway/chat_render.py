@@ -40,6 +40,7 @@ def loop_facts(final: Final) -> dict[str, Any]:
 class ChatJSON:
     """The final answer as one `chat.completion` body."""
 
+    __slots__ = ("view", "_length", "_final")
     streaming = False
     keepalive = b""
 
@@ -82,6 +83,7 @@ class ChatJSON:
         return error
 
 
+_DELTA_HEAD = b',"choices":[{"index":0,"delta":'
 _OPEN_TAIL = b',"logprobs":null,"finish_reason":null}]}\n\n'
 _SSE_HEADERS = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
@@ -93,6 +95,7 @@ _SSE_HEADERS = [
 class ChatSSE:
     """`chat.completion.chunk` events, encoded from a template made once per response."""
 
+    __slots__ = ("view", "_spoke", "_fresh", "_head")
     streaming = True
     keepalive = sse.KEEPALIVE
 
@@ -101,8 +104,7 @@ class ChatSSE:
         self._spoke = False  # content went out in an earlier round
         self._fresh = True  # no content yet in this round
         head = orjson.dumps({"id": completion_id(), "object": "chat.completion.chunk", "created": int(time.time()), "model": view.alias})
-        self._head = b"data: " + head[:-1] + b',"choices":[{"index":0,"delta":'
-        self._usage_head = b"data: " + head[:-1] + b',"choices":[],"usage":'
+        self._head = b"data: " + head[:-1] + _DELTA_HEAD  # the usage event's head is made from it, once, at the end
 
     def headers(self) -> list[tuple[bytes, bytes]]:
         return _SSE_HEADERS
@@ -143,7 +145,7 @@ class ChatSSE:
 
     def _usage(self, usage: dict[str, Any] | None, extra: dict[str, Any] | None = None) -> bytes:
         tail = b"" if extra is None else b',"toolgate":' + orjson.dumps(extra)
-        return self._usage_head + orjson.dumps(usage) + tail + b"}\n\n"
+        return self._head[: -len(_DELTA_HEAD)] + b',"choices":[],"usage":' + orjson.dumps(usage) + tail + b"}\n\n"
 
     def _closing(self, final: Final) -> bytes:
         out = b""

@@ -149,6 +149,9 @@ async def run_loop(job: LoopJob, model: Model, toolbox: Toolbox) -> AsyncGenerat
     raise AssertionError("unreachable: the last round always answers")
 
 
+_NO_NAMES: frozenset[str] = frozenset()
+
+
 class _Run:
     """What the rounds of one loop share: the tools offered, the token budget, the usage so far."""
 
@@ -156,7 +159,7 @@ class _Run:
 
     def __init__(self, job: LoopJob) -> None:
         self.job = job
-        self.client_names = {t["function"]["name"] for t in job.client_tools or ()}
+        self.client_names = {t["function"]["name"] for t in job.client_tools} if job.client_tools else _NO_NAMES
         self.tools = [*job.offer.schemas, *(job.client_tools or ())]
         self.base = dict(job.params)
         self.budget = _Budget(self.base, job.max_output_tokens)

@@ -9,8 +9,8 @@ owns the rest:
 - the status line, sent late: a non-streamed reply when its body is ready, a
   stream with the first bytes the client will see, so an early error keeps
   its own status;
-- keepalives: streamed, the loop feeds a bounded queue, and waiting on the
-  queue (never on the loop) for `keepalive_s` sends one (one timer per
+- keepalives: streamed, the loop feeds a bounded channel, and waiting on the
+  channel (never on the loop) for `keepalive_s` sends one (one timer per
   stream watches that wait: no timer per event);
 - liveness: the client leaving, the loop dying of anything, and the server
   shutting down each end the request in one known way (`Outcome.ended`);
@@ -44,6 +44,8 @@ LAST_SEND_S = 2.0
 # Waiting for the loop to clean up after it was cancelled, at most.
 CLEANUP_S = 5.0
 QUEUE_SIZE = 64
+# A loop's timer may fire this much before its time (uvloop's clock counts milliseconds).
+_EARLY_S = 0.001
 # Statuses below 500 that the OpenAI SDKs retry on their own.
 _SDK_RETRIES = frozenset({408, 409, 429})
 
@@ -98,6 +100,8 @@ _OPENING = Opening()
 
 
 class _Pump:
+    __slots__ = ("send", "receive", "r", "timing", "outcome", "task", "reason", "done", "watcher", "timer", "deadline", "deadline_at")
+
     def __init__(self, send: Send, receive: Receive, renderer: Renderer, timing: Timing) -> None:
         self.send = send
         self.receive = receive
@@ -107,6 +111,10 @@ class _Pump:
         self.task: asyncio.Task[Any] = asyncio.current_task()  # type: ignore[assignment]  # pump() runs in a task
         self.reason: str | None = None  # why the task was interrupted
         self.done = False  # the whole response was sent
+        self.watcher: asyncio.Task[None] | None = None
+        self.timer: asyncio.TimerHandle | None = None  # until the watcher starts
+        self.deadline: asyncio.TimerHandle | None = None  # a stream's keepalive timer takes it over
+        self.deadline_at = 0.0  # in the loop's time
 
     # -- interruptions ----------------------------------------------------------------
 
@@ -115,6 +123,16 @@ class _Pump:
             self.reason = reason
             self.task.cancel()
 
+    def _shutdown(self) -> None:
+        self.interrupt("shutdown")
+
+    def expire(self) -> None:
+        self.interrupt("deadline")
+
+    def _start_watching(self) -> None:
+        self.timer = None  # fired: the handle is not kept for the rest of the stream
+        self.watcher = asyncio.ensure_future(self.watch())
+
     async def watch(self) -> None:
         while (await self.receive())["type"] != "http.disconnect":
             pass
@@ -122,43 +140,42 @@ class _Pump:
         self.interrupt("client_left")
 
     async def run(self, work: Awaitable[None]) -> Outcome:
+        """`work` under the deadline, the client leaving and the shutdown: each interrupts the
+        task the same way (a timer or a callback, `interrupt`), and ends the request its own way."""
         outcome = self.outcome
-        watcher: asyncio.Task[None] | None = None
-
-        def start_watching() -> None:
-            nonlocal watcher
-            watcher = asyncio.ensure_future(self.watch())
-
-        timer = asyncio.get_running_loop().call_later(WATCH_AFTER_S, start_watching)
+        loop = asyncio.get_running_loop()
+        self.timer = loop.call_later(WATCH_AFTER_S, self._start_watching)
+        self.deadline_at = loop.time() + self.timing.deadline_s
+        self.deadline = loop.call_at(self.deadline_at, self.expire)
+        interrupt = drain.track(self._shutdown)
         try:
-            interrupt = drain.track(lambda: self.interrupt("shutdown"))
             try:
-                try:
-                    async with asyncio.timeout(self.timing.deadline_s):
-                        await work
-                except TimeoutError:
-                    message = f"The request did not finish within its {self.timing.deadline_s:g} s deadline."
-                    # Retrying would run the whole loop, and its tools, again.
-                    await self._end(UpstreamTimeout(message, code="request_timeout", headers={"x-should-retry": "false"}), "deadline")
-                except asyncio.CancelledError:
-                    if self.reason is not None and self.task.uncancel() == 0:
-                        if self.reason == "shutdown":
-                            await self._end(ShuttingDown("The gateway is shutting down; the request was ended.", headers={"retry-after": "1"}), "shutdown")
-                        else:
-                            outcome.status, outcome.ended = 499, "client_left"
-                    elif self.reason is None and not self.task.cancelling():
-                        # A CancelledError raised inside the loop, not at us: a bug below, not a reason to hang.
-                        log.error("the tool loop was cancelled from inside", exc_info=True)
-                        await self._end(_Ended("The gateway failed to finish this request."), "error")
+                await work
+            except asyncio.CancelledError:
+                if self.reason is not None and self.task.uncancel() == 0:
+                    if self.reason == "deadline":
+                        message = f"The request did not finish within its {self.timing.deadline_s:g} s deadline."
+                        # Retrying would run the whole loop, and its tools, again.
+                        await self._end(UpstreamTimeout(message, code="request_timeout", headers={"x-should-retry": "false"}), "deadline")
+                    elif self.reason == "shutdown":
+                        await self._end(ShuttingDown("The gateway is shutting down; the request was ended.", headers={"retry-after": "1"}), "shutdown")
                     else:
-                        raise  # a cancellation from outside (the server is stopping us)
-            finally:
-                drain.untrack(interrupt)
+                        outcome.status, outcome.ended = 499, "client_left"
+                elif self.reason is None and not self.task.cancelling():
+                    # A CancelledError raised inside the loop, not at us: a bug below, not a reason to hang.
+                    log.error("the tool loop was cancelled from inside", exc_info=True)
+                    await self._end(_Ended("The gateway failed to finish this request."), "error")
+                else:
+                    raise  # a cancellation from outside (the server is stopping us)
         finally:
+            drain.untrack(interrupt)
             self.done = True
-            timer.cancel()
-            if watcher is not None:
-                watcher.cancel()
+            if self.timer is not None:
+                self.timer.cancel()
+            if self.deadline is not None:
+                self.deadline.cancel()
+            if self.watcher is not None:
+                self.watcher.cancel()
         return outcome
 
     # -- what reaches the client --------------------------------------------------------
@@ -232,16 +249,67 @@ async def _collect(p: _Pump, events: AsyncGenerator[Event, None]) -> None:
         await p.fail(exc)
 
 
-# -- server-sent events: the loop feeds a queue from its own task ------------------------------
+# -- server-sent events: the loop feeds a bounded channel from its own task ------------------------------
 
 
-async def _produce(events: AsyncGenerator[Event, None], queue: asyncio.Queue[Any]) -> None:
+class _Channel:
+    """The loop's events on their way to the writer: at most `size` waiting, one producer, one
+    consumer. Smaller than an `asyncio.Queue` (a list and at most one pending Future, where a
+    queue holds three deques and an Event per stream), and the writer takes all that waits at once."""
+
+    __slots__ = ("items", "size", "waiter", "loop")
+
+    def __init__(self, size: int) -> None:
+        self.items: list[Any] = []
+        self.size = size
+        self.waiter: asyncio.Future[None] | None = None  # the side waiting: the writer (empty) or the loop (full)
+        self.loop = asyncio.get_running_loop()
+
+    def _wake(self) -> None:
+        waiter = self.waiter
+        if waiter is not None:
+            self.waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def put(self, item: Any) -> None:
+        while len(self.items) >= self.size:
+            waiter = self.waiter = self.loop.create_future()  # inline: no coroutine frame per wait
+            try:
+                await waiter
+            finally:
+                if self.waiter is waiter:
+                    self.waiter = None
+        self.items.append(item)
+        self._wake()
+
+    def offer(self, item: Any) -> None:
+        """Queue `item` unless the channel is full (a keepalive: never mind then)."""
+        if len(self.items) < self.size:
+            self.items.append(item)
+            self._wake()
+
+    async def take(self) -> list[Any]:
+        """Everything waiting, oldest first; waits while there is nothing."""
+        while not self.items:
+            waiter = self.waiter = self.loop.create_future()
+            try:
+                await waiter
+            finally:
+                if self.waiter is waiter:
+                    self.waiter = None
+        items, self.items = self.items, []
+        self._wake()  # a loop waiting on a full channel goes on
+        return items
+
+
+async def _produce(events: AsyncGenerator[Event, None], channel: _Channel) -> None:
     terminal: Any = _END
     try:
         async with aclosing(events) as stream:
             first = True
             async for event in stream:
-                await queue.put(event)
+                await channel.put(event)
                 if first:
                     # Let the writer send the first bytes now, not when reading next blocks.
                     first = False
@@ -253,34 +321,40 @@ async def _produce(events: AsyncGenerator[Event, None], queue: asyncio.Queue[Any
         terminal = _Ended("The gateway failed to finish this request.")
     except Exception as exc:
         terminal = exc
-    await queue.put(terminal)
+    await channel.put(terminal)
 
 
 class _Quiet:
     """Keepalives from one timer per stream, not one per event: the timer checks how long the
-    writer has been waiting on the queue, and when it is `keepalive_s`, queues `_KEEPALIVE`
+    writer has been waiting on the channel, and when it is `keepalive_s`, queues `_KEEPALIVE`
     (the writer sends one), else sleeps the rest of that time. A writer busy sending waits on
-    nobody, and gets no keepalive meanwhile, as with a timeout around each wait."""
+    nobody, and gets no keepalive meanwhile, as with a timeout around each wait. The same timer
+    keeps the pump's deadline (it takes over the pump's own timer): one timer per stream."""
 
-    __slots__ = ("queue", "every", "loop", "waiting_since", "timer")
+    __slots__ = ("channel", "every", "loop", "waiting_since", "timer", "pump")
 
-    def __init__(self, queue: asyncio.Queue[Any], every: float) -> None:
-        self.queue, self.every = queue, every
-        self.loop = asyncio.get_running_loop()
-        self.waiting_since: float | None = None  # None: the writer is not waiting on the queue
-        self.timer = self.loop.call_later(every, self._due)
+    def __init__(self, channel: _Channel, every: float, pump: _Pump) -> None:
+        self.channel, self.every, self.pump = channel, every, pump
+        self.loop = channel.loop
+        self.waiting_since: float | None = None  # None: the writer is not waiting on the channel
+        if pump.deadline is not None:
+            pump.deadline.cancel()
+            pump.deadline = None
+        self.timer = self.loop.call_at(min(self.loop.time() + every, pump.deadline_at), self._due)
 
     def _due(self) -> None:
+        now = self.loop.time()
+        deadline_at = self.pump.deadline_at
+        if now >= deadline_at - _EARLY_S:
+            self.pump.expire()
+            return
         since = self.waiting_since
-        left = self.every if since is None else since + self.every - self.loop.time()
+        left = self.every if since is None else since + self.every - now
         if left <= 0:
             self.waiting_since = None  # one keepalive per quiet `every`
-            try:
-                self.queue.put_nowait(_KEEPALIVE)
-            except asyncio.QueueFull:  # not while the writer waits (the queue is empty then); never mind
-                pass
+            self.channel.offer(_KEEPALIVE)  # not while the writer waits (the channel is empty then)
             left = self.every
-        self.timer = self.loop.call_later(left, self._due)
+        self.timer = self.loop.call_at(min(now + left, deadline_at), self._due)
 
     def stop(self) -> None:
         self.timer.cancel()
@@ -290,31 +364,32 @@ _KEEPALIVE = object()
 
 
 async def _stream(p: _Pump, events: AsyncGenerator[Event, None]) -> None:
-    queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=QUEUE_SIZE)
-    producer = asyncio.ensure_future(_produce(events, queue))
+    channel = _Channel(QUEUE_SIZE)
+    producer = asyncio.ensure_future(_produce(events, channel))
     r = p.r
-    quiet = _Quiet(queue, p.timing.keepalive_s)
-    loop = quiet.loop
+    quiet = _Quiet(channel, p.timing.keepalive_s, p)
+    loop = channel.loop
     try:
-        while True:  # ends at _END or an error; the loop behind the queue is bounded
-            if queue.empty():
-                quiet.waiting_since = loop.time()
-                item = await queue.get()
-                quiet.waiting_since = None
+        while True:  # ends at _END or an error; the loop behind the channel is bounded
+            if channel.items:
+                batch = await channel.take()
             else:
-                item = queue.get_nowait()
-            if item is _KEEPALIVE:
+                quiet.waiting_since = loop.time()
+                batch = await channel.take()
+                quiet.waiting_since = None
+            if batch[0] is _KEEPALIVE:
                 if p.outcome.started:
                     await p.body(r.keepalive, True)
                 else:
                     await p.commit(200, r.headers(), r.feed(_OPENING) + r.keepalive, True)
-                continue
-            batch = [item]
-            while not queue.empty() and batch[-1] is not _END and not isinstance(batch[-1], BaseException):
-                batch.append(queue.get_nowait())
+                if len(batch) == 1:
+                    continue
+                del batch[0]
             out = bytearray()
+            more = True
             for event in batch:
                 if event is _END:
+                    more = False
                     break
                 if event is _KEEPALIVE:
                     continue  # events are going out now: no keepalive needed
@@ -328,7 +403,7 @@ async def _stream(p: _Pump, events: AsyncGenerator[Event, None]) -> None:
                     return
                 p.note(event)
                 out += r.feed(event)
-            more = batch[-1] is not _END
+            del batch, event  # nothing of a sent event stays with the stream meanwhile
             if not p.outcome.started:
                 if not out and more:
                     continue  # only unshown events: a later error can still keep its status
@@ -337,6 +412,7 @@ async def _stream(p: _Pump, events: AsyncGenerator[Event, None]) -> None:
                 await p.body(bytes(out), more)
             if not more:
                 return
+            del out
     finally:
         quiet.stop()
         if not producer.done():

@@ -307,17 +307,20 @@ class ChatCompletions:
         except Exception as exc:
             await reject(send, exc, scope, started)
             return
+        model, stream = request.model, request.stream
         view = ChatView(
-            alias=request.model,
+            alias=model,
             trace=server.trace or _header(scope, b"x-toolgate-trace") in ("1", "true"),
             include_usage=request.include_usage,
             progress=(_header(scope, b"x-toolgate-progress") or server.progress) == "reasoning",
         )
+        # The job has what the loop needs: the body and its parse are not kept for the whole stream.
+        del body, request
         job.trace = view.trace or server.log_requests  # the log line names each tool's outcome
-        renderer = ChatSSE(view) if request.stream else ChatJSON(view)
-        outcome = await rt.serve(send, receive, scope, started, job, renderer, model=request.model)
+        renderer = ChatSSE(view) if stream else ChatJSON(view)
+        outcome = await rt.serve(send, receive, scope, started, job, renderer, model=model)
         if outcome is not None:
-            rt.record(started, job, outcome, alias, model=request.model, stream=request.stream, request_id=request_id, scope=scope)
+            rt.record(started, job, outcome, alias, model=model, stream=stream, request_id=request_id, scope=scope)
 
     def _job(self, request: ChatRequest, scope: dict[str, Any], request_id: str) -> tuple[LoopJob, str]:
         rt = self.rt
@@ -350,6 +353,8 @@ FIRST_TOKEN = "toolgate.first_token_s"  # scope key: seconds from arrival to the
 class _FirstToken:
     """A streamed renderer, seen by the pump: notes in `scope` when the first token goes out,
     then hands every later event straight to the renderer's own `feed`."""
+
+    __slots__ = ("streaming", "keepalive", "headers", "failure", "feed", "_feed", "_scope", "_started")
 
     def __init__(self, renderer: Renderer, scope: dict[str, Any], started: float) -> None:
         self.streaming, self.keepalive = renderer.streaming, renderer.keepalive

@@ -38,7 +38,7 @@ import orjson
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from gateway import drain, logs, metrics
+from gateway import drain, heap, logs, metrics
 from gateway.config import Settings
 from gateway.errors import error_body
 from gateway.reload import reload_all
@@ -78,6 +78,10 @@ _TOO_SLOW = (408, b"Request Timeout", "The request head did not arrive in time."
 
 class GuardedHttp(HttpToolsProtocol):
     """httptools with bounded request heads and bounded write stalls."""
+
+    # uvicorn's protocol has 28 attributes; six more in its __dict__ would pass CPython's
+    # 30 shared keys and give every connection a dict of its own (~1.5 KiB).
+    __slots__ = ("_limits", "_head_bytes", "_head_fields", "_head_timer", "_stall_timer", "_got_bytes")
 
     def __init__(self, config: uvicorn.Config, *args: Any, **kwargs: Any) -> None:
         super().__init__(config, *args, **kwargs)
@@ -250,6 +254,7 @@ class Server(uvicorn.Server):
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
+        heap.mmap_large_blocks()  # a request's large transient buffers leave no holes in the C heap
         self._gc = gc.get_threshold()
         gc.set_threshold(max(GC_YOUNG, self._gc[0]), *self._gc[1:])
 

@@ -79,18 +79,51 @@ def _broken(name: str) -> UpstreamError:
 # -- aiohttp -------------------------------------------------------------------------
 
 
+_AIOHTTP_ERRORS = (aiohttp.ClientError, OSError, ValueError, asyncio.TimeoutError)
+
+
+def _aiohttp_error(exc: BaseException, name: str) -> UpstreamError:
+    """The gateway's error for one of `_AIOHTTP_ERRORS`."""
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        return _connect_timeout(name)
+    if isinstance(exc, (aiohttp.ServerTimeoutError, asyncio.TimeoutError)):
+        return _read_timeout(name)
+    if isinstance(exc, aiohttp.ClientConnectorError):  # refused, unresolvable, unreachable: nothing was sent
+        return _unreachable(name)
+    return _broken(name)
+
+
 @contextmanager
 def _aiohttp_errors(name: str) -> Iterator[None]:
     try:
         yield
-    except aiohttp.ConnectionTimeoutError:
-        raise _connect_timeout(name) from None
-    except (aiohttp.ServerTimeoutError, asyncio.TimeoutError):
-        raise _read_timeout(name) from None
-    except aiohttp.ClientConnectorError:  # refused, unresolvable, unreachable: nothing was sent
-        raise _unreachable(name) from None
-    except (aiohttp.ClientError, OSError, ValueError):
-        raise _broken(name) from None
+    except _AIOHTTP_ERRORS as exc:
+        raise _aiohttp_error(exc, name) from None
+
+
+class _AiohttpChunks:
+    """A streamed body, one network read at a time: a small object, where an async generator
+    around aiohttp's iterator would keep a frame, a context manager and the loop's weak
+    reference to it for the whole stream."""
+
+    __slots__ = ("_content", "_name")
+
+    def __init__(self, content: aiohttp.StreamReader, name: str) -> None:
+        self._content, self._name = content, name
+
+    def __aiter__(self) -> _AiohttpChunks:
+        return self
+
+    async def __anext__(self) -> bytes:
+        try:
+            piece = await self._content.readany()
+        except aiohttp.EofStream:
+            raise StopAsyncIteration from None
+        except _AIOHTTP_ERRORS as exc:
+            raise _aiohttp_error(exc, self._name) from None
+        if not piece:
+            raise StopAsyncIteration
+        return piece
 
 
 class AiohttpReply:
@@ -106,10 +139,8 @@ class AiohttpReply:
         with _aiohttp_errors(self._name):
             return await self._response.read()
 
-    async def chunks(self) -> AsyncIterator[bytes]:
-        with _aiohttp_errors(self._name):
-            async for piece in self._response.content.iter_any():
-                yield piece
+    def chunks(self) -> AsyncIterator[bytes]:
+        return _AiohttpChunks(self._response.content, self._name)
 
     async def close(self) -> None:
         # A body read to its end lets the connection go back to the pool; a

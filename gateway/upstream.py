@@ -182,6 +182,7 @@ class UpstreamClient:
             raise
         try:
             reply = await self._send(target, payload, request_id, client_auth, span)
+            del payload  # sent: nothing of the request stays with the open stream
             try:
                 # Inline, not a nested generator: one hop per network read is the stream's cost.
                 content_type = reply.headers.get("content-type", "")
@@ -199,12 +200,15 @@ class UpstreamClient:
                     decoder, done, ended = framing.decoder(), framing.done, False
                     async for piece in reply.chunks():
                         batch, ended = _batch(decoder.feed(piece), done)
+                        del piece
                         if batch:
                             if span is not None:
                                 span.chunks(batch)
                             part = fold.feed_many(batch)
+                            del batch  # folded: not kept while the stream waits for the next read
                             if part is not None:
                                 yield part
+                                del part
                         if ended:
                             break
                     if not ended:

@@ -481,3 +481,14 @@ def test_a_tool_call_riding_with_content_in_one_delta_is_kept():
     asm.feed(chunk({"content": "Let me look.", "tool_calls": [{"index": 0, "id": "t1", "function": {"name": "f", "arguments": "{}"}}]}))
     turn = asm.finish()
     assert turn.message["content"] == "Let me look." and turn.message["tool_calls"][0]["function"]["name"] == "f"
+
+
+@pytest.mark.parametrize("pieces", [1, 7, 8, 9, 64, 65, 1_000])
+def test_a_long_streamed_answer_is_assembled_exactly(pieces):
+    # The assembler keeps the text in merged blocks while it streams; the turn holds it all, in order.
+    words = [f"w{i}{'x' * (i % 5)} " for i in range(pieces)]
+    asm = StreamAssembler()
+    for word in words:
+        asm.feed(chunk({"content": word}))
+    asm.feed(chunk({}, "stop"))
+    assert asm.finish().message["content"] == "".join(words)

@@ -207,3 +207,38 @@ async def test_a_429_after_tools_ran_is_not_to_be_retried_either():
     await pump(client.send, client.receive, events(ToolStarted(1, "c", "t", "{}"), limited), renderers(False), Timing(10))
     start = next(m for m in client.messages if m["type"] == "http.response.start")
     assert start["status"] == 429 and (b"x-should-retry", b"false") in start["headers"]
+
+
+async def test_a_slow_client_holds_the_loop_at_the_channel_bound_and_gets_every_event_in_order():
+    # The loop runs ahead of a client that reads slowly by at most QUEUE_SIZE events, then waits.
+    produced = 0
+    release = asyncio.Event()
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+        if len(sent) == 2:  # the status line and the first events went out; now the client stalls
+            await release.wait()
+
+    async def receive() -> dict[str, Any]:
+        await asyncio.Event().wait()
+        return {"type": "http.disconnect"}
+
+    async def loop():
+        nonlocal produced
+        for i in range(500):
+            produced += 1
+            yield Delta(f"p{i} ")
+        yield final("")
+
+    task = asyncio.ensure_future(pump(send, receive, loop(), renderers(True), Timing(deadline_s=10)))
+    for _ in range(200):
+        await asyncio.sleep(0)
+    held = produced
+    assert held <= pump_module.QUEUE_SIZE + 4  # the batch being sent, the one being made, one in hand
+    release.set()
+    outcome = await asyncio.wait_for(task, 5)
+    assert outcome.ended == "complete" and produced == 500
+    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    text = "".join(e["choices"][0]["delta"].get("content") or "" for e in sse_events(body.decode()) if isinstance(e, dict) and e.get("choices"))
+    assert text == "".join(f"p{i} " for i in range(500))

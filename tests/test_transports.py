@@ -213,3 +213,30 @@ async def test_create_transport_is_aiohttp_unless_one_is_handed_in():
     finally:
         await made.aclose()
     assert create_transport(made) is made
+
+
+async def test_a_chunked_stream_read_to_its_end_gives_every_byte_then_stops(transport):
+    # Pieces written apart arrive as reads of their own; the body's end ends the iteration.
+    async def pieces(reader, writer):
+        for _ in range(2):
+            await _request(reader)
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n")
+            for i in range(3):
+                data = b"data: {\"n\": %d}\n\n" % i
+                writer.write(b"%x\r\n%s\r\n" % (len(data), data))
+                await writer.drain()
+                await asyncio.sleep(0.02)
+            writer.write(b"0\r\n\r\n")
+            await writer.drain()
+        await reader.read()
+
+    host = Host(pieces)
+    async with host as url:
+        reply = await post(transport, url)
+        got = [piece async for piece in reply.chunks()]
+        await reply.close()
+        again = await post(transport, url)  # a body read to its end leaves the connection for reuse
+        assert b"".join([piece async for piece in again.chunks()]) == b"".join(got)
+        await again.close()
+    assert b"".join(got) == b"".join(b"data: {\"n\": %d}\n\n" % i for i in range(3)) and len(got) >= 2
+    assert host.connections == 1
