@@ -81,7 +81,7 @@ class Threads:
                 except BaseException as exc:  # handed to the awaiting task, which decides
                     result, error = None, exc
                 try:
-                    loop.call_soon_threadsafe(_settle, future, result, error)
+                    loop.call_soon_threadsafe(settle, future, result, error)
                 except RuntimeError:  # the loop is closed: nobody is waiting any more
                     pass
             finally:
@@ -89,7 +89,8 @@ class Threads:
                     self._pending -= 1
 
 
-def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+def settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+    """`future`'s result or error, unless it is done already (cancelled by its waiter)."""
     if future.done():
         return
     if error is None:

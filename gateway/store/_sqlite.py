@@ -35,7 +35,7 @@ import orjson
 from gateway.errors import StoreUnavailable, TooLargeToStore
 from gateway.store._schema import SchemaTooNew, migrate
 from gateway.store.base import CLEANUP_BATCH, Encoded, Stored, check_page, encode
-from gateway.threads import Busy, Threads
+from gateway.threads import Busy, Threads, settle
 
 T = TypeVar("T")
 
@@ -121,12 +121,7 @@ class SqliteStore:
                 except StoreUnavailable as exc:
                     failures = [exc] * len(batch)
                 for (_, done), failure in zip(batch, failures):
-                    if done.done():
-                        continue
-                    if failure is None:
-                        done.set_result(None)
-                    else:
-                        done.set_exception(failure)
+                    settle(done, None, failure)
         finally:
             self._writer = None
 
