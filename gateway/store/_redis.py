@@ -33,6 +33,7 @@ from redis.typing import EncodableT, FieldT
 
 from gateway.errors import StoreUnavailable
 from gateway.store.base import CLEANUP_BATCH, Stored, check_page, encode
+from gateway.threads import settle
 
 T = TypeVar("T")
 
@@ -225,10 +226,6 @@ class RedisStore:
 
 def _relay(done: asyncio.Future[None], task: asyncio.Future[None]) -> None:
     if task.cancelled():
-        if not done.done():
-            done.cancel()
-    elif (exc := task.exception()) is not None:
-        if not done.done():
-            done.set_exception(exc)
-    elif not done.done():
-        done.set_result(None)
+        done.cancel()
+    else:
+        settle(done, None, task.exception())

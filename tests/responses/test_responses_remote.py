@@ -15,19 +15,15 @@ from gateway.errors import McpServerFailed, Overloaded
 from gateway.responses.remote import RemoteServers
 from gateway.responses.tools import McpTool
 from tests.support import ScriptedUpstream, call, completion, gateway, settings
-from tests.tools.mcp.test_mcp import HttpServer
+from tests.tools.mcp.test_mcp import HttpServer, http_server  # noqa: F401 (a fixture)
 
 TOKEN = "tok-5ecret-value-123"
 
 
 @pytest.fixture
-async def mcp_http():
-    server = HttpServer()
-    await server.start()
-    try:
-        yield server
-    finally:
-        await server.stop()
+async def mcp_http(http_server: HttpServer) -> HttpServer:
+    """The MCP test server over streamable HTTP (tests/tools/mcp/test_mcp.py's), for `server_url`."""
+    return http_server
 
 
 def config(tmp_path, server: HttpServer | None, **responses):
