@@ -457,30 +457,30 @@ class Harness:
 
     def run_s8(self, gateways: dict[str, Proc]) -> None:
         """The Responses API on the processes that served chat this round, at the same concurrency:
-        pass-through (S2's and S3's shapes) and S4's two-round `calculate` loop, store on and off."""
+        pass-through (S2's and S3's shapes) and S4's two-round `calculate` loop, store on and off.
+        Each Responses run has its own chat run of the same shape on the same process right beside
+        it (before it in even rounds, after it in odd ones), so the ratio spans seconds, not the
+        minutes between this and the round's S2: this VM's speed drifts within minutes."""
         p = self.plan
-        # With `--only S8`, the chat figures it is compared with are measured here, same round.
+        odd = len(self.raw.get("S8-post-store-chat", {}).get("toolgate", [])) % 2 == 1
+        shapes = []
         if "toolgate" in gateways:
             proc = gateways["toolgate"]
-            if not self.wants("S2"):
-                self.attempt("S2", "toolgate", lambda: self.post_run(proc, proc.url + CHAT, body("bench"), p.c_s2, p.s2_s))
-            if not self.wants("S3"):
-                self.attempt("S3-cpu", "toolgate", lambda: self.load_run(proc, proc.url + CHAT, body("bench", stream=True), p.c_s3, p.s3_cpu_s))
-        if "toolgate-calc" in gateways and not self.wants("S4"):
+            shapes.append(("post", proc, body("bench"), lambda store: responses_body("bench", store=store), self.post_run, p.c_s2, p.s2_s))
+            shapes.append(("stream", proc, body("bench", stream=True), lambda store: responses_body("bench", stream=True, store=store), self.load_run, p.c_s3, p.s3_cpu_s))
+        if "toolgate-calc" in gateways:
             proc = gateways["toolgate-calc"]
-            self.attempt("S4-0ms", "toolgate-calc", lambda: self.load_run(proc, proc.url + CHAT, body("bench-calc", text="What is 2+3?"), p.c_s4, p.s4_s))
-        for store in (True, False):
-            tag = "store" if store else "nostore"
-            if "toolgate" in gateways:
-                proc = gateways["toolgate"]
-                url = proc.url + RESPONSES
-                self.attempt(f"S8-post-{tag}", "toolgate", lambda: self.post_run(proc, url, responses_body("bench", store=store), p.c_s2, p.s2_s))
-                stream = responses_body("bench", stream=True, store=store)
-                self.attempt(f"S8-stream-{tag}", "toolgate", lambda: self.load_run(proc, url, stream, p.c_s3, p.s3_cpu_s))
-            if "toolgate-calc" in gateways:
-                proc = gateways["toolgate-calc"]
-                loop = responses_body("bench-calc", store=store, text="What is 2+3?")
-                self.attempt(f"S8-loop-{tag}", "toolgate-calc", lambda: self.load_run(proc, proc.url + RESPONSES, loop, p.c_s4, p.s4_s))
+            calc = "What is 2+3?"
+            shapes.append(("loop", proc, body("bench-calc", text=calc), lambda store: responses_body("bench-calc", store=store, text=calc), self.load_run, p.c_s4, p.s4_s))
+        for kind, proc, chat, responses, run, c, seconds in shapes:
+            for store in (True, False):
+                key = f"S8-{kind}-{'store' if store else 'nostore'}"
+                pair = [
+                    (key + "-chat", proc.url + CHAT, chat),
+                    (key, proc.url + RESPONSES, responses(store)),
+                ]
+                for scenario, url, data in pair[::-1] if odd else pair:
+                    self.attempt(scenario, proc.name, lambda: run(proc, url, data, c, seconds))
 
     def run_s5(self) -> None:
         """Memory: a fresh gateway, idle; warmed; then n slow streams open at once."""
@@ -653,8 +653,8 @@ def _function(frame: str) -> str:
 # -- figures, table, files --------------------------------------------------------------------
 
 
-# S8's kinds: (name, the toolgate process, the chat scenario it is compared with).
-S8_KINDS = (("post", "toolgate", "S2"), ("stream", "toolgate", "S3-cpu"), ("loop", "toolgate-calc", "S4-0ms"))
+# S8's kinds: (name, the toolgate process); each is compared with its own chat run (`-chat`).
+S8_KINDS = (("post", "toolgate"), ("stream", "toolgate"), ("loop", "toolgate-calc"))
 
 
 def med(values: Sequence[float | None]) -> float | None:
@@ -759,15 +759,15 @@ def figures(raw: dict, plan: Plan) -> dict[str, dict[str, Any]]:
         "p90_ms": per("S7", "toolgate-nap-mcp", lambda m: m["latency_ms"]["p90"]),
         "watched": (runs("S7", "toolgate-nap-mcp") or [{}])[-1].get("watched"),
     }
-    # S8: each Responses figure against the chat figure of the same process, same round.
+    # S8: each Responses figure against the chat run beside it (same process, same shape).
     f["responses"] = {}
-    for kind, gw, chat in S8_KINDS:
+    for kind, gw in S8_KINDS:
         for tag in ("store", "nostore"):
             key = f"S8-{kind}-{tag}"
             f["responses"][f"{kind}-{tag}"] = {
-                "rps": per(key, gw, rps), "cpu_ms": per(key, gw, cpu), "chat_rps": per(chat, gw, rps), "chat_cpu_ms": per(chat, gw, cpu),
-                "rps_ratio": paired(values(key, gw, rps), values(chat, gw, rps), ratio),
-                "cpu_ratio": paired(values(key, gw, cpu), values(chat, gw, cpu), ratio),
+                "rps": per(key, gw, rps), "cpu_ms": per(key, gw, cpu), "chat_rps": per(key + "-chat", gw, rps), "chat_cpu_ms": per(key + "-chat", gw, cpu),
+                "rps_ratio": paired(values(key, gw, rps), values(key + "-chat", gw, rps), ratio),
+                "cpu_ratio": paired(values(key, gw, cpu), values(key + "-chat", gw, cpu), ratio),
                 "watched": (runs(key, gw) or [{}])[-1].get("watched"),
             }  # fmt: skip
     for t in ("toolgate", "floor", "floor-aiohttp"):
@@ -893,7 +893,7 @@ def rows(f: dict, plan: Plan, failures: dict[str, str]) -> list[dict[str, Any]]:
         "stream": f"100-chunk stream, c={plan.c_s3} (vs S3)",
         "loop": f"2-round `calculate` loop, c={plan.c_s4} (vs S4)",
     }
-    for kind, _, _ in S8_KINDS:
+    for kind, _ in S8_KINDS:
         for tag, store in (("store", "store on"), ("nostore", "store: false")):
             r = f["responses"][f"{kind}-{tag}"]
             add("S8", f"Responses {shapes[kind]}, {store}: CPU per request (ms) (floor column: chat completions, same process)",
