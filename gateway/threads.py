@@ -2,6 +2,7 @@
 
     pool = Threads("toolgate-tool", threads=8, queued=64)
     result = await pool.run(reduce_html, text)      # Busy when all are taken and the queue is full
+    pool.call(then, write, batch)                   # no await: then(result, error) on the loop after
     pool.stop()                                     # queued jobs finish; later runs raise Busy
 
 The event loop's default executor resolves DNS (for the upstream and for
@@ -23,8 +24,9 @@ from typing import Any, TypeVar
 
 T = TypeVar("T")
 _STOP = None
-# One job on the queue: the function, its arguments, the future its caller awaits, and that caller's loop.
-_Job = tuple[Callable[..., Any], tuple[Any, ...], "asyncio.Future[Any]", asyncio.AbstractEventLoop]
+# One job on the queue: the function, its arguments, the future its caller awaits (or the callback
+# `call` was given), and that caller's loop.
+_Job = tuple[Callable[..., Any], tuple[Any, ...], "asyncio.Future[Any] | Callable[[Any, BaseException | None], None]", asyncio.AbstractEventLoop]
 
 
 class Busy(Exception):
@@ -48,6 +50,18 @@ class Threads:
 
     async def run(self, func: Callable[..., T], *args: Any) -> T:
         """Run `func(*args)` on one of the pool's threads."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        self._submit((func, args, future, loop))
+        return await future
+
+    def call(self, then: Callable[[Any, BaseException | None], None], func: Callable[..., Any], *args: Any) -> None:
+        """Run `func(*args)` on one of the pool's threads, then `then(result, error)` on the
+        calling loop: `run` without a future or a task to wake (Busy at once, as `run`). For a
+        caller that hands work over in a loop callback, e.g. the store's group commit."""
+        self._submit((func, args, then, asyncio.get_running_loop()))
+
+    def _submit(self, job: _Job) -> None:
         with self._lock:
             if self._stopped:
                 raise Busy(f"{self.name} is stopped")
@@ -57,10 +71,7 @@ class Threads:
             if self._started < min(self.threads, self._pending):
                 self._started += 1
                 threading.Thread(target=self._work, name=f"{self.name}-{self._started}", daemon=True).start()
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[T] = loop.create_future()
-        self._jobs.put((func, args, future, loop))
-        return await future
+        self._jobs.put(job)
 
     def stop(self) -> None:
         """Let the threads finish the jobs queued so far, then end; later runs raise Busy."""
@@ -72,16 +83,20 @@ class Threads:
 
     def _work(self) -> None:
         while (job := self._jobs.get()) is not _STOP:
-            func, args, future, loop = job
+            func, args, target, loop = job
             try:
-                if future.cancelled():
+                waiter = isinstance(target, asyncio.Future)
+                if waiter and target.cancelled():
                     continue
                 try:
                     result, error = func(*args), None
                 except BaseException as exc:  # handed to the awaiting task, which decides
                     result, error = None, exc
                 try:
-                    loop.call_soon_threadsafe(settle, future, result, error)
+                    if waiter:
+                        loop.call_soon_threadsafe(settle, target, result, error)
+                    else:
+                        loop.call_soon_threadsafe(target, result, error)
                 except RuntimeError:  # the loop is closed: nobody is waiting any more
                     pass
             finally:

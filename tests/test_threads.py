@@ -60,3 +60,31 @@ async def test_jobs_of_a_one_thread_pool_run_in_order_on_one_thread():
     seen = await asyncio.gather(*(pool.run(lambda i=i: (i, threading.get_ident())) for i in range(10)))
     pool.stop()
     assert [i for i, _ in seen] == list(range(10)) and len({t for _, t in seen}) == 1
+
+
+async def test_call_hands_the_result_or_the_error_to_a_callback_on_the_loop():
+    pool = Threads("test", threads=1, queued=0)
+    loop = asyncio.get_running_loop()
+    got: asyncio.Queue = asyncio.Queue()
+    release = threading.Event()
+
+    def then(result, error):
+        assert asyncio.get_running_loop() is loop  # on the loop, not on the pool's thread
+        got.put_nowait((result, error))
+
+    try:
+        pool.call(then, lambda: threading.current_thread().name)
+        assert await asyncio.wait_for(got.get(), 2) == ("test-1", None)
+        pool.call(then, lambda: 1 / 0)
+        result, error = await asyncio.wait_for(got.get(), 2)
+        assert result is None and isinstance(error, ZeroDivisionError)
+        pool.call(then, release.wait, 5)
+        with pytest.raises(Busy, match="all 1 threads are busy"):
+            pool.call(then, lambda: None)  # refused at once, as run refuses
+        release.set()
+        assert await asyncio.wait_for(got.get(), 2) == (True, None)
+    finally:
+        release.set()
+        pool.stop()
+    with pytest.raises(Busy, match="stopped"):
+        pool.call(then, lambda: None)

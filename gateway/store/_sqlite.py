@@ -27,6 +27,7 @@ import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -81,7 +82,8 @@ class SqliteStore:
         self._thread = Threads("toolgate-store", threads=1, queued=256)
         self._conn: sqlite3.Connection | None = None  # touched only on self._thread
         self._waiting: list[tuple[Stored, asyncio.Future[None]]] = []  # puts for the next batch
-        self._writer: asyncio.Task[None] | None = None  # writing batches while puts wait
+        self._writing: list[tuple[Stored, asyncio.Future[None]]] | None = None  # the batch on the thread
+        self._overdue: asyncio.TimerHandle | None = None  # fails that batch past timeout_s
 
     @classmethod
     async def open(cls, path: str, *, ttl_s: float, max_bytes: int, timeout_s: float = 5.0) -> SqliteStore:
@@ -106,24 +108,43 @@ class SqliteStore:
             done.set_exception(StoreUnavailable(f"the response store is unavailable: {MAX_WAITING} writes wait already"))
             return done
         self._waiting.append((stored, done))
-        if self._writer is None:
-            self._writer = asyncio.ensure_future(self._write_batches())
+        if self._writing is None:
+            self._write_next()
         return done
 
-    async def _write_batches(self) -> None:
-        # One batch at a time, and each takes every put waiting when it starts: a put
-        # waits for at most the batch being written and its own.
+    # One batch at a time, and each takes every put waiting when it starts: a put waits for at
+    # most the batch being written and its own. The hand-over and the landing are loop callbacks
+    # (no task, no awaited future per batch); one timer bounds the batch being written.
+
+    def _write_next(self) -> None:
+        batch, self._waiting = self._waiting, []
+        self._writing = batch
+        loop = asyncio.get_running_loop()
+        self._overdue = loop.call_later(self.timeout_s, self._late, batch)
         try:
-            while self._waiting:
-                batch, self._waiting = self._waiting, []
-                try:
-                    failures = await self._call(self._put_many, [stored for stored, _ in batch], time.time())
-                except StoreUnavailable as exc:
-                    failures = [exc] * len(batch)
-                for (_, done), failure in zip(batch, failures):
-                    settle(done, None, failure)
-        finally:
-            self._writer = None
+            self._thread.call(partial(self._landed, batch), self._put_many, [stored for stored, _ in batch], time.time())
+        except Busy as exc:
+            self._landed(batch, None, exc)
+
+    def _landed(self, batch: list[tuple[Stored, asyncio.Future[None]]], failures: list[Exception | None] | None, error: BaseException | None) -> None:
+        if self._writing is batch:
+            self._writing = None
+            if self._overdue is not None:
+                self._overdue.cancel()
+        if error is not None:
+            failure = self._failure(error)
+            failures = [failure] * len(batch)
+        assert failures is not None
+        for (_, done), failure in zip(batch, failures):
+            settle(done, None, failure)
+        if self._waiting and self._writing is None:
+            self._write_next()
+
+    def _late(self, batch: list[tuple[Stored, asyncio.Future[None]]]) -> None:
+        # The thread has not answered within timeout_s: these puts fail now (the write may still
+        # land later, or not), and the next batch queues behind it on the thread.
+        if self._writing is batch:
+            self._landed(batch, None, TimeoutError())
 
     async def find_item(self, item_id: str, owner: str) -> dict[str, Any] | None:
         return await self._call(self._find_item, item_id, owner, time.time())
@@ -151,16 +172,27 @@ class SqliteStore:
             self._thread.stop()
 
     async def _call(self, func: Callable[..., T], *args: Any) -> T:
-        # The one boundary where the thread's and SQLite's failures become StoreUnavailable.
         try:
             async with asyncio.timeout(self.timeout_s):
                 return await self._thread.run(func, *args)
-        except TimeoutError:
-            raise StoreUnavailable(f"the response store did not answer within {self.timeout_s:g}s") from None
-        except Busy as exc:
-            raise StoreUnavailable(f"the response store is unavailable: {exc}") from None
-        except (sqlite3.Error, SchemaTooNew, OSError) as exc:
-            raise StoreUnavailable(f"the response store failed: {exc}") from exc
+        except Exception as exc:
+            failure = self._failure(exc)
+            if failure is exc:
+                raise
+            raise failure from failure.__cause__
+
+    def _failure(self, exc: BaseException) -> BaseException:
+        """The one boundary where the thread's and SQLite's failures become StoreUnavailable
+        (anything else, a bug, goes on as it is)."""
+        if isinstance(exc, TimeoutError):
+            return StoreUnavailable(f"the response store did not answer within {self.timeout_s:g}s")
+        if isinstance(exc, Busy):
+            return StoreUnavailable(f"the response store is unavailable: {exc}")
+        if isinstance(exc, (sqlite3.Error, SchemaTooNew, OSError)):
+            failure = StoreUnavailable(f"the response store failed: {exc}")
+            failure.__cause__ = exc
+            return failure
+        return exc
 
     # Everything below runs on the store's thread.
 

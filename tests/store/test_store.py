@@ -8,6 +8,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -511,3 +512,41 @@ async def test_redis_without_its_package_says_what_to_install(monkeypatch):
         monkeypatch.setitem(sys.modules, name, None)
     with pytest.raises(ImportError, match=r"pip install 'toolgate\[redis\]'"):
         await open_store("redis://127.0.0.1:6379/0", ttl_s=60, max_bytes=1 << 20)
+
+
+async def test_a_write_hung_on_the_thread_fails_its_puts_in_time_and_the_next_write_lands(tmp_path, monkeypatch):
+    """A write that never returns (a stalled disk): its puts fail within the store's timeout, puts
+    behind it wait their own turn, and once the thread is free the store writes again."""
+    store = await open_store(f"sqlite:///{tmp_path}/r.db", ttl_s=60, max_bytes=1 << 20, timeout_s=TIMEOUT)
+    release = threading.Event()
+    real = store._put_many
+
+    def hung(batch, now):
+        release.wait(10)
+        return real(batch, now)
+
+    monkeypatch.setattr(store, "_put_many", hung)
+    try:
+        started = time.monotonic()
+        first = store.submit(record("resp_1"))
+        await asyncio.sleep(0)
+        second = store.submit(record("resp_2"))  # the next batch, behind the hung one
+        with pytest.raises(StoreUnavailable, match=f"did not answer within {TIMEOUT:g}s"):
+            await first
+        with pytest.raises(StoreUnavailable, match=f"did not answer within {TIMEOUT:g}s"):
+            await second
+        assert time.monotonic() - started < TIMEOUT * 3
+        monkeypatch.setattr(store, "_put_many", real)
+        release.set()
+        await store.put(record("resp_3"))
+        assert (await store.get("resp_3", "owner-a")).id == "resp_3"
+    finally:
+        release.set()
+        await store.close()
+
+
+async def test_a_closed_sqlite_store_refuses_a_put_at_once(tmp_path):
+    store = await open_store(f"sqlite:///{tmp_path}/r.db", ttl_s=60, max_bytes=1 << 20, timeout_s=TIMEOUT)
+    await store.close()
+    with pytest.raises(StoreUnavailable, match="the response store is unavailable: toolgate-store is stopped"):
+        await store.put(record())
