@@ -25,7 +25,7 @@ from starlette.routing import Route
 from gateway import logs, metrics
 from gateway.errors import InvalidRequest, ModelNotFound, Overloaded, UpstreamError
 from gateway.events import Event, Final, Opening, RoundUsage
-from gateway.pump import Timing, pump
+from gateway.pump import Timing, client_left, pump
 from gateway.redact import SECRETS
 from gateway.routes import Pinned, Runtime, _read_body, forwarded_key, reject
 from gateway.transports import Reply
@@ -110,7 +110,7 @@ async def _serve(rt: Runtime, scope: dict[str, Any], receive: Any, send: Any, st
     rt.in_flight += 1
     metrics.IN_FLIGHT.inc()
     try:
-        outcome = await pump(send, receive, events, _Body(), Timing(deadline_s=server.request_timeout_s, secrets=(client_auth,) if client_auth else ()))
+        outcome = await pump(send, receive, events, _Body(), Timing(deadline_s=server.request_timeout_s, secrets=(client_auth,) if client_auth else (), left=client_left(scope)))
     finally:
         rt.in_flight -= 1
         metrics.IN_FLIGHT.dec()

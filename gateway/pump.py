@@ -13,7 +13,9 @@ owns the rest:
   channel (never on the loop) for `keepalive_s` sends one (one timer per
   stream watches that wait: no timer per event);
 - liveness: the client leaving, the loop dying of anything, and the server
-  shutting down each end the request in one known way (`Outcome.ended`);
+  shutting down each end the request in one known way (`Outcome.ended`); the
+  gateway's own server says when a client's connection is lost (`ClientLeft`,
+  no task per request), any other ASGI server through `receive()`;
 - error envelopes: before the status line, the error is the response; after
   it, the renderer's error event, then the end of the stream.
 """
@@ -37,7 +39,8 @@ log = logging.getLogger("toolgate")
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 
-# A request this quick never needs the disconnect watcher: its task is created only after this.
+# Under a server without `ClientLeft`, a request this quick never needs the disconnect watcher:
+# its task is created only after this.
 WATCH_AFTER_S = 0.05
 # Writing the last error event of a stream that is being ended, at most.
 LAST_SEND_S = 2.0
@@ -64,11 +67,32 @@ class Renderer(Protocol):
         """A streamed renderer's error event (around the OpenAI error body) and end of stream."""
 
 
+class ClientLeft:
+    """A server's word that a client's connection is lost, as the ASGI scope extension
+    `CLIENT_LEFT`: the server calls `callback` (set by the request being served, None
+    between requests) from its `connection_lost`. The gateway's server gives one per
+    connection; under any other server the pump reads `http.disconnect` from `receive()`."""
+
+    __slots__ = ("callback",)
+
+    def __init__(self) -> None:
+        self.callback: Callable[[], None] | None = None
+
+
+CLIENT_LEFT = "toolgate.client_left"
+
+
+def client_left(scope: dict[str, Any]) -> ClientLeft | None:
+    extensions = scope.get("extensions")
+    return extensions.get(CLIENT_LEFT) if extensions else None
+
+
 @dataclass(slots=True)
 class Timing:
     deadline_s: float
     keepalive_s: float = 15.0
     secrets: tuple[str, ...] = ()  # this request's own (a forwarded client key), masked in errors
+    left: ClientLeft | None = None  # the server's, when it has one (see ClientLeft)
 
 
 Ended = Literal["complete", "error", "client_left", "deadline", "shutdown"]
@@ -129,6 +153,9 @@ class _Pump:
     def expire(self) -> None:
         self.interrupt("deadline")
 
+    def _client_left(self) -> None:
+        self.interrupt("client_left")
+
     def _start_watching(self) -> None:
         self.timer = None  # fired: the handle is not kept for the rest of the stream
         self.watcher = asyncio.ensure_future(self.watch())
@@ -137,14 +164,18 @@ class _Pump:
         while (await self.receive())["type"] != "http.disconnect":
             pass
         # After the last byte, uvicorn reports every receive() as a disconnect: not a client leaving.
-        self.interrupt("client_left")
+        self._client_left()
 
     async def run(self, work: Awaitable[None]) -> Outcome:
         """`work` under the deadline, the client leaving and the shutdown: each interrupts the
         task the same way (a timer or a callback, `interrupt`), and ends the request its own way."""
         outcome = self.outcome
         loop = asyncio.get_running_loop()
-        self.timer = loop.call_later(WATCH_AFTER_S, self._start_watching)
+        left = self.timing.left
+        if left is not None:
+            left.callback = self._client_left
+        else:
+            self.timer = loop.call_later(WATCH_AFTER_S, self._start_watching)
         self.deadline_at = loop.time() + self.timing.deadline_s
         self.deadline = loop.call_at(self.deadline_at, self.expire)
         interrupt = drain.track(self._shutdown)
@@ -170,6 +201,8 @@ class _Pump:
         finally:
             drain.untrack(interrupt)
             self.done = True
+            if left is not None:
+                left.callback = None
             if self.timer is not None:
                 self.timer.cancel()
             if self.deadline is not None:

@@ -22,7 +22,7 @@ from gateway.config import ModelAlias, Settings, Upstream
 from gateway.errors import BodyTimeout, ClientGone, InvalidRequest, ModelNotFound, Overloaded, RequestTooLarge, error_json
 from gateway.events import Delta, Event, Opening
 from gateway.loop import LoopJob, run_loop
-from gateway.pump import Outcome, Renderer, Timing, pump
+from gateway.pump import Outcome, Renderer, Timing, client_left, pump
 from gateway.redact import SECRETS
 from gateway.tools.toolbox import Offer, Toolbox
 from gateway.upstream import Reachability, UpstreamClient
@@ -127,7 +127,7 @@ class Runtime:
         if self.in_flight >= server.max_concurrency:
             await reject(send, Overloaded("The gateway is at its concurrency limit; retry shortly.", headers={"retry-after": "1"}), scope, started, model=model, **fields)
             return None
-        timing = Timing(deadline_s=server.request_timeout_s, keepalive_s=server.keepalive_s, secrets=(job.client_auth,) if job.client_auth else ())
+        timing = Timing(deadline_s=server.request_timeout_s, keepalive_s=server.keepalive_s, secrets=(job.client_auth,) if job.client_auth else (), left=client_left(scope))
         self.in_flight += 1
         metrics.IN_FLIGHT.inc()
         if renderer.streaming:

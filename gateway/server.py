@@ -41,6 +41,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from gateway import drain, heap, logs, metrics
 from gateway.config import Settings
 from gateway.errors import error_body
+from gateway.pump import CLIENT_LEFT, ClientLeft
 from gateway.reload import reload_all
 
 log = logging.getLogger("toolgate")
@@ -81,7 +82,7 @@ class GuardedHttp(HttpToolsProtocol):
 
     # uvicorn's protocol has 28 attributes; six more in its __dict__ would pass CPython's
     # 30 shared keys and give every connection a dict of its own (~1.5 KiB).
-    __slots__ = ("_limits", "_head_bytes", "_head_fields", "_head_timer", "_stall_timer", "_got_bytes")
+    __slots__ = ("_limits", "_head_bytes", "_head_fields", "_head_timer", "_stall_timer", "_got_bytes", "_left")
 
     def __init__(self, config: uvicorn.Config, *args: Any, **kwargs: Any) -> None:
         super().__init__(config, *args, **kwargs)
@@ -91,6 +92,7 @@ class GuardedHttp(HttpToolsProtocol):
         self._head_timer: asyncio.TimerHandle | None = None
         self._stall_timer: asyncio.TimerHandle | None = None
         self._got_bytes = False
+        self._left = ClientLeft()  # the request being served hears of a lost connection here
 
     @property
     def _refused(self) -> bool:
@@ -104,6 +106,9 @@ class GuardedHttp(HttpToolsProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_timers()
         super().connection_lost(exc)
+        callback = self._left.callback
+        if callback is not None and self.cycle is not None and not self.cycle.response_complete:
+            callback()
 
     def data_received(self, data: bytes) -> None:
         if self._refused:
@@ -117,6 +122,7 @@ class GuardedHttp(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
+        self.scope["extensions"] = {CLIENT_LEFT: self._left}  # type: ignore[dict-item]  # ASGI types extensions as dicts
         if self._head_bytes < 0:
             self._start_head()
 

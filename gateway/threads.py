@@ -85,15 +85,14 @@ class Threads:
         while (job := self._jobs.get()) is not _STOP:
             func, args, target, loop = job
             try:
-                waiter = isinstance(target, asyncio.Future)
-                if waiter and target.cancelled():
+                if isinstance(target, asyncio.Future) and target.cancelled():
                     continue
                 try:
                     result, error = func(*args), None
                 except BaseException as exc:  # handed to the awaiting task, which decides
                     result, error = None, exc
                 try:
-                    if waiter:
+                    if isinstance(target, asyncio.Future):
                         loop.call_soon_threadsafe(settle, target, result, error)
                     else:
                         loop.call_soon_threadsafe(target, result, error)

@@ -12,7 +12,7 @@ from gateway import drain, pump as pump_module
 from gateway.chat_render import ChatJSON, ChatSSE, ChatView
 from gateway.errors import UpstreamError
 from gateway.events import Delta, Final, RoundUsage, ToolFinished, ToolStarted
-from gateway.pump import Timing, pump
+from gateway.pump import ClientLeft, Timing, pump
 from tests.support import sse_events
 
 
@@ -113,6 +113,33 @@ async def test_usage_survives_the_client_leaving():
 
     outcome = await pump(client.send, client.receive, events(RoundUsage(1, usage), leave), renderers(True), Timing(30))
     assert (outcome.status, outcome.ended, outcome.usage) == (499, "client_left", usage)
+
+
+@pytest.mark.parametrize("stream", [True, False])
+async def test_a_server_that_says_when_the_client_left_ends_the_request_without_a_watcher(stream):
+    """The gateway's own server calls the request's ClientLeft callback from connection_lost:
+    the request ends as the client leaving at once, and no task reads `receive()` meanwhile."""
+    client, left = Client(), ClientLeft()
+    tasks = set()
+
+    async def leave():
+        await asyncio.sleep(0.15)  # past the point where a watcher would start without the hook
+        tasks.update(t for t in asyncio.all_tasks() if not t.done())
+        assert left.callback is not None
+        left.callback()  # what GuardedHttp.connection_lost does
+        await asyncio.sleep(10)
+
+    outcome = await pump(client.send, client.receive, events(RoundUsage(1, None), leave), renderers(stream), Timing(30, left=left))
+    assert (outcome.status, outcome.ended) == (499, "client_left")
+    assert not [t for t in tasks if t.get_coro().__qualname__ == "_Pump.watch"]  # no disconnect watcher ran
+    assert left.callback is None  # the connection's next request sets its own
+
+
+async def test_a_lost_connection_after_the_response_is_not_a_disconnect():
+    client, left = Client(), ClientLeft()
+    outcome = await pump(client.send, client.receive, events(Delta("hi"), final()), renderers(True), Timing(30, left=left))
+    assert (outcome.status, outcome.ended) == (200, "complete")
+    assert left.callback is None  # a connection lost from now on reaches no finished request
 
 
 async def test_cancelled_error_raised_inside_the_loop_ends_the_stream():

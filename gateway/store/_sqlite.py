@@ -126,14 +126,13 @@ class SqliteStore:
         except Busy as exc:
             self._landed(batch, None, exc)
 
-    def _landed(self, batch: list[tuple[Stored, asyncio.Future[None]]], failures: list[Exception | None] | None, error: BaseException | None) -> None:
+    def _landed(self, batch: list[tuple[Stored, asyncio.Future[None]]], failures: list[BaseException | None] | None, error: BaseException | None) -> None:
         if self._writing is batch:
             self._writing = None
             if self._overdue is not None:
                 self._overdue.cancel()
         if error is not None:
-            failure = self._failure(error)
-            failures = [failure] * len(batch)
+            failures = [self._failure(error)] * len(batch)
         assert failures is not None
         for (_, done), failure in zip(batch, failures):
             settle(done, None, failure)
