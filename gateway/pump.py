@@ -171,9 +171,9 @@ class _Pump:
         task the same way (a timer or a callback, `interrupt`), and ends the request its own way."""
         outcome = self.outcome
         loop = asyncio.get_running_loop()
-        left = self.timing.left
+        left, mine = self.timing.left, self._client_left
         if left is not None:
-            left.callback = self._client_left
+            left.callback = mine
         else:
             self.timer = loop.call_later(WATCH_AFTER_S, self._start_watching)
         self.deadline_at = loop.time() + self.timing.deadline_s
@@ -201,8 +201,8 @@ class _Pump:
         finally:
             drain.untrack(interrupt)
             self.done = True
-            if left is not None:
-                left.callback = None
+            if left is not None and left.callback == mine:
+                left.callback = None  # (a pipelined request on the connection may have set its own)
             if self.timer is not None:
                 self.timer.cancel()
             if self.deadline is not None:
