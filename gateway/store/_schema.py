@@ -63,6 +63,34 @@ MIGRATIONS: list[list[str]] = [
             FROM responses r, json_each(CAST(r.response AS TEXT), '$.output') o
             WHERE json_extract(o.value, '$.id') IS NOT NULL""",
     ],
+    # 4: fewer b-trees per write. A response's input items move into its row, as one JSON
+    # array in input order (a page is cut from it on the store's thread: a request holds at
+    # most max_messages items), and one table of item ids replaces `items` and `outputs`
+    # for `item_reference`: place >= 0 is an input item's index, < 0 an output item's
+    # (-1 - index). An id held twice in one response keeps one row: its first output
+    # place, else its first input place. `bytes` becomes the response's JSON plus the
+    # array's, as a write counts it from now on, and the total is summed again.
+    # (CAST: the blobs are JSON text; a newer SQLite would read a BLOB as JSONB.)
+    [
+        "ALTER TABLE responses ADD COLUMN input BLOB NOT NULL DEFAULT x'5b5d'",
+        """UPDATE responses SET input = (SELECT CAST(json_group_array(json(CAST(item AS TEXT))) AS BLOB)
+            FROM (SELECT item FROM items WHERE response_id = responses.id ORDER BY seq))""",
+        "UPDATE responses SET bytes = length(response) + length(input)",
+        "UPDATE totals SET bytes = (SELECT coalesce(sum(bytes), 0) FROM responses)",
+        """CREATE TABLE item_ids (
+            item_id TEXT NOT NULL,
+            response_id TEXT NOT NULL REFERENCES responses (id) ON DELETE CASCADE,
+            place INTEGER NOT NULL,
+            PRIMARY KEY (item_id, response_id)
+        ) WITHOUT ROWID""",
+        "CREATE INDEX item_ids_by_response ON item_ids (response_id)",
+        """INSERT OR IGNORE INTO item_ids (item_id, response_id, place)
+            SELECT item_id, response_id, -1 - idx FROM outputs ORDER BY response_id, idx""",
+        """INSERT OR IGNORE INTO item_ids (item_id, response_id, place)
+            SELECT item_id, response_id, seq FROM items ORDER BY response_id, seq""",
+        "DROP TABLE outputs",
+        "DROP TABLE items",
+    ],
 ]
 
 

@@ -40,36 +40,50 @@ from gateway.threads import Busy, Threads, settle
 T = TypeVar("T")
 
 _INSERT_NEW = (
-    "INSERT INTO responses (id, owner, created_at, expires_at, response, bytes) VALUES (?, ?, ?, ?, ?, ?)"
+    "INSERT INTO responses (id, owner, created_at, expires_at, response, input, bytes) VALUES (?, ?, ?, ?, ?, ?, ?)"
     " ON CONFLICT (id) DO NOTHING"
 )
-# Multi-row inserts: (the statement up to VALUES, its trailer, columns per row).
-_RESPONSES = ("INSERT INTO responses (id, owner, created_at, expires_at, response, bytes) VALUES ", " ON CONFLICT (id) DO NOTHING", 6)
-_ITEMS = ("INSERT INTO items (response_id, seq, item_id, item) VALUES ", "", 4)
-_OUTPUTS = ("INSERT INTO outputs (response_id, idx, item_id) VALUES ", "", 3)
+# Multi-row inserts: (the statement up to VALUES, its trailer, columns per row). An item id
+# held twice by one response keeps its first row, and a record's outputs go first.
+_RESPONSES = ("INSERT INTO responses (id, owner, created_at, expires_at, response, input, bytes) VALUES ", " ON CONFLICT (id) DO NOTHING", 7)
+_ITEM_IDS = ("INSERT INTO item_ids (item_id, response_id, place) VALUES ", " ON CONFLICT DO NOTHING", 3)
 CHUNK_ROWS = 32  # rows per statement at most: 32 statement sizes per table, all in the statement cache
 _SQL: dict[tuple[str, int], str] = {}
 
 
-def _insert(db: sqlite3.Connection, table: tuple[str, str, int], values: list[Any]) -> None:
+def _insert(db: sqlite3.Connection, table: tuple[str, str, int], values: list[Any]) -> int:
+    """Insert the rows flattened in `values`; the number that went in."""
     head, tail, width = table
     step = CHUNK_ROWS * width
+    added = 0
     for at in range(0, len(values), step):
         chunk = values[at : at + step]
         rows = len(chunk) // width
         sql = _SQL.get((head, rows))
         if sql is None:
             sql = _SQL[(head, rows)] = head + ",".join(["(" + ",".join("?" * width) + ")"] * rows) + tail
-        db.execute(sql, chunk)
+        added += db.execute(sql, chunk).rowcount
+    return added
+
+
+def _places(stored: Stored, encoded: Encoded) -> list[Any]:
+    """A record's item_ids rows, flattened: its output items, then its input items."""
+    rows: list[Any] = []
+    for idx, item_id in enumerate(encoded.outputs):
+        if item_id:
+            rows += (item_id, stored.id, -1 - idx)
+    for seq, item_id in enumerate(encoded.item_ids):
+        rows += (item_id, stored.id, seq)
+    return rows
+
+
+class _StoredAgain(Exception):
+    """A batch holds an id the database has already: it goes record by record, replacing."""
 
 
 MAX_WAITING = 1024  # puts waiting for the next batch; past it, StoreUnavailable
 
-# Per order: the comparison past `after`, the direction, and the bound when no `after`.
-_PAGES = {
-    "asc": ("seq > ?", "ASC", -1),
-    "desc": ("seq < ?", "DESC", 1 << 62),
-}
+PURGE_EVERY_S = 1.0  # the expiry purge runs at most this often per store (expired rows are invisible at once)
 
 
 class SqliteStore:
@@ -82,6 +96,7 @@ class SqliteStore:
         self._conn: sqlite3.Connection | None = None  # touched only on self._thread
         self._waiting: list[tuple[Stored, asyncio.Future[None]]] = []  # puts for the next batch
         self._writer: asyncio.Task[None] | None = None  # writing batches while puts wait
+        self._purged_at = float("-inf")  # touched only on self._thread
 
     @classmethod
     async def open(cls, path: str, *, ttl_s: float, max_bytes: int, timeout_s: float = 5.0) -> SqliteStore:
@@ -195,13 +210,14 @@ class SqliteStore:
             except (ValueError, TooLargeToStore) as exc:
                 failures.append(exc)
         try:
-            # The usual case in one go; only when the database refuses something does
-            # each record get a savepoint of its own, so that one fails alone.
+            # The usual case in one go; only when the database refuses something, or an
+            # id is there already, does each record get a savepoint of its own, so that
+            # one fails alone (and one stored again replaces the old).
             with self._transaction("BEGIN IMMEDIATE") as db:
                 self._put_all(db, encoded, now)
-                self._clean(db, now, keep={stored.id for stored in batch})
+                self._clean(db, now, batch)
             return failures
-        except sqlite3.IntegrityError:
+        except (sqlite3.IntegrityError, _StoredAgain):
             pass
         except sqlite3.DatabaseError as exc:
             if len(encoded) == 1 or "locked" in str(exc) or "busy" in str(exc):
@@ -216,43 +232,45 @@ class SqliteStore:
                     db.execute("ROLLBACK TO one")
                     failures[place] = StoreUnavailable(f"the response store failed: {exc}")
                 db.execute("RELEASE one")
-            self._clean(db, now, keep={stored.id for stored in batch})
+            self._clean(db, now, batch)
         return failures
 
     def _put_all(self, db: sqlite3.Connection, encoded: list[tuple[Stored, Encoded]], now: float) -> None:
         """A batch in a few statements: one step per table per CHUNK_ROWS rows, not one per row."""
-        db.execute("DELETE FROM responses WHERE id IN (SELECT value FROM json_each(?))", (orjson.dumps([s.id for s, _ in encoded]),))
         expires = now + self.ttl_s
-        _insert(db, _RESPONSES, [v for s, e in encoded for v in (s.id, s.owner, s.created_at, expires, e.response, e.size)])
-        _insert(db, _ITEMS, [v for s, e in encoded for seq, (item_id, blob) in enumerate(e.items) for v in (s.id, seq, item_id, blob)])
-        _insert(db, _OUTPUTS, [v for s, e in encoded for idx, item_id in enumerate(e.outputs) if item_id for v in (s.id, idx, item_id)])
+        rows: list[Any] = []
+        places: list[Any] = []
+        for s, e in encoded:
+            rows += (s.id, s.owner, s.created_at, expires, e.response, e.input, e.size)
+            places += _places(s, e)
+        if _insert(db, _RESPONSES, rows) < len(encoded):
+            raise _StoredAgain  # rare: a put resubmitted after its wait was cancelled
+        _insert(db, _ITEM_IDS, places)
 
     def _put(self, db: sqlite3.Connection, stored: Stored, encoded: Encoded, now: float) -> None:
-        row = (stored.id, stored.owner, stored.created_at, now + self.ttl_s, encoded.response, encoded.size)
+        row = (stored.id, stored.owner, stored.created_at, now + self.ttl_s, encoded.response, encoded.input, encoded.size)
         # A new id (the usual case) inserts at once; an old one is deleted first, since
         # REPLACE would skip the delete trigger that keeps the total, and its rows' cascade.
         if not db.execute(_INSERT_NEW, row).rowcount:
             db.execute("DELETE FROM responses WHERE id = ?", (stored.id,))
             db.execute(_INSERT_NEW, row)
-        db.executemany(
-            "INSERT INTO items (response_id, seq, item_id, item) VALUES (?, ?, ?, ?)",
-            ((stored.id, seq, item_id, blob) for seq, (item_id, blob) in enumerate(encoded.items)),
-        )
-        db.executemany(
-            "INSERT INTO outputs (response_id, idx, item_id) VALUES (?, ?, ?)",
-            ((stored.id, idx, item_id) for idx, item_id in enumerate(encoded.outputs) if item_id),
-        )
+        _insert(db, _ITEM_IDS, _places(stored, encoded))
 
-    def _clean(self, db: sqlite3.Connection, now: float, keep: set[str]) -> None:
-        db.execute(
-            "DELETE FROM responses WHERE rowid IN"
-            " (SELECT rowid FROM responses WHERE expires_at <= ? ORDER BY expires_at LIMIT ?)",
-            (now, CLEANUP_BATCH),
-        )
+    def _clean(self, db: sqlite3.Connection, now: float, batch: list[Stored]) -> None:
+        if now - self._purged_at >= PURGE_EVERY_S:
+            db.execute(
+                "DELETE FROM responses WHERE rowid IN"
+                " (SELECT rowid FROM responses WHERE expires_at <= ? ORDER BY expires_at LIMIT ?)",
+                (now, CLEANUP_BATCH),
+            )
+            self._purged_at = now
+        keep: set[str] | None = None
         for _ in range(CLEANUP_BATCH):
             (total,) = db.execute("SELECT bytes FROM totals").fetchone()
             if total <= self.max_bytes:
                 return
+            if keep is None:
+                keep = {stored.id for stored in batch}
             victims = db.execute(
                 "SELECT rowid, id FROM responses ORDER BY expires_at LIMIT ?", (len(keep) + 1,)
             ).fetchall()
@@ -262,56 +280,49 @@ class SqliteStore:
             db.execute("DELETE FROM responses WHERE rowid = ?", (victim,))
 
     def _get(self, response_id: str, owner: str, now: float) -> Stored | None:
-        with self._transaction("BEGIN") as db:
-            row = db.execute(
-                "SELECT created_at, response FROM responses WHERE id = ? AND owner = ? AND expires_at > ?",
-                (response_id, owner, now),
-            ).fetchone()
-            if row is None:
-                return None
-            items = db.execute("SELECT item FROM items WHERE response_id = ? ORDER BY seq", (response_id,)).fetchall()
-        return Stored(response_id, owner, orjson.loads(row[1]), [orjson.loads(blob) for (blob,) in items], row[0])
+        row = self._conn_or_closed().execute(
+            "SELECT created_at, response, input FROM responses WHERE id = ? AND owner = ? AND expires_at > ?",
+            (response_id, owner, now),
+        ).fetchone()
+        if row is None:
+            return None
+        return Stored(response_id, owner, orjson.loads(row[1]), orjson.loads(row[2]), row[0])
 
     def _find_item(self, item_id: str, owner: str, now: float) -> dict[str, Any] | None:
-        with self._transaction("BEGIN") as db:
-            row = db.execute(
-                "SELECT r.created_at, i.item FROM items i JOIN responses r ON r.id = i.response_id"
-                " WHERE i.item_id = ? AND r.owner = ? AND r.expires_at > ? ORDER BY r.created_at DESC LIMIT 1",
-                (item_id, owner, now),
-            ).fetchone()
-            out = db.execute(
-                "SELECT r.created_at, r.response, o.idx FROM outputs o JOIN responses r ON r.id = o.response_id"
-                " WHERE o.item_id = ? AND r.owner = ? AND r.expires_at > ? ORDER BY r.created_at DESC LIMIT 1",
-                (item_id, owner, now),
-            ).fetchone()
-        if out is not None and (row is None or out[0] >= row[0]):
-            output = orjson.loads(out[1]).get("output") or []
-            return output[out[2]] if out[2] < len(output) else None
-        return orjson.loads(row[1]) if row is not None else None
+        # The newest response holding it; within one, an output item before an input item.
+        row = self._conn_or_closed().execute(
+            "SELECT i.place, CASE WHEN i.place < 0 THEN r.response ELSE r.input END"
+            " FROM item_ids i JOIN responses r ON r.id = i.response_id"
+            " WHERE i.item_id = ? AND r.owner = ? AND r.expires_at > ? ORDER BY r.created_at DESC, i.place LIMIT 1",
+            (item_id, owner, now),
+        ).fetchone()
+        if row is None:
+            return None
+        place, blob = row
+        if place < 0:
+            place, items = -1 - place, orjson.loads(blob).get("output") or []
+        else:
+            items = orjson.loads(blob)
+        return items[place] if place < len(items) else None
 
     def _page(
         self, response_id: str, owner: str, after: str | None, limit: int, order: str, now: float
     ) -> tuple[list[dict[str, Any]], bool] | None:
-        past, direction, bound = _PAGES[order]
-        with self._transaction("BEGIN") as db:
-            live = db.execute(
-                "SELECT 1 FROM responses WHERE id = ? AND owner = ? AND expires_at > ?", (response_id, owner, now)
-            ).fetchone()
-            if live is None:
-                return None
-            if after is not None:
-                row = db.execute(
-                    "SELECT seq FROM items WHERE response_id = ? AND item_id = ? ORDER BY seq LIMIT 1",
-                    (response_id, after),
-                ).fetchone()
-                if row is None:
-                    return [], False
-                bound = row[0]
-            rows = db.execute(
-                f"SELECT item FROM items WHERE response_id = ? AND {past} ORDER BY seq {direction} LIMIT ?",
-                (response_id, bound, limit + 1),
-            ).fetchall()
-        return [orjson.loads(blob) for (blob,) in rows[:limit]], len(rows) > limit
+        row = self._conn_or_closed().execute(
+            "SELECT input FROM responses WHERE id = ? AND owner = ? AND expires_at > ?", (response_id, owner, now)
+        ).fetchone()
+        if row is None:
+            return None
+        items: list[dict[str, Any]] = orjson.loads(row[0])
+        # `after` is the first item with that id (an unknown one gives an empty page).
+        at = next((n for n, item in enumerate(items) if item.get("id") == after), None) if after is not None else None
+        if after is not None and at is None:
+            return [], False
+        if order == "asc":
+            start = 0 if at is None else at + 1
+            return items[start : start + limit], start + limit < len(items)
+        end = len(items) if at is None else at
+        return items[max(end - limit, 0) : end][::-1], end > limit
 
     def _delete(self, response_id: str, owner: str, now: float) -> bool:
         # An expired row stays for the purge: to its owner it is already gone.
@@ -321,11 +332,14 @@ class SqliteStore:
             )
         return cursor.rowcount > 0
 
+    def _conn_or_closed(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise sqlite3.ProgrammingError("the response store is closed")
+        return self._conn
+
     @contextmanager
     def _transaction(self, begin: str) -> Iterator[sqlite3.Connection]:
-        db = self._conn
-        if db is None:
-            raise sqlite3.ProgrammingError("the response store is closed")
+        db = self._conn_or_closed()
         db.execute(begin)
         try:
             yield db
