@@ -43,6 +43,8 @@ _INSERT_NEW = (
     "INSERT INTO responses (id, owner, created_at, expires_at, response, input, bytes) VALUES (?, ?, ?, ?, ?, ?, ?)"
     " ON CONFLICT (id) DO NOTHING"
 )
+# The total's trigger subtracts what a delete takes; a write adds its own, once per batch.
+_ADD_TO_TOTAL = "UPDATE totals SET bytes = bytes + ?"
 # Multi-row inserts: (the statement up to VALUES, its trailer, columns per row). An item id
 # held twice by one response keeps its first row, and a record's outputs go first.
 _RESPONSES = ("INSERT INTO responses (id, owner, created_at, expires_at, response, input, bytes) VALUES ", " ON CONFLICT (id) DO NOTHING", 7)
@@ -240,21 +242,25 @@ class SqliteStore:
         expires = now + self.ttl_s
         rows: list[Any] = []
         places: list[Any] = []
+        added = 0
         for s, e in encoded:
-            rows += (s.id, s.owner, s.created_at, expires, e.response, e.input, e.size)
+            rows += (s.id, s.owner, s.created_at, expires, bytearray(e.response), bytearray(e.input), e.size)
             places += _places(s, e)
+            added += e.size
         if _insert(db, _RESPONSES, rows) < len(encoded):
             raise _StoredAgain  # rare: a put resubmitted after its wait was cancelled
         _insert(db, _ITEM_IDS, places)
+        db.execute(_ADD_TO_TOTAL, (added,))
 
     def _put(self, db: sqlite3.Connection, stored: Stored, encoded: Encoded, now: float) -> None:
-        row = (stored.id, stored.owner, stored.created_at, now + self.ttl_s, encoded.response, encoded.input, encoded.size)
+        row = (stored.id, stored.owner, stored.created_at, now + self.ttl_s, bytearray(encoded.response), bytearray(encoded.input), encoded.size)
         # A new id (the usual case) inserts at once; an old one is deleted first, since
         # REPLACE would skip the delete trigger that keeps the total, and its rows' cascade.
         if not db.execute(_INSERT_NEW, row).rowcount:
             db.execute("DELETE FROM responses WHERE id = ?", (stored.id,))
             db.execute(_INSERT_NEW, row)
         _insert(db, _ITEM_IDS, _places(stored, encoded))
+        db.execute(_ADD_TO_TOTAL, (encoded.size,))
 
     def _clean(self, db: sqlite3.Connection, now: float, batch: list[Stored]) -> None:
         if now - self._purged_at >= PURGE_EVERY_S:
