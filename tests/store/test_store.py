@@ -434,6 +434,38 @@ async def test_a_write_failing_midway_changes_nothing(tmp_path):
         await store.close()
 
 
+async def test_sqlite_item_ids_go_with_their_responses(tmp_path):
+    """Every way a response leaves (eviction, replacement, delete, expiry) takes its item ids."""
+    path = tmp_path / "r.db"
+    url = f"sqlite:///{path}"
+    size = encode(with_output(record("resp_0"), "out_0"), 1 << 20).size
+    store = await open_store(url, ttl_s=60, max_bytes=3 * size + size // 2, timeout_s=TIMEOUT)
+
+    def item_ids() -> dict[str, int]:
+        with sqlite3.connect(path) as db:
+            rows = db.execute("SELECT response_id, count(*) FROM item_ids GROUP BY response_id").fetchall()
+        db.close()
+        return dict(rows)
+
+    try:
+        for n in range(5):
+            await store.put(with_output(record(f"resp_{n}"), f"out_{n}"))
+        assert item_ids() == {"resp_2": 4, "resp_3": 4, "resp_4": 4}  # 3 input items and 1 output item each
+        await store.put(with_output(record("resp_4", items=1), "out_4"))
+        assert await store.delete("resp_3", "owner-a")
+        assert item_ids() == {"resp_2": 4, "resp_4": 2}
+        brief = await open_store(url, ttl_s=0.05, max_bytes=1 << 20, timeout_s=TIMEOUT)
+        await brief.put(with_output(record("resp_5"), "out_5"))
+        await brief.close()
+        await asyncio.sleep(0.1)
+        later = await open_store(url, ttl_s=60, max_bytes=1 << 20, timeout_s=TIMEOUT)
+        await later.put(with_output(record("resp_6"), "out_6"))  # a store's first write purges
+        await later.close()
+        assert item_ids() == {"resp_2": 4, "resp_4": 2, "resp_6": 4}
+    finally:
+        await store.close()
+
+
 async def test_a_closed_sqlite_store_refuses_at_once(tmp_path):
     store = await open_store(f"sqlite:///{tmp_path}/r.db", ttl_s=60, max_bytes=1 << 20, timeout_s=TIMEOUT)
     await store.close()
