@@ -46,7 +46,7 @@ _INSERT_NEW = (
 # The total's trigger subtracts what a delete takes; a write adds its own, once per batch.
 _ADD_TO_TOTAL = "UPDATE totals SET bytes = bytes + ?"
 # Multi-row inserts: (the statement up to VALUES, its trailer, columns per row). An item id
-# held twice by one response keeps its first row, and a record's outputs go first.
+# held twice by one response keeps its first row, and a record's output items come first.
 _RESPONSES = ("INSERT INTO responses (id, owner, created_at, expires_at, response, input, bytes) VALUES ", " ON CONFLICT (id) DO NOTHING", 7)
 _ITEM_IDS = ("INSERT INTO item_ids (item_id, response_id, place) VALUES ", " ON CONFLICT DO NOTHING", 3)
 CHUNK_ROWS = 32  # rows per statement at most: 32 statement sizes per table, all in the statement cache
@@ -66,17 +66,6 @@ def _insert(db: sqlite3.Connection, table: tuple[str, str, int], values: list[An
             sql = _SQL[(head, rows)] = head + ",".join(["(" + ",".join("?" * width) + ")"] * rows) + tail
         added += db.execute(sql, chunk).rowcount
     return added
-
-
-def _places(stored: Stored, encoded: Encoded) -> list[Any]:
-    """A record's item_ids rows, flattened: its output items, then its input items."""
-    rows: list[Any] = []
-    for idx, item_id in enumerate(encoded.outputs):
-        if item_id:
-            rows += (item_id, stored.id, -1 - idx)
-    for seq, item_id in enumerate(encoded.item_ids):
-        rows += (item_id, stored.id, seq)
-    return rows
 
 
 class _StoredAgain(Exception):
@@ -246,8 +235,10 @@ class SqliteStore:
         places: list[Any] = []
         added = 0
         for s, e in encoded:
-            rows += (s.id, s.owner, s.created_at, expires, bytearray(e.response), bytearray(e.input), e.size)
-            places += _places(s, e)
+            response_id = s.id
+            rows += (response_id, s.owner, s.created_at, expires, bytearray(e.response), bytearray(e.input), e.size)
+            for item_id, place in e.places:
+                places += (item_id, response_id, place)
             added += e.size
         if _insert(db, _RESPONSES, rows) < len(encoded):
             raise _StoredAgain  # rare: a put resubmitted after its wait was cancelled
@@ -261,7 +252,7 @@ class SqliteStore:
         if not db.execute(_INSERT_NEW, row).rowcount:
             db.execute("DELETE FROM responses WHERE id = ?", (stored.id,))
             db.execute(_INSERT_NEW, row)
-        _insert(db, _ITEM_IDS, _places(stored, encoded))
+        _insert(db, _ITEM_IDS, [v for item_id, place in encoded.places for v in (item_id, stored.id, place)])
         db.execute(_ADD_TO_TOTAL, (encoded.size,))
 
     def _clean(self, db: sqlite3.Connection, now: float, batch: list[Stored]) -> None:
