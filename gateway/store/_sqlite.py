@@ -43,7 +43,9 @@ _INSERT_NEW = (
     "INSERT INTO responses (id, owner, created_at, expires_at, response, input, bytes) VALUES (?, ?, ?, ?, ?, ?, ?)"
     " ON CONFLICT (id) DO NOTHING"
 )
-# The total's trigger subtracts what a delete takes; a write adds its own, once per batch.
+# The total's trigger subtracts what a delete takes; a write adds its own, once per batch,
+# and learns from the same statement whether the cap holds (it updated a row) or not.
+_ADD_UNDER_CAP = "UPDATE totals SET bytes = bytes + ?1 WHERE bytes + ?1 <= ?2"
 _ADD_TO_TOTAL = "UPDATE totals SET bytes = bytes + ?"
 # Multi-row inserts: (the statement up to VALUES, its trailer, columns per row). An item id
 # held twice by one response keeps its first row, and a record's output items come first.
@@ -207,8 +209,8 @@ class SqliteStore:
             # id is there already, does each record get a savepoint of its own, so that
             # one fails alone (and one stored again replaces the old).
             with self._transaction("BEGIN IMMEDIATE") as db:
-                self._put_all(db, encoded, now)
-                self._clean(db, now, batch)
+                over_cap = self._put_all(db, encoded, now)
+                self._clean(db, now, batch, over_cap)
             return failures
         except (sqlite3.IntegrityError, _StoredAgain):
             pass
@@ -228,8 +230,9 @@ class SqliteStore:
             self._clean(db, now, batch)
         return failures
 
-    def _put_all(self, db: sqlite3.Connection, encoded: list[tuple[Stored, Encoded]], now: float) -> None:
-        """A batch in a few statements: one step per table per CHUNK_ROWS rows, not one per row."""
+    def _put_all(self, db: sqlite3.Connection, encoded: list[tuple[Stored, Encoded]], now: float) -> bool:
+        """A batch in a few statements: one step per table per CHUNK_ROWS rows, not one per row.
+        True when the total is past the cap."""
         expires = now + self.ttl_s
         rows: list[Any] = []
         places: list[Any] = []
@@ -243,7 +246,10 @@ class SqliteStore:
         if _insert(db, _RESPONSES, rows) < len(encoded):
             raise _StoredAgain  # rare: a put resubmitted after its wait was cancelled
         _insert(db, _ITEM_IDS, places)
+        if db.execute(_ADD_UNDER_CAP, (added, self.max_bytes)).rowcount:
+            return False
         db.execute(_ADD_TO_TOTAL, (added,))
+        return True
 
     def _put(self, db: sqlite3.Connection, stored: Stored, encoded: Encoded, now: float) -> None:
         row = (stored.id, stored.owner, stored.created_at, now + self.ttl_s, bytearray(encoded.response), bytearray(encoded.input), encoded.size)
@@ -255,7 +261,8 @@ class SqliteStore:
         _insert(db, _ITEM_IDS, [v for item_id, place in encoded.places for v in (item_id, stored.id, place)])
         db.execute(_ADD_TO_TOTAL, (encoded.size,))
 
-    def _clean(self, db: sqlite3.Connection, now: float, batch: list[Stored]) -> None:
+    def _clean(self, db: sqlite3.Connection, now: float, batch: list[Stored], over_cap: bool = True) -> None:
+        # over_cap False: the write saw the total within the cap, and a purge only lowers it.
         if now - self._purged_at >= PURGE_EVERY_S:
             db.execute(
                 "DELETE FROM responses WHERE rowid IN"
@@ -263,6 +270,8 @@ class SqliteStore:
                 (now, CLEANUP_BATCH),
             )
             self._purged_at = now
+        if not over_cap:
+            return
         keep: set[str] | None = None
         for _ in range(CLEANUP_BATCH):
             (total,) = db.execute("SELECT bytes FROM totals").fetchone()
