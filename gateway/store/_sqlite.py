@@ -25,8 +25,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -345,14 +344,25 @@ class SqliteStore:
             raise sqlite3.ProgrammingError("the response store is closed")
         return self._conn
 
-    @contextmanager
-    def _transaction(self, begin: str) -> Iterator[sqlite3.Connection]:
-        db = self._conn_or_closed()
+    def _transaction(self, begin: str) -> _Transaction:
+        return _Transaction(self._conn_or_closed(), begin)
+
+
+class _Transaction:
+    """`with store._transaction("BEGIN IMMEDIATE") as db:` commits at the end, or rolls back
+    on any error. A class rather than @contextmanager: a batch pays ~1 µs less."""
+
+    __slots__ = ("db",)
+
+    def __init__(self, db: sqlite3.Connection, begin: str) -> None:
         db.execute(begin)
-        try:
-            yield db
-        except BaseException:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
+        self.db = db
+
+    def __enter__(self) -> sqlite3.Connection:
+        return self.db
+
+    def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
+        if kind is None:
+            self.db.execute("COMMIT")
+        elif self.db.in_transaction:
+            self.db.execute("ROLLBACK")
