@@ -466,6 +466,23 @@ async def test_sqlite_item_ids_go_with_their_responses(tmp_path):
         await store.close()
 
 
+async def test_sqlite_an_id_twice_in_one_batch_keeps_the_later(tmp_path):
+    path = tmp_path / "r.db"
+    store = await open_store(f"sqlite:///{path}", ttl_s=60, max_bytes=1 << 20, timeout_s=TIMEOUT)
+    try:
+        first, later = with_output(record(items=4), "out_a"), with_output(record(items=1, text="later"), "msg_0")
+        await asyncio.gather(store.put(first), store.put(later), store.put(record("resp_2")))
+        assert await store.get("resp_1", "owner-a") == later
+        assert await store.find_item("out_a", "owner-a") is None
+        assert await store.find_item("msg_3", "owner-a") is None
+        assert await store.find_item("msg_0", "owner-a") == later.response["output"][0]  # its output, not its input
+        with sqlite3.connect(path) as db:
+            assert db.execute("SELECT bytes FROM totals").fetchone()[0] == encode(later, 1 << 20).size + encode(record("resp_2"), 1 << 20).size
+        db.close()
+    finally:
+        await store.close()
+
+
 async def test_a_closed_sqlite_store_refuses_at_once(tmp_path):
     store = await open_store(f"sqlite:///{tmp_path}/r.db", ttl_s=60, max_bytes=1 << 20, timeout_s=TIMEOUT)
     await store.close()
