@@ -5,6 +5,13 @@
 Migrations only append: a database at version N gets steps N+1.. in one
 transaction, so it is either fully upgraded or untouched. A database written by
 a newer toolgate (a version past the last step) is refused, never downgraded.
+
+At version 4: `responses` (id, owner, created_at, expires_at, response JSON,
+input JSON array, bytes), indexed by id and by expiry; `item_ids` (item_id,
+response_id, place: >= 0 an input item's index, < 0 an output item's, -1 - index)
+keyed by item id, indexed by response; `totals` (the bytes of every response),
+lowered by the delete trigger (which also takes the response's item ids) and
+raised by each write.
 """
 
 from __future__ import annotations

@@ -7,17 +7,27 @@ inside `asyncio.timeout(timeout_s)`; SQLite's busy timeout is shorter, so a
 locked database fails as "database is locked" and frees the thread before the
 loop gives up. Either way the caller gets StoreUnavailable, never a hang.
 
+The schema (`_schema.py`, version 4): one row per response holding its JSON and
+its input items as one JSON array, so a read is one row and a page of input
+items is cut from the parsed array here (a request holds at most max_messages
+items); `item_ids` names, for each item id, the responses holding it and its
+place there, for `item_reference`; `totals` keeps the size of everything.
+
 Puts are group-committed: the puts that arrive while one batch is being written
 go together as the next job (at most MAX_WAITING of them), in one transaction,
 so the thread hop, the commit and the WAL pages are paid once per batch, not per
-response. Each table's rows go in multi-row INSERTs (CHUNK_ROWS a statement):
-sqlite3 lets the GIL go around every statement step, and while the event loop
-is busy each take-back is a wait and a thread switch on the loop's core, so a
-batch pays a few of those, not several per record. If the database refuses a
-record, the batch is written again with a savepoint per record, so that one
-fails alone. Each put returns when its own record is committed. Writers purge expired rows and evict
-the soonest-to-expire (under one ttl, the oldest) past the size cap, at most
-CLEANUP_BATCH of each per batch.
+response. A batch is a few statements: one multi-row INSERT per table (CHUNK_ROWS
+rows a statement) and one UPDATE of the total that also says whether the cap
+holds. sqlite3 lets the GIL go around every statement step, and while the event
+loop is busy each take-back is a wait and a thread switch on the loop's core, so
+a batch pays a few of those, not several per record. If the database refuses a
+record, or a batch holds an id stored already (a put resubmitted after its wait
+was cancelled), the batch is written again with a savepoint per record, so that
+one fails alone and one stored again replaces the old. Each put returns when its
+own record is committed. Writers evict the soonest-to-expire (under one ttl, the
+oldest) past the size cap, at most CLEANUP_BATCH per batch, and purge as many
+expired rows at most once every PURGE_EVERY_S (expired rows are invisible to
+reads at once).
 """
 
 from __future__ import annotations
