@@ -64,7 +64,7 @@ CHUNK_ROWS = 32  # rows per statement at most: 32 statement sizes per table, all
 _SQL: dict[tuple[str, int], str] = {}
 
 
-def _insert(db: sqlite3.Connection, table: tuple[str, str, int], values: list[Any]) -> int:
+def _insert(db: sqlite3.Cursor, table: tuple[str, str, int], values: list[Any]) -> int:
     """Insert the rows flattened in `values`; the number that went in."""
     head, tail, width = table
     step = CHUNK_ROWS * width
@@ -96,6 +96,7 @@ class SqliteStore:
         self.timeout_s = timeout_s
         self._thread = Threads("toolgate-store", threads=1, queued=256)
         self._conn: sqlite3.Connection | None = None  # touched only on self._thread
+        self._db: sqlite3.Cursor | None = None  # the connection's one cursor: every statement runs on it
         self._waiting: list[tuple[Stored, asyncio.Future[None]]] = []  # puts for the next batch
         self._writer: asyncio.Task[None] | None = None  # writing batches while puts wait
         self._purged_at = float("-inf")  # touched only on self._thread
@@ -197,12 +198,12 @@ class SqliteStore:
         except BaseException:
             conn.close()
             raise
-        self._conn = conn
+        self._conn, self._db = conn, conn.cursor()
 
     def _close(self) -> None:
         if self._conn is not None:
             self._conn.close()
-            self._conn = None
+            self._conn = self._db = None
 
     def _put_many(self, batch: list[Stored], now: float) -> list[Exception | None]:
         failures: list[Exception | None] = []
@@ -239,7 +240,7 @@ class SqliteStore:
             self._clean(db, now, batch)
         return failures
 
-    def _put_all(self, db: sqlite3.Connection, encoded: list[tuple[Stored, Encoded]], now: float) -> bool:
+    def _put_all(self, db: sqlite3.Cursor, encoded: list[tuple[Stored, Encoded]], now: float) -> bool:
         """A batch in a few statements: one step per table per CHUNK_ROWS rows, not one per row.
         True when the total is past the cap."""
         expires = now + self.ttl_s
@@ -260,7 +261,7 @@ class SqliteStore:
         db.execute(_ADD_TO_TOTAL, (added,))
         return True
 
-    def _put(self, db: sqlite3.Connection, stored: Stored, encoded: Encoded, now: float) -> None:
+    def _put(self, db: sqlite3.Cursor, stored: Stored, encoded: Encoded, now: float) -> None:
         row = (stored.id, stored.owner, stored.created_at, now + self.ttl_s, bytearray(encoded.response), bytearray(encoded.input), encoded.size)
         # A new id (the usual case) inserts at once; an old one is deleted first, since
         # REPLACE would skip the delete trigger that keeps the total and takes its item ids.
@@ -270,7 +271,7 @@ class SqliteStore:
         _insert(db, _ITEM_IDS, [v for item_id, place in encoded.places for v in (item_id, stored.id, place)])
         db.execute(_ADD_TO_TOTAL, (encoded.size,))
 
-    def _clean(self, db: sqlite3.Connection, now: float, batch: list[Stored], over_cap: bool = True) -> None:
+    def _clean(self, db: sqlite3.Cursor, now: float, batch: list[Stored], over_cap: bool = True) -> None:
         # over_cap False: the write saw the total within the cap, and a purge only lowers it.
         if now - self._purged_at >= PURGE_EVERY_S:
             db.execute(
@@ -297,7 +298,7 @@ class SqliteStore:
             db.execute("DELETE FROM responses WHERE rowid = ?", (victim,))
 
     def _get(self, response_id: str, owner: str, now: float) -> Stored | None:
-        row = self._conn_or_closed().execute(
+        row = self._cursor().execute(
             "SELECT created_at, response, input FROM responses WHERE id = ? AND owner = ? AND expires_at > ?",
             (response_id, owner, now),
         ).fetchone()
@@ -307,7 +308,7 @@ class SqliteStore:
 
     def _find_item(self, item_id: str, owner: str, now: float) -> dict[str, Any] | None:
         # The newest response holding it; within one, an output item before an input item.
-        row = self._conn_or_closed().execute(
+        row = self._cursor().execute(
             "SELECT i.place, CASE WHEN i.place < 0 THEN r.response ELSE r.input END"
             " FROM item_ids i JOIN responses r ON r.id = i.response_id"
             " WHERE i.item_id = ? AND r.owner = ? AND r.expires_at > ? ORDER BY r.created_at DESC, i.place LIMIT 1",
@@ -325,7 +326,7 @@ class SqliteStore:
     def _page(
         self, response_id: str, owner: str, after: str | None, limit: int, order: str, now: float
     ) -> tuple[list[dict[str, Any]], bool] | None:
-        row = self._conn_or_closed().execute(
+        row = self._cursor().execute(
             "SELECT input FROM responses WHERE id = ? AND owner = ? AND expires_at > ?", (response_id, owner, now)
         ).fetchone()
         if row is None:
@@ -344,18 +345,19 @@ class SqliteStore:
     def _delete(self, response_id: str, owner: str, now: float) -> bool:
         # An expired row stays for the purge: to its owner it is already gone.
         with self._transaction("BEGIN IMMEDIATE") as db:
-            cursor = db.execute(
+            deleted = db.execute(
                 "DELETE FROM responses WHERE id = ? AND owner = ? AND expires_at > ?", (response_id, owner, now)
-            )
-        return cursor.rowcount > 0
+            ).rowcount
+        return deleted > 0
 
-    def _conn_or_closed(self) -> sqlite3.Connection:
-        if self._conn is None:
+    def _cursor(self) -> sqlite3.Cursor:
+        # One cursor for every statement: Connection.execute makes a new one each time.
+        if self._db is None:
             raise sqlite3.ProgrammingError("the response store is closed")
-        return self._conn
+        return self._db
 
     def _transaction(self, begin: str) -> _Transaction:
-        return _Transaction(self._conn_or_closed(), begin)
+        return _Transaction(self._cursor(), begin)
 
 
 class _Transaction:
@@ -364,15 +366,15 @@ class _Transaction:
 
     __slots__ = ("db",)
 
-    def __init__(self, db: sqlite3.Connection, begin: str) -> None:
+    def __init__(self, db: sqlite3.Cursor, begin: str) -> None:
         db.execute(begin)
         self.db = db
 
-    def __enter__(self) -> sqlite3.Connection:
+    def __enter__(self) -> sqlite3.Cursor:
         return self.db
 
     def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
         if kind is None:
             self.db.execute("COMMIT")
-        elif self.db.in_transaction:
+        elif self.db.connection.in_transaction:
             self.db.execute("ROLLBACK")
