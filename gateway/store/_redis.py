@@ -119,17 +119,18 @@ class RedisStore:
             "owner": stored.owner,
             "created_at": repr(stored.created_at),
             "response": encoded.response,
-            "n": len(encoded.items),
+            "n": len(stored.input_items),
         }
-        for seq, (item_id, blob) in enumerate(encoded.items):
-            fields[f"i:{seq}"] = blob
-            fields.setdefault(f"p:{item_id}", seq)  # a repeated id pages from its first place, as in SQLite
-        for idx, item_id in enumerate(encoded.outputs):
-            if item_id:
-                fields[f"o:{item_id}"] = idx
+        for seq, item in enumerate(stored.input_items):
+            fields[f"i:{seq}"] = orjson.dumps(item)
+        for item_id, place in encoded.places:
+            if place >= 0:
+                fields.setdefault(f"p:{item_id}", place)  # a repeated id pages from its first place, as in SQLite
+            else:
+                fields[f"o:{item_id}"] = -1 - place
         key = self.records + stored.id
         ttl_ms = max(1, int(self.ttl_s * 1000))
-        item_ids = {item_id for item_id, _ in encoded.items} | {item_id for item_id in encoded.outputs if item_id}
+        item_ids = {item_id for item_id, _ in encoded.places}
 
         async def write() -> None:
             async with self._client.pipeline(transaction=True) as pipe:

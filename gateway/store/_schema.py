@@ -5,6 +5,13 @@
 Migrations only append: a database at version N gets steps N+1.. in one
 transaction, so it is either fully upgraded or untouched. A database written by
 a newer toolgate (a version past the last step) is refused, never downgraded.
+
+At version 4: `responses` (id, owner, created_at, expires_at, response JSON,
+input JSON array, bytes), indexed by id and by expiry; `item_ids` (item_id,
+response_id, place: >= 0 an input item's index, < 0 an output item's, -1 - index)
+keyed by item id, indexed by response; `totals` (the bytes of every response),
+lowered by the delete trigger (which also takes the response's item ids) and
+raised by each write.
 """
 
 from __future__ import annotations
@@ -62,6 +69,44 @@ MIGRATIONS: list[list[str]] = [
             SELECT r.id, o.key, json_extract(o.value, '$.id')
             FROM responses r, json_each(CAST(r.response AS TEXT), '$.output') o
             WHERE json_extract(o.value, '$.id') IS NOT NULL""",
+    ],
+    # 4: fewer b-trees per write. A response's input items move into its row, as one JSON
+    # array in input order (a page is cut from it on the store's thread: a request holds at
+    # most max_messages items), and one table of item ids replaces `items` and `outputs`
+    # for `item_reference`: place >= 0 is an input item's index, < 0 an output item's
+    # (-1 - index). An id held twice in one response keeps one row: its first output
+    # place, else its first input place. `bytes` becomes the response's JSON plus the
+    # array's, as a write counts it from now on, and the total is summed again.
+    # (CAST: the blobs are JSON text; a newer SQLite would read a BLOB as JSONB.)
+    [
+        "ALTER TABLE responses ADD COLUMN input BLOB NOT NULL DEFAULT x'5b5d'",
+        """UPDATE responses SET input = (SELECT CAST(json_group_array(json(CAST(item AS TEXT))) AS BLOB)
+            FROM (SELECT item FROM items WHERE response_id = responses.id ORDER BY seq))""",
+        "UPDATE responses SET bytes = length(response) + length(input)",
+        "UPDATE totals SET bytes = (SELECT coalesce(sum(bytes), 0) FROM responses)",
+        """CREATE TABLE item_ids (
+            item_id TEXT NOT NULL,
+            response_id TEXT NOT NULL,
+            place INTEGER NOT NULL,
+            PRIMARY KEY (item_id, response_id)
+        ) WITHOUT ROWID""",
+        "CREATE INDEX item_ids_by_response ON item_ids (response_id)",
+        """INSERT OR IGNORE INTO item_ids (item_id, response_id, place)
+            SELECT item_id, response_id, -1 - idx FROM outputs ORDER BY response_id, idx""",
+        """INSERT OR IGNORE INTO item_ids (item_id, response_id, place)
+            SELECT item_id, response_id, seq FROM items ORDER BY response_id, seq""",
+        "DROP TABLE outputs",
+        "DROP TABLE items",
+        # A write adds its batch's bytes to the total in one statement: a trigger ran once per row.
+        "DROP TRIGGER responses_added",
+        # A deleted response takes its item ids with it by this trigger rather than a foreign
+        # key, whose check cost every inserted id a lookup of its response.
+        "DROP TRIGGER responses_removed",
+        """CREATE TRIGGER responses_removed AFTER DELETE ON responses
+            BEGIN
+                UPDATE totals SET bytes = bytes - OLD.bytes;
+                DELETE FROM item_ids WHERE response_id = OLD.id;
+            END""",
     ],
 ]
 

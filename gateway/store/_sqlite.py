@@ -7,17 +7,27 @@ inside `asyncio.timeout(timeout_s)`; SQLite's busy timeout is shorter, so a
 locked database fails as "database is locked" and frees the thread before the
 loop gives up. Either way the caller gets StoreUnavailable, never a hang.
 
+The schema (`_schema.py`, version 4): one row per response holding its JSON and
+its input items as one JSON array, so a read is one row and a page of input
+items is cut from the parsed array here (a request holds at most max_messages
+items); `item_ids` names, for each item id, the responses holding it and its
+place there, for `item_reference`; `totals` keeps the size of everything.
+
 Puts are group-committed: the puts that arrive while one batch is being written
 go together as the next job (at most MAX_WAITING of them), in one transaction,
 so the thread hop, the commit and the WAL pages are paid once per batch, not per
-response. Each table's rows go in multi-row INSERTs (CHUNK_ROWS a statement):
-sqlite3 lets the GIL go around every statement step, and while the event loop
-is busy each take-back is a wait and a thread switch on the loop's core, so a
-batch pays a few of those, not several per record. If the database refuses a
-record, the batch is written again with a savepoint per record, so that one
-fails alone. Each put returns when its own record is committed. Writers purge expired rows and evict
-the soonest-to-expire (under one ttl, the oldest) past the size cap, at most
-CLEANUP_BATCH of each per batch.
+response. A batch is a few statements: one multi-row INSERT per table (CHUNK_ROWS
+rows a statement) and one UPDATE of the total that also says whether the cap
+holds. sqlite3 lets the GIL go around every statement step, and while the event
+loop is busy each take-back is a wait and a thread switch on the loop's core, so
+a batch pays a few of those, not several per record. If the database refuses a
+record, or a batch holds an id stored already (a put resubmitted after its wait
+was cancelled), the batch is written again with a savepoint per record, so that
+one fails alone and one stored again replaces the old. Each put returns when its
+own record is committed. Writers evict the soonest-to-expire (under one ttl, the
+oldest) past the size cap, at most CLEANUP_BATCH per batch, and purge as many
+expired rows at most once every PURGE_EVERY_S (expired rows are invisible to
+reads at once).
 """
 
 from __future__ import annotations
@@ -25,8 +35,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
@@ -41,36 +50,43 @@ from gateway.threads import Busy, Threads, settle
 T = TypeVar("T")
 
 _INSERT_NEW = (
-    "INSERT INTO responses (id, owner, created_at, expires_at, response, bytes) VALUES (?, ?, ?, ?, ?, ?)"
+    "INSERT INTO responses (id, owner, created_at, expires_at, response, input, bytes) VALUES (?, ?, ?, ?, ?, ?, ?)"
     " ON CONFLICT (id) DO NOTHING"
 )
-# Multi-row inserts: (the statement up to VALUES, its trailer, columns per row).
-_RESPONSES = ("INSERT INTO responses (id, owner, created_at, expires_at, response, bytes) VALUES ", " ON CONFLICT (id) DO NOTHING", 6)
-_ITEMS = ("INSERT INTO items (response_id, seq, item_id, item) VALUES ", "", 4)
-_OUTPUTS = ("INSERT INTO outputs (response_id, idx, item_id) VALUES ", "", 3)
+# The total's trigger subtracts what a delete takes; a write adds its own, once per batch,
+# and learns from the same statement whether the cap holds (it updated a row) or not.
+_ADD_UNDER_CAP = "UPDATE totals SET bytes = bytes + ?1 WHERE bytes + ?1 <= ?2"
+_ADD_TO_TOTAL = "UPDATE totals SET bytes = bytes + ?"
+# Multi-row inserts: (the statement up to VALUES, its trailer, columns per row). An item id
+# held twice by one response keeps its first row, and a record's output items come first.
+_RESPONSES = ("INSERT INTO responses (id, owner, created_at, expires_at, response, input, bytes) VALUES ", " ON CONFLICT (id) DO NOTHING", 7)
+_ITEM_IDS = ("INSERT INTO item_ids (item_id, response_id, place) VALUES ", " ON CONFLICT DO NOTHING", 3)
 CHUNK_ROWS = 32  # rows per statement at most: 32 statement sizes per table, all in the statement cache
 _SQL: dict[tuple[str, int], str] = {}
 
 
-def _insert(db: sqlite3.Connection, table: tuple[str, str, int], values: list[Any]) -> None:
+def _insert(db: sqlite3.Cursor, table: tuple[str, str, int], values: list[Any]) -> int:
+    """Insert the rows flattened in `values`; the number that went in."""
     head, tail, width = table
     step = CHUNK_ROWS * width
+    added = 0
     for at in range(0, len(values), step):
         chunk = values[at : at + step]
         rows = len(chunk) // width
         sql = _SQL.get((head, rows))
         if sql is None:
             sql = _SQL[(head, rows)] = head + ",".join(["(" + ",".join("?" * width) + ")"] * rows) + tail
-        db.execute(sql, chunk)
+        added += db.execute(sql, chunk).rowcount
+    return added
+
+
+class _StoredAgain(Exception):
+    """A batch holds an id the database has already: it goes record by record, replacing."""
 
 
 MAX_WAITING = 1024  # puts waiting for the next batch; past it, StoreUnavailable
 
-# Per order: the comparison past `after`, the direction, and the bound when no `after`.
-_PAGES = {
-    "asc": ("seq > ?", "ASC", -1),
-    "desc": ("seq < ?", "DESC", 1 << 62),
-}
+PURGE_EVERY_S = 1.0  # the expiry purge runs at most this often per store (expired rows are invisible at once)
 
 
 class SqliteStore:
@@ -81,9 +97,11 @@ class SqliteStore:
         self.timeout_s = timeout_s
         self._thread = Threads("toolgate-store", threads=1, queued=256)
         self._conn: sqlite3.Connection | None = None  # touched only on self._thread
+        self._db: sqlite3.Cursor | None = None  # the connection's one cursor: every statement runs on it
         self._waiting: list[tuple[Stored, asyncio.Future[None]]] = []  # puts for the next batch
         self._writing: list[tuple[Stored, asyncio.Future[None]]] | None = None  # the batch on the thread
         self._overdue: asyncio.TimerHandle | None = None  # fails that batch past timeout_s
+        self._purged_at = float("-inf")  # touched only on self._thread
 
     @classmethod
     async def open(cls, path: str, *, ttl_s: float, max_bytes: int, timeout_s: float = 5.0) -> SqliteStore:
@@ -200,21 +218,23 @@ class SqliteStore:
         # Python's `timeout` is SQLite's busy timeout: shorter than the loop's bound.
         conn = sqlite3.connect(self.path, timeout=self.timeout_s * 0.8, isolation_level=None, cached_statements=256)
         try:
+            # 2 KiB pages, for a new file (an existing one keeps its own): a commit writes each
+            # page it touched whole, and most touch a few rows at the end of each b-tree.
+            conn.execute("PRAGMA page_size = 2048")
             conn.execute("PRAGMA journal_mode = WAL")
             # WAL's usual pairing: durable across a crash of the process, and one
             # fsync per checkpoint rather than per commit.
             conn.execute("PRAGMA synchronous = NORMAL")
-            conn.execute("PRAGMA foreign_keys = ON")
             migrate(conn)
         except BaseException:
             conn.close()
             raise
-        self._conn = conn
+        self._conn, self._db = conn, conn.cursor()
 
     def _close(self) -> None:
         if self._conn is not None:
             self._conn.close()
-            self._conn = None
+            self._conn = self._db = None
 
     def _put_many(self, batch: list[Stored], now: float) -> list[Exception | None]:
         failures: list[Exception | None] = []
@@ -226,13 +246,14 @@ class SqliteStore:
             except (ValueError, TooLargeToStore) as exc:
                 failures.append(exc)
         try:
-            # The usual case in one go; only when the database refuses something does
-            # each record get a savepoint of its own, so that one fails alone.
+            # The usual case in one go; only when the database refuses something, or an
+            # id is there already, does each record get a savepoint of its own, so that
+            # one fails alone (and one stored again replaces the old).
             with self._transaction("BEGIN IMMEDIATE") as db:
-                self._put_all(db, encoded, now)
-                self._clean(db, now, keep={stored.id for stored in batch})
+                over_cap = self._put_all(db, encoded, now)
+                self._clean(db, now, batch, over_cap)
             return failures
-        except sqlite3.IntegrityError:
+        except (sqlite3.IntegrityError, _StoredAgain):
             pass
         except sqlite3.DatabaseError as exc:
             if len(encoded) == 1 or "locked" in str(exc) or "busy" in str(exc):
@@ -247,43 +268,58 @@ class SqliteStore:
                     db.execute("ROLLBACK TO one")
                     failures[place] = StoreUnavailable(f"the response store failed: {exc}")
                 db.execute("RELEASE one")
-            self._clean(db, now, keep={stored.id for stored in batch})
+            self._clean(db, now, batch)
         return failures
 
-    def _put_all(self, db: sqlite3.Connection, encoded: list[tuple[Stored, Encoded]], now: float) -> None:
-        """A batch in a few statements: one step per table per CHUNK_ROWS rows, not one per row."""
-        db.execute("DELETE FROM responses WHERE id IN (SELECT value FROM json_each(?))", (orjson.dumps([s.id for s, _ in encoded]),))
+    def _put_all(self, db: sqlite3.Cursor, encoded: list[tuple[Stored, Encoded]], now: float) -> bool:
+        """A batch in a few statements: one step per table per CHUNK_ROWS rows, not one per row.
+        True when the total is past the cap."""
         expires = now + self.ttl_s
-        _insert(db, _RESPONSES, [v for s, e in encoded for v in (s.id, s.owner, s.created_at, expires, e.response, e.size)])
-        _insert(db, _ITEMS, [v for s, e in encoded for seq, (item_id, blob) in enumerate(e.items) for v in (s.id, seq, item_id, blob)])
-        _insert(db, _OUTPUTS, [v for s, e in encoded for idx, item_id in enumerate(e.outputs) if item_id for v in (s.id, idx, item_id)])
+        rows: list[Any] = []
+        places: list[Any] = []
+        added = 0
+        for s, e in encoded:
+            response_id = s.id
+            rows += (response_id, s.owner, s.created_at, expires, bytearray(e.response), bytearray(e.input), e.size)
+            for item_id, place in e.places:
+                places += (item_id, response_id, place)
+            added += e.size
+        if _insert(db, _RESPONSES, rows) < len(encoded):
+            raise _StoredAgain  # rare: a put resubmitted after its wait was cancelled
+        _insert(db, _ITEM_IDS, places)
+        if db.execute(_ADD_UNDER_CAP, (added, self.max_bytes)).rowcount:
+            return False
+        db.execute(_ADD_TO_TOTAL, (added,))
+        return True
 
-    def _put(self, db: sqlite3.Connection, stored: Stored, encoded: Encoded, now: float) -> None:
-        row = (stored.id, stored.owner, stored.created_at, now + self.ttl_s, encoded.response, encoded.size)
+    def _put(self, db: sqlite3.Cursor, stored: Stored, encoded: Encoded, now: float) -> None:
+        row = (stored.id, stored.owner, stored.created_at, now + self.ttl_s, bytearray(encoded.response), bytearray(encoded.input), encoded.size)
         # A new id (the usual case) inserts at once; an old one is deleted first, since
-        # REPLACE would skip the delete trigger that keeps the total, and its rows' cascade.
+        # REPLACE would skip the delete trigger that keeps the total and takes its item ids.
         if not db.execute(_INSERT_NEW, row).rowcount:
             db.execute("DELETE FROM responses WHERE id = ?", (stored.id,))
             db.execute(_INSERT_NEW, row)
-        db.executemany(
-            "INSERT INTO items (response_id, seq, item_id, item) VALUES (?, ?, ?, ?)",
-            ((stored.id, seq, item_id, blob) for seq, (item_id, blob) in enumerate(encoded.items)),
-        )
-        db.executemany(
-            "INSERT INTO outputs (response_id, idx, item_id) VALUES (?, ?, ?)",
-            ((stored.id, idx, item_id) for idx, item_id in enumerate(encoded.outputs) if item_id),
-        )
+        _insert(db, _ITEM_IDS, [v for item_id, place in encoded.places for v in (item_id, stored.id, place)])
+        db.execute(_ADD_TO_TOTAL, (encoded.size,))
 
-    def _clean(self, db: sqlite3.Connection, now: float, keep: set[str]) -> None:
-        db.execute(
-            "DELETE FROM responses WHERE rowid IN"
-            " (SELECT rowid FROM responses WHERE expires_at <= ? ORDER BY expires_at LIMIT ?)",
-            (now, CLEANUP_BATCH),
-        )
+    def _clean(self, db: sqlite3.Cursor, now: float, batch: list[Stored], over_cap: bool = True) -> None:
+        # over_cap False: the write saw the total within the cap, and a purge only lowers it.
+        if now - self._purged_at >= PURGE_EVERY_S:
+            db.execute(
+                "DELETE FROM responses WHERE rowid IN"
+                " (SELECT rowid FROM responses WHERE expires_at <= ? ORDER BY expires_at LIMIT ?)",
+                (now, CLEANUP_BATCH),
+            )
+            self._purged_at = now
+        if not over_cap:
+            return
+        keep: set[str] | None = None
         for _ in range(CLEANUP_BATCH):
             (total,) = db.execute("SELECT bytes FROM totals").fetchone()
             if total <= self.max_bytes:
                 return
+            if keep is None:
+                keep = {stored.id for stored in batch}
             victims = db.execute(
                 "SELECT rowid, id FROM responses ORDER BY expires_at LIMIT ?", (len(keep) + 1,)
             ).fetchall()
@@ -293,75 +329,83 @@ class SqliteStore:
             db.execute("DELETE FROM responses WHERE rowid = ?", (victim,))
 
     def _get(self, response_id: str, owner: str, now: float) -> Stored | None:
-        with self._transaction("BEGIN") as db:
-            row = db.execute(
-                "SELECT created_at, response FROM responses WHERE id = ? AND owner = ? AND expires_at > ?",
-                (response_id, owner, now),
-            ).fetchone()
-            if row is None:
-                return None
-            items = db.execute("SELECT item FROM items WHERE response_id = ? ORDER BY seq", (response_id,)).fetchall()
-        return Stored(response_id, owner, orjson.loads(row[1]), [orjson.loads(blob) for (blob,) in items], row[0])
+        row = self._cursor().execute(
+            "SELECT created_at, response, input FROM responses WHERE id = ? AND owner = ? AND expires_at > ?",
+            (response_id, owner, now),
+        ).fetchone()
+        if row is None:
+            return None
+        return Stored(response_id, owner, orjson.loads(row[1]), orjson.loads(row[2]), row[0])
 
     def _find_item(self, item_id: str, owner: str, now: float) -> dict[str, Any] | None:
-        with self._transaction("BEGIN") as db:
-            row = db.execute(
-                "SELECT r.created_at, i.item FROM items i JOIN responses r ON r.id = i.response_id"
-                " WHERE i.item_id = ? AND r.owner = ? AND r.expires_at > ? ORDER BY r.created_at DESC LIMIT 1",
-                (item_id, owner, now),
-            ).fetchone()
-            out = db.execute(
-                "SELECT r.created_at, r.response, o.idx FROM outputs o JOIN responses r ON r.id = o.response_id"
-                " WHERE o.item_id = ? AND r.owner = ? AND r.expires_at > ? ORDER BY r.created_at DESC LIMIT 1",
-                (item_id, owner, now),
-            ).fetchone()
-        if out is not None and (row is None or out[0] >= row[0]):
-            output = orjson.loads(out[1]).get("output") or []
-            return output[out[2]] if out[2] < len(output) else None
-        return orjson.loads(row[1]) if row is not None else None
+        # The newest response holding it; within one, an output item before an input item.
+        row = self._cursor().execute(
+            "SELECT i.place, CASE WHEN i.place < 0 THEN r.response ELSE r.input END"
+            " FROM item_ids i JOIN responses r ON r.id = i.response_id"
+            " WHERE i.item_id = ? AND r.owner = ? AND r.expires_at > ? ORDER BY r.created_at DESC, i.place LIMIT 1",
+            (item_id, owner, now),
+        ).fetchone()
+        if row is None:
+            return None
+        place, blob = row
+        if place < 0:
+            place, items = -1 - place, orjson.loads(blob).get("output") or []
+        else:
+            items = orjson.loads(blob)
+        return items[place] if place < len(items) else None
 
     def _page(
         self, response_id: str, owner: str, after: str | None, limit: int, order: str, now: float
     ) -> tuple[list[dict[str, Any]], bool] | None:
-        past, direction, bound = _PAGES[order]
-        with self._transaction("BEGIN") as db:
-            live = db.execute(
-                "SELECT 1 FROM responses WHERE id = ? AND owner = ? AND expires_at > ?", (response_id, owner, now)
-            ).fetchone()
-            if live is None:
-                return None
-            if after is not None:
-                row = db.execute(
-                    "SELECT seq FROM items WHERE response_id = ? AND item_id = ? ORDER BY seq LIMIT 1",
-                    (response_id, after),
-                ).fetchone()
-                if row is None:
-                    return [], False
-                bound = row[0]
-            rows = db.execute(
-                f"SELECT item FROM items WHERE response_id = ? AND {past} ORDER BY seq {direction} LIMIT ?",
-                (response_id, bound, limit + 1),
-            ).fetchall()
-        return [orjson.loads(blob) for (blob,) in rows[:limit]], len(rows) > limit
+        row = self._cursor().execute(
+            "SELECT input FROM responses WHERE id = ? AND owner = ? AND expires_at > ?", (response_id, owner, now)
+        ).fetchone()
+        if row is None:
+            return None
+        items: list[dict[str, Any]] = orjson.loads(row[0])
+        # `after` is the first item with that id (an unknown one gives an empty page).
+        at = next((n for n, item in enumerate(items) if item.get("id") == after), None) if after is not None else None
+        if after is not None and at is None:
+            return [], False
+        if order == "asc":
+            start = 0 if at is None else at + 1
+            return items[start : start + limit], start + limit < len(items)
+        end = len(items) if at is None else at
+        return items[max(end - limit, 0) : end][::-1], end > limit
 
     def _delete(self, response_id: str, owner: str, now: float) -> bool:
         # An expired row stays for the purge: to its owner it is already gone.
         with self._transaction("BEGIN IMMEDIATE") as db:
-            cursor = db.execute(
+            deleted = db.execute(
                 "DELETE FROM responses WHERE id = ? AND owner = ? AND expires_at > ?", (response_id, owner, now)
-            )
-        return cursor.rowcount > 0
+            ).rowcount
+        return deleted > 0
 
-    @contextmanager
-    def _transaction(self, begin: str) -> Iterator[sqlite3.Connection]:
-        db = self._conn
-        if db is None:
+    def _cursor(self) -> sqlite3.Cursor:
+        # One cursor for every statement: Connection.execute makes a new one each time.
+        if self._db is None:
             raise sqlite3.ProgrammingError("the response store is closed")
+        return self._db
+
+    def _transaction(self, begin: str) -> _Transaction:
+        return _Transaction(self._cursor(), begin)
+
+
+class _Transaction:
+    """`with store._transaction("BEGIN IMMEDIATE") as db:` commits at the end, or rolls back
+    on any error. A class rather than @contextmanager: a batch pays ~1 µs less."""
+
+    __slots__ = ("db",)
+
+    def __init__(self, db: sqlite3.Cursor, begin: str) -> None:
         db.execute(begin)
-        try:
-            yield db
-        except BaseException:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
+        self.db = db
+
+    def __enter__(self) -> sqlite3.Cursor:
+        return self.db
+
+    def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
+        if kind is None:
+            self.db.execute("COMMIT")
+        elif self.db.connection.in_transaction:
+            self.db.execute("ROLLBACK")

@@ -17,7 +17,9 @@ MAX_LIMIT = 100
 CLEANUP_BATCH = 64
 
 
-@dataclass(frozen=True)
+# Not frozen: one is built on the event loop for every stored response, and a frozen
+# dataclass's __init__ pays an object.__setattr__ call per field. Nothing assigns to one.
+@dataclass(slots=True)
 class Stored:
     """One stored response: the Response object as returned, and its input items.
 
@@ -62,29 +64,34 @@ class ResponseStore(Protocol):
     async def close(self) -> None: ...
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Encoded:
-    """A record as both backends write it: JSON bytes, and its size for the cap."""
+    """A record as both backends write it: JSON bytes, its item ids, and its size for the cap."""
 
     response: bytes
-    items: list[tuple[str, bytes]]  # (item id, item JSON), in input order
-    outputs: list[str]  # the output items' ids, in order (an item without one is skipped)
-    size: int
+    input: bytes  # the input items as one JSON array, in order
+    # (item id, place): each output item's (-1 - its index; one without an id is left out),
+    # then each input item's (its index).
+    places: list[tuple[str, int]]
+    size: int  # the response's JSON and the input array's
 
 
 def encode(stored: Stored, max_bytes: int) -> Encoded:
-    items = []
-    for index, item in enumerate(stored.input_items):
+    places = []
+    for idx, item in enumerate(stored.response.get("output") or ()):
+        if item_id := item.get("id"):
+            places.append((item_id, -1 - idx))
+    for seq, item in enumerate(stored.input_items):
         item_id = item.get("id") if isinstance(item, dict) else None
         if not isinstance(item_id, str) or not item_id:
-            raise ValueError(f"input item {index} of {stored.id} has no string id")
-        items.append((item_id, orjson.dumps(item)))
+            raise ValueError(f"input item {seq} of {stored.id} has no string id")
+        places.append((item_id, seq))
     response = stored.response_json or orjson.dumps(stored.response)
-    outputs = [item.get("id") or "" for item in stored.response.get("output") or ()]
-    size = len(response) + sum(len(blob) for _, blob in items)
+    array = orjson.dumps(stored.input_items)
+    size = len(response) + len(array)
     if size > max_bytes:
         raise TooLargeToStore(f"the response takes {size} bytes, more than the response store's whole cap of {max_bytes}")
-    return Encoded(response, items, outputs, size)
+    return Encoded(response, array, places, size)
 
 
 def check_page(limit: int, order: str) -> None:

@@ -13,6 +13,7 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
+import orjson
 import pytest
 import redis.asyncio
 from openai.types.responses import ResponseItemList
@@ -343,7 +344,7 @@ async def test_puts_at_once_share_a_commit_and_a_bad_one_fails_alone(tmp_path):
             db.execute("CREATE TABLE commits (n INTEGER)")
             db.execute("CREATE TRIGGER counted AFTER INSERT ON responses BEGIN INSERT INTO commits VALUES (1); END")
             db.execute(
-                "CREATE TRIGGER refuse BEFORE INSERT ON items WHEN NEW.item_id = 'poison'"
+                "CREATE TRIGGER refuse BEFORE INSERT ON item_ids WHEN NEW.item_id = 'poison'"
                 " BEGIN SELECT RAISE(ABORT, 'refused by the test'); END"
             )
         db.close()
@@ -419,7 +420,7 @@ async def test_a_write_failing_midway_changes_nothing(tmp_path):
         await store.put(record(items=2))
         with sqlite3.connect(path) as db:  # the database itself refuses one item, after the old record was deleted
             db.execute(
-                "CREATE TRIGGER refuse BEFORE INSERT ON items WHEN NEW.item_id = 'poison'"
+                "CREATE TRIGGER refuse BEFORE INSERT ON item_ids WHEN NEW.item_id = 'poison'"
                 " BEGIN SELECT RAISE(ABORT, 'refused by the test'); END"
             )
         db.close()
@@ -429,6 +430,55 @@ async def test_a_write_failing_midway_changes_nothing(tmp_path):
         assert await store.get("resp_1", "owner-a") == record(items=2)
         with sqlite3.connect(path) as db:
             assert db.execute("SELECT bytes FROM totals").fetchone()[0] == encode(record(items=2), 1 << 20).size
+        db.close()
+    finally:
+        await store.close()
+
+
+async def test_sqlite_item_ids_go_with_their_responses(tmp_path):
+    """Every way a response leaves (eviction, replacement, delete, expiry) takes its item ids."""
+    path = tmp_path / "r.db"
+    url = f"sqlite:///{path}"
+    size = encode(with_output(record("resp_0"), "out_0"), 1 << 20).size
+    store = await open_store(url, ttl_s=60, max_bytes=3 * size + size // 2, timeout_s=TIMEOUT)
+
+    def item_ids() -> dict[str, int]:
+        with sqlite3.connect(path) as db:
+            rows = db.execute("SELECT response_id, count(*) FROM item_ids GROUP BY response_id").fetchall()
+        db.close()
+        return dict(rows)
+
+    try:
+        for n in range(5):
+            await store.put(with_output(record(f"resp_{n}"), f"out_{n}"))
+        assert item_ids() == {"resp_2": 4, "resp_3": 4, "resp_4": 4}  # 3 input items and 1 output item each
+        await store.put(with_output(record("resp_4", items=1), "out_4"))
+        assert await store.delete("resp_3", "owner-a")
+        assert item_ids() == {"resp_2": 4, "resp_4": 2}
+        brief = await open_store(url, ttl_s=0.05, max_bytes=1 << 20, timeout_s=TIMEOUT)
+        await brief.put(with_output(record("resp_5"), "out_5"))
+        await brief.close()
+        await asyncio.sleep(0.1)
+        later = await open_store(url, ttl_s=60, max_bytes=1 << 20, timeout_s=TIMEOUT)
+        await later.put(with_output(record("resp_6"), "out_6"))  # a store's first write purges
+        await later.close()
+        assert item_ids() == {"resp_2": 4, "resp_4": 2, "resp_6": 4}
+    finally:
+        await store.close()
+
+
+async def test_sqlite_an_id_twice_in_one_batch_keeps_the_later(tmp_path):
+    path = tmp_path / "r.db"
+    store = await open_store(f"sqlite:///{path}", ttl_s=60, max_bytes=1 << 20, timeout_s=TIMEOUT)
+    try:
+        first, later = with_output(record(items=4), "out_a"), with_output(record(items=1, text="later"), "msg_0")
+        await asyncio.gather(store.put(first), store.put(later), store.put(record("resp_2")))
+        assert await store.get("resp_1", "owner-a") == later
+        assert await store.find_item("out_a", "owner-a") is None
+        assert await store.find_item("msg_3", "owner-a") is None
+        assert await store.find_item("msg_0", "owner-a") == later.response["output"][0]  # its output, not its input
+        with sqlite3.connect(path) as db:
+            assert db.execute("SELECT bytes FROM totals").fetchone()[0] == encode(later, 1 << 20).size + encode(record("resp_2"), 1 << 20).size
         db.close()
     finally:
         await store.close()
@@ -452,16 +502,14 @@ async def test_opening_a_version_1_database_upgrades_it(tmp_path):
             "INSERT INTO responses (id, owner, created_at, expires_at, response) VALUES (?, ?, ?, ?, ?)",
             (stored.id, stored.owner, stored.created_at, time.time() + 60, encoded.response),
         )
-        db.executemany(
-            "INSERT INTO items VALUES (?, ?, ?, ?)", [(stored.id, seq, i, blob) for seq, (i, blob) in enumerate(encoded.items)]
-        )
+        db.executemany("INSERT INTO items VALUES (?, ?, ?, ?)", _old_items(stored))
     db.close()
     store = await open_store(f"sqlite:///{path}", ttl_s=60, max_bytes=1 << 20, timeout_s=TIMEOUT)
     try:
         assert await store.get(stored.id, stored.owner) == stored
         assert await store.find_item("msg_out", stored.owner) == stored.response["output"][0]  # indexed by the upgrade
         with sqlite3.connect(path) as db:
-            assert db.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS) == 3
+            assert db.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS) == 4
             assert db.execute("SELECT bytes FROM totals").fetchone()[0] == encoded.size
             assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         db.close()
@@ -477,12 +525,74 @@ async def test_opening_a_version_1_database_upgrades_it(tmp_path):
     await again.close()
 
 
+def _old_items(stored: Stored) -> list[tuple[str, int, str, bytes]]:
+    """A record's rows in the `items` table of versions 1 to 3."""
+    return [(stored.id, seq, item["id"], orjson.dumps(item)) for seq, item in enumerate(stored.input_items)]
+
+
+async def test_opening_a_version_3_database_moves_its_items_into_their_responses(tmp_path):
+    path = tmp_path / "v3.db"
+    first = with_output(record("resp_1", items=5, text="naïve ☃"), "out_1a", "out_1b")
+    # resp_2 holds msg_1 too (an input item of the newer response wins), and its output
+    # repeats an input id (the output wins within one response); resp_3 is another owner's.
+    second = with_output(Stored("resp_2", "owner-a", {**first.response, "id": "resp_2"}, [message("msg_1", "second"), message("dup", "in")], 1700000001.0), "dup")
+    third = with_output(record("resp_3", owner="owner-b", items=1), "out_3")
+    empty = record("resp_4", items=0)
+    with sqlite3.connect(path, isolation_level=None) as db:
+        migrate(db, upto=3)
+        for stored in (first, second, third, empty):
+            response = orjson.dumps(stored.response)
+            items = _old_items(stored)
+            db.execute(
+                "INSERT INTO responses (id, owner, created_at, expires_at, response, bytes) VALUES (?, ?, ?, ?, ?, ?)",
+                (stored.id, stored.owner, stored.created_at, time.time() + 60, response, len(response) + sum(len(row[3]) for row in items)),
+            )
+            db.executemany("INSERT INTO items VALUES (?, ?, ?, ?)", items[::-1])  # in no particular order
+            db.executemany(
+                "INSERT INTO outputs VALUES (?, ?, ?)", [(stored.id, idx, item["id"]) for idx, item in enumerate(stored.response["output"])]
+            )
+    db.close()
+    store = await open_store(f"sqlite:///{path}", ttl_s=60, max_bytes=1 << 20, timeout_s=TIMEOUT)
+    try:
+        for stored in (first, second, third, empty):
+            assert await store.get(stored.id, stored.owner) == stored
+        assert await store.get("resp_3", "owner-a") is None
+        assert await _ids(store, limit=2) == (["msg_4", "msg_3"], True)
+        assert await _ids(store, after="msg_3", limit=2) == (["msg_2", "msg_1"], True)
+        assert await _ids(store, after="msg_1", limit=2) == (["msg_0"], False)
+        assert await _ids(store, after="msg_1", limit=2, order="asc") == (["msg_2", "msg_3"], True)
+        assert await _ids(store, after="msg_2", limit=2, order="asc") == (["msg_3", "msg_4"], False)
+        assert await store.input_items("resp_4", "owner-a") == ([], False)
+        assert await store.find_item("msg_3", "owner-a") == first.input_items[3]
+        assert await store.find_item("msg_1", "owner-a") == second.input_items[0]  # the newer response's
+        assert await store.find_item("out_1b", "owner-a") == first.response["output"][1]
+        assert await store.find_item("dup", "owner-a") == second.response["output"][0]
+        assert await store.find_item("out_3", "owner-a") is None
+        assert await store.find_item("out_3", "owner-b") == third.response["output"][0]
+        with sqlite3.connect(path) as db:
+            assert db.execute("PRAGMA user_version").fetchone()[0] == 4
+            tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            assert tables == {"responses", "totals", "item_ids"}
+            assert db.execute("SELECT bytes FROM totals").fetchone()[0] == sum(encode(s, 1 << 20).size for s in (first, second, third, empty))
+        db.close()
+        assert await store.delete("resp_2", "owner-a")
+        assert await store.find_item("msg_1", "owner-a") == first.input_items[1]
+        assert await store.find_item("dup", "owner-a") is None
+        await store.put(record("resp_5"))
+        with sqlite3.connect(path) as db:
+            assert db.execute("SELECT bytes FROM totals").fetchone()[0] == sum(encode(s, 1 << 20).size for s in (first, third, empty, record("resp_5")))
+            assert db.execute("SELECT count(*) FROM item_ids WHERE response_id = 'resp_2'").fetchone()[0] == 0
+        db.close()
+    finally:
+        await store.close()
+
+
 async def test_a_database_from_a_newer_toolgate_is_refused(tmp_path):
     path = tmp_path / "new.db"
     with sqlite3.connect(path) as db:
         db.execute("PRAGMA user_version = 99")
     db.close()
-    with pytest.raises(StoreUnavailable, match="schema version 99, newer than this toolgate's 3"):
+    with pytest.raises(StoreUnavailable, match="schema version 99, newer than this toolgate's 4"):
         await open_store(f"sqlite:///{path}", ttl_s=60, max_bytes=1 << 20, timeout_s=TIMEOUT)
 
 
