@@ -53,6 +53,7 @@ class ResponsesRequest:
     no_tools: bool = False  # tool_choice "none"
     logprobs: bool = False
     echo: dict[str, Any] = field(default_factory=dict)  # request fields the Response object repeats
+    references: bool = False  # some input item is an item_reference (the route resolves it)
 
 
 def parse_request(body: bytes, *, max_items: int = 2048) -> ResponsesRequest:
@@ -73,7 +74,10 @@ def parse_request(body: bytes, *, max_items: int = 2048) -> ResponsesRequest:
     model = raw.get("model")
     if not isinstance(model, str) or not model:
         raise invalid("model is required.", "model")
-    request = ResponsesRequest(model=model, input=parse_input(raw.get("input"), max_items))
+    items = raw.get("input")
+    request = ResponsesRequest(model=model, input=parse_input(items, max_items))
+    if isinstance(items, list):
+        request.references = any(item["type"] == "item_reference" for item in request.input)
     request.instructions = optional(raw, "instructions", str, "a string")
     request.stream = flag(raw, "stream", False)
     request.store = flag(raw, "store", True)
