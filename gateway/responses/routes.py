@@ -196,11 +196,10 @@ class CreateResponse:
         asked = request.echo.get("max_tool_calls")
         if isinstance(asked, int) and not isinstance(asked, bool) and asked >= 0:
             job.max_tool_calls = min(job.max_tool_calls, asked)  # the client may ask for fewer, never more
-        echo = {**request.echo, "tool_choice": request.tool_choice}
         view = ResponseView(
             id=new_id("resp"),
             alias=request.model,
-            echo=echo,
+            echo=request.echo,
             labels=labels,
             list_tools=list_tools,
             approvals={call["id"] for call, yes in conversation.resume if yes} if conversation.resume else set(),
