@@ -37,6 +37,7 @@ from gateway.tools.base import Tool
 from gateway.tools.toolbox import Offer
 
 
+_CALLS_BY_ID = frozenset({"mcp_call", "mcp_approval_request"})  # see conversation.to_messages
 _LISTINGS = 64  # listings kept (offer, label); a rebuilt toolbox's offers replace the old ones
 
 
@@ -157,7 +158,9 @@ class CreateResponse:
         self, request: ResponsesRequest, alias: ModelAlias, history: list[dict[str, Any]], scope: dict[str, Any], request_id: str, remote: dict[str, list[Tool]]
     ) -> tuple[LoopJob, ResponseView, list[dict[str, Any]]]:
         rt = self.rt
-        items = with_ids([*history, *request.input])
+        # Ids are the store's, and the chat call ids of the calls that name theirs by `id`:
+        # a response not stored gives one to those alone.
+        items = with_ids([*history, *request.input], None if request.store else _CALLS_BY_ID)
         conversation = to_messages(items)
         if not conversation.messages:
             raise InvalidRequest("input is empty: send a message.", param="input")
