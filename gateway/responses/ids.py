@@ -14,6 +14,7 @@ of `uuid4` on the request path.
 from __future__ import annotations
 
 import random
+from collections.abc import Container
 from time import time
 from typing import Any
 
@@ -30,11 +31,12 @@ def new_id(prefix: str) -> str:
     return f"{prefix}_{int(time() * 1000) << 84 | _bits(84):032x}"
 
 
-def with_ids(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The items, each with a string id (a new one where it had none)."""
+def with_ids(items: list[dict[str, Any]], only: Container[str] | None = None) -> list[dict[str, Any]]:
+    """The items, each with a string id (a new one where it had none); with `only`, just
+    the items of those types get one."""
     out = []
     for item in items:
-        if not isinstance(item.get("id"), str) or not item["id"]:
+        if (only is None or item["type"] in only) and (not isinstance(item.get("id"), str) or not item["id"]):
             item = {**item, "id": new_id(PREFIXES.get(item["type"], "item"))}
         out.append(item)
     return out

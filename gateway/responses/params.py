@@ -37,7 +37,13 @@ INCLUDES = {
 }
 
 
+# Every key chat_params reads: most requests send none of them.
+_READ = frozenset({"temperature", "top_p", "max_output_tokens", "user", *_PASSED, "parallel_tool_calls", "reasoning", "text", "include"})
+
+
 def chat_params(raw: dict[str, Any], request: Any) -> None:
+    if raw.keys().isdisjoint(_READ):
+        return
     params = request.params
     for key in ("temperature", "top_p"):
         if (value := number(raw, key)) is not None:

@@ -37,6 +37,7 @@ from gateway.tools.base import Tool
 from gateway.tools.toolbox import Offer
 
 
+_CALLS_BY_ID = frozenset({"mcp_call", "mcp_approval_request"})  # see conversation.to_messages
 _LISTINGS = 64  # listings kept (offer, label); a rebuilt toolbox's offers replace the old ones
 
 
@@ -49,9 +50,10 @@ class CreateResponse:
         self.remote = remote or RemoteServers(runtime.settings.responses, tool_timeout_s=runtime.settings.loop.tool_timeout_s)
         self._listings: dict[tuple[int, str], tuple[Offer, list[dict[str, Any]]]] = {}  # see _listing
 
-    async def _remote_tools(self, request: ResponsesRequest, held: AsyncExitStack) -> dict[str, list[Tool]]:
+    async def _remote_tools(self, request: ResponsesRequest, held: list[AsyncExitStack]) -> dict[str, list[Tool]]:
         """The tools of each remote server the request names by server_url, by its label;
-        every check first, so a bad tool is a 400 before anything connects."""
+        every check first, so a bad tool is a 400 before anything connects. Their sessions
+        stay open, in a stack put in `held`, until the request ends."""
         remote = [mcp for mcp in request.mcp if mcp.url is not None]
         if not remote or request.no_tools:
             return {}
@@ -60,7 +62,9 @@ class CreateResponse:
             self.remote.check(mcp, f"tools[{mcp.index}]")
             if mcp.label in configured:
                 raise InvalidRequest(f"The server_label {mcp.label!r} names a configured tool source; give the server_url another label.", param=f"tools[{mcp.index}].server_label")
-        found = await asyncio.gather(*(held.enter_async_context(self.remote.session(mcp, param=f"tools[{mcp.index}]")) for mcp in remote), return_exceptions=True)
+        sessions = AsyncExitStack()
+        held.append(sessions)
+        found = await asyncio.gather(*(sessions.enter_async_context(self.remote.session(mcp, param=f"tools[{mcp.index}]")) for mcp in remote), return_exceptions=True)
         listed: dict[str, list[Tool]] = {}
         for mcp, result in zip(remote, found):
             if isinstance(result, BaseException):
@@ -69,13 +73,16 @@ class CreateResponse:
         return listed
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        held = AsyncExitStack()  # the remote MCP sessions this request uses (most use none)
+        # The remote MCP sessions this request opened. Most open none: a stack is made only
+        # for those that do.
+        held: list[AsyncExitStack] = []
         try:
             await self._serve(scope, receive, send, held)
         finally:
-            await held.aclose()
+            for sessions in held:
+                await sessions.aclose()
 
-    async def _serve(self, scope: dict[str, Any], receive: Any, send: Any, held: AsyncExitStack) -> None:
+    async def _serve(self, scope: dict[str, Any], receive: Any, send: Any, held: list[AsyncExitStack]) -> None:
         started = time.perf_counter()
         rt = self.rt
         server = rt.settings.server
@@ -87,8 +94,9 @@ class CreateResponse:
             request = parse_request(body, max_items=server.max_messages)
             model = request.model
             alias = rt.alias(request.model)
-            remote = await self._remote_tools(request, held)
-            history = await self._history(request, owner)
+            # Most requests name no remote server and need no store: they skip both awaits.
+            remote = await self._remote_tools(request, held) if request.mcp else {}
+            history = await self._history(request, owner) if request.store or request.previous_response_id or request.references else []
             job, view, conversation_items = self._job(request, alias, history, scope, request_id, remote)
         except Exception as exc:
             await reject(send, exc, scope, started, model=model, api="responses")
@@ -121,7 +129,7 @@ class CreateResponse:
             if record is None:
                 raise NotFound(f"No response with id {request.previous_response_id!r} found.", param="previous_response_id")
             history = [*record.input_items, *record.response.get("output", [])]
-        if any(item["type"] == "item_reference" for item in request.input):
+        if request.references:
             request.input = await self._resolve(request.input, history, owner)
         return history
 
@@ -150,7 +158,9 @@ class CreateResponse:
         self, request: ResponsesRequest, alias: ModelAlias, history: list[dict[str, Any]], scope: dict[str, Any], request_id: str, remote: dict[str, list[Tool]]
     ) -> tuple[LoopJob, ResponseView, list[dict[str, Any]]]:
         rt = self.rt
-        items = with_ids([*history, *request.input])
+        # Ids are the store's, and the chat call ids of the calls that name theirs by `id`:
+        # a response not stored gives one to those alone.
+        items = with_ids([*history, *request.input], None if request.store else _CALLS_BY_ID)
         conversation = to_messages(items)
         if not conversation.messages:
             raise InvalidRequest("input is empty: send a message.", param="input")
@@ -189,11 +199,10 @@ class CreateResponse:
         asked = request.echo.get("max_tool_calls")
         if isinstance(asked, int) and not isinstance(asked, bool) and asked >= 0:
             job.max_tool_calls = min(job.max_tool_calls, asked)  # the client may ask for fewer, never more
-        echo = {**request.echo, "tool_choice": request.tool_choice}
         view = ResponseView(
             id=new_id("resp"),
             alias=request.model,
-            echo=echo,
+            echo=request.echo,
             labels=labels,
             list_tools=list_tools,
             approvals={call["id"] for call, yes in conversation.resume if yes} if conversation.resume else set(),

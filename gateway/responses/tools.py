@@ -57,6 +57,9 @@ def _named(name: str, label: str, wanted: frozenset[str]) -> bool:
 
 def parse_tools(raw: dict[str, Any], request: Any) -> None:
     tools = raw.get("tools")
+    if tools is None and raw.get("tool_choice") is None:
+        request.echo["tools"] = []  # the usual request: no tools, tool_choice "auto"
+        return
     if tools is not None and not isinstance(tools, list):
         raise invalid("tools must be an array.", "tools")
     client: list[dict[str, Any]] = []

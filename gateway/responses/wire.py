@@ -53,6 +53,7 @@ class ResponsesRequest:
     no_tools: bool = False  # tool_choice "none"
     logprobs: bool = False
     echo: dict[str, Any] = field(default_factory=dict)  # request fields the Response object repeats
+    references: bool = False  # some input item is an item_reference (the route resolves it)
 
 
 def parse_request(body: bytes, *, max_items: int = 2048) -> ResponsesRequest:
@@ -73,7 +74,10 @@ def parse_request(body: bytes, *, max_items: int = 2048) -> ResponsesRequest:
     model = raw.get("model")
     if not isinstance(model, str) or not model:
         raise invalid("model is required.", "model")
-    request = ResponsesRequest(model=model, input=parse_input(raw.get("input"), max_items))
+    items = raw.get("input")
+    request = ResponsesRequest(model, parse_input(items, max_items))
+    if isinstance(items, list):
+        request.references = any(item["type"] == "item_reference" for item in request.input)
     request.instructions = optional(raw, "instructions", str, "a string")
     request.stream = flag(raw, "stream", False)
     request.store = flag(raw, "store", True)
@@ -81,9 +85,10 @@ def parse_request(body: bytes, *, max_items: int = 2048) -> ResponsesRequest:
     chat_params(raw, request)
     parse_tools(raw, request)
     echo = request.echo
-    for key in _ECHOED_AS_SENT & sent:  # the Response object puts them in its own order
-        if raw[key] is not None:
-            echo[key] = raw[key]
+    for key, value in raw.items():  # the Response object puts them in its own order
+        if key in _ECHOED_AS_SENT and value is not None:
+            echo[key] = value
     echo["parallel_tool_calls"] = flag(raw, "parallel_tool_calls", True)
     echo["store"] = request.store
+    echo["tool_choice"] = request.tool_choice
     return request
