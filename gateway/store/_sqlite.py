@@ -363,10 +363,11 @@ class SqliteStore:
         if row is None:
             return None
         items: list[dict[str, Any]] = orjson.loads(row[0])
-        # `after` is the first item with that id (an unknown one gives an empty page).
-        at = next((n for n, item in enumerate(items) if item.get("id") == after), None) if after is not None else None
-        if after is not None and at is None:
-            return [], False
+        at = None  # `after`: the first item with that id (an unknown one gives an empty page)
+        if after is not None:
+            at = next((n for n, item in enumerate(items) if item.get("id") == after), None)
+            if at is None:
+                return [], False
         if order == "asc":
             start = 0 if at is None else at + 1
             return items[start : start + limit], start + limit < len(items)
