@@ -95,6 +95,9 @@ def _answer_the_unanswered(messages: list[dict[str, Any]], resumed: set[str]) ->
 def to_messages(items: list[dict[str, Any]]) -> Conversation:
     """The conversation so far, as chat messages: calls of one turn share one assistant message,
     every call gets exactly one tool message, and approved held calls go to the loop to run."""
+    if len(items) == 1 and items[0]["type"] == "message" and items[0]["role"] != "assistant":
+        # The usual request: one message, no turn to pair calls with.
+        return Conversation([{"role": items[0]["role"], "content": _user_content(items[0]["content"])}], [], set(), {})
     answers = {it["approval_request_id"]: it["approve"] for it in items if it["type"] == "mcp_approval_response"}
     messages: list[dict[str, Any]] = []
     resume: list[tuple[dict[str, Any], bool]] = []

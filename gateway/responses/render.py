@@ -356,8 +356,8 @@ class Items:
         """Non-streamed, a round's text is known only at the end: put it before that round's calls."""
         message = final.message
         text = message.get("content") or ""
-        if type(text) is str and text and len(message) == 2 and not self.items and not self.view.logprobs:
-            # The plain answer (a role and its text, nothing before it): one message item.
+        if type(text) is str and text and len(message) == 2 and not final.client_tool_calls and not final.approval_requests and not self.view.logprobs:
+            # The plain answer (a role and its text, no calls handed back): one message item, last.
             part: dict[str, Any] = {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
             self.items.append({"id": new_id("msg"), "type": "message", "role": "assistant", "status": "completed", "content": [part]})
             self.rounds.append(final.rounds)

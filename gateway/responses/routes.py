@@ -38,7 +38,7 @@ from gateway.tools.toolbox import Offer
 
 
 _CALLS_BY_ID = frozenset({"mcp_call", "mcp_approval_request"})  # see conversation.to_messages
-_LISTINGS = 64  # listings kept (offer, label); a rebuilt toolbox's offers replace the old ones
+_LISTINGS = 64  # listings kept (one per offer); a rebuilt toolbox's offers replace the old ones
 
 
 class CreateResponse:
@@ -48,7 +48,7 @@ class CreateResponse:
         self.rt = runtime
         self.slot = slot
         self.remote = remote or RemoteServers(runtime.settings.responses, tool_timeout_s=runtime.settings.loop.tool_timeout_s)
-        self._listings: dict[tuple[int, str], tuple[Offer, list[dict[str, Any]]]] = {}  # see _listing
+        self._listings: dict[int, _Listing] = {}  # by id(offer), see _listing
 
     async def _remote_tools(self, request: ResponsesRequest, held: list[AsyncExitStack]) -> dict[str, list[Tool]]:
         """The tools of each remote server the request names by server_url, by its label;
@@ -178,11 +178,13 @@ class CreateResponse:
         labels: dict[str, str] = {}
         list_tools: list[dict[str, Any]] = []
         if offer.tools or request.mcp:
-            owners = rt.toolbox.owners()
-            labels = {name: remote_names.get(name) or owners.get(name, "toolgate") for name in offer.tools}
-            used = dict.fromkeys([*(m.label for m in request.mcp), *labels.values()])
-            shared = not request.mcp  # the toolbox's own offer, the same object request after request
-            list_tools = [self._listing(label, offer, labels, shared) for label in used if label not in conversation.listed]
+            listing = self._listing(request, offer, remote_names)
+            labels = listing.labels
+            list_tools = [
+                {"id": new_id("mcpl"), "type": "mcp_list_tools", "server_label": label, "tools": tools, "error": None}
+                for label, tools in listing.tools.items()
+                if label not in conversation.listed
+            ]
         job = rt.loop_job(
             alias,
             messages,
@@ -262,23 +264,37 @@ class CreateResponse:
 
         return offer, asks, remote_names
 
-    def _listing(self, label: str, offer: Offer, labels: dict[str, str], shared: bool) -> dict[str, Any]:
-        # The toolbox's offers are rebuilt (new objects) when its tools change: a listing of one
-        # is kept with it, by identity. Per-request offers (an mcp tool's filter) are listed anew.
-        kept = self._listings.get((id(offer), label)) if shared else None
-        if kept is not None and kept[0] is offer:
-            tools = kept[1]
-        else:
-            tools = []
-            for schema in offer.schemas:
-                function = schema["function"]
-                if labels.get(function["name"]) == label:
-                    tools.append({"name": function["name"], "description": function.get("description") or None, "input_schema": function["parameters"], "annotations": None})
-            if shared:
-                if len(self._listings) >= _LISTINGS:
-                    self._listings.clear()
-                self._listings[(id(offer), label)] = (offer, tools)
-        return {"id": new_id("mcpl"), "type": "mcp_list_tools", "server_label": label, "tools": tools, "error": None}
+    def _listing(self, request: ResponsesRequest, offer: Offer, remote_names: dict[str, str]) -> _Listing:
+        # The toolbox's offers are rebuilt (new objects) when its tools change: the listing of
+        # one is kept with it, by identity. Per-request offers (an mcp tool's filter) are listed anew.
+        shared = not request.mcp  # the toolbox's own offer, the same object request after request
+        kept = self._listings.get(id(offer)) if shared else None
+        if kept is not None and kept.offer is offer:
+            return kept
+        owners = self.rt.toolbox.owners()
+        labels = {name: remote_names.get(name) or owners.get(name, "toolgate") for name in offer.tools}
+        tools: dict[str, list[dict[str, Any]]] = {label: [] for label in [*(m.label for m in request.mcp), *labels.values()]}
+        for schema in offer.schemas:
+            function = schema["function"]
+            label = labels.get(function["name"])
+            if label is not None:
+                tools[label].append({"name": function["name"], "description": function.get("description") or None, "input_schema": function["parameters"], "annotations": None})
+        listing = _Listing(offer, labels, tools)
+        if shared:
+            if len(self._listings) >= _LISTINGS:
+                self._listings.clear()
+            self._listings[id(offer)] = listing
+        return listing
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Listing:
+    """An offer's tools as a response shows them: each offered name's server label, and the
+    tools each label lists (its `mcp_list_tools` item), labels in the order first named."""
+
+    offer: Offer  # held, so that its id is not another's while kept
+    labels: dict[str, str]
+    tools: dict[str, list[dict[str, Any]]]
 
 
 # -- the store's routes --------------------------------------------------------------------------
