@@ -3,9 +3,10 @@
     store = await SqliteStore.open("var/responses.db", ttl_s=30 * 86400, max_bytes=1 << 30)
 
 Every operation is one transaction run as one job on the store's own thread,
-inside `asyncio.timeout(timeout_s)`; SQLite's busy timeout is shorter, so a
-locked database fails as "database is locked" and frees the thread before the
-loop gives up. Either way the caller gets StoreUnavailable, never a hang.
+bounded by `timeout_s` (a read under `asyncio.timeout`, a batch of puts under one
+timer); SQLite's busy timeout is shorter, so a locked database fails as "database
+is locked" and frees the thread before the loop gives up. Either way the caller
+gets StoreUnavailable, never a hang.
 
 The schema (`_schema.py`, version 4): one row per response holding its JSON and
 its input items as one JSON array, so a read is one row and a page of input
