@@ -186,6 +186,24 @@ async def test_continued_by_full_input_without_a_store(tmp_path):
     assert sent[-1]["content"][1] == {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA", "detail": "auto"}}
 
 
+async def test_an_mcp_call_sent_without_an_id_gets_one_as_its_chat_call_id_even_unstored(tmp_path):
+    # Unstored input items get no ids, except the calls whose id is their chat call id.
+    up = ScriptedUpstream(completion("Done."))
+    history = [
+        {"role": "user", "content": "1+1?"},
+        {"type": "mcp_call", "server_label": "builtin", "name": "calculate", "arguments": '{"expression":"1+1"}', "output": "2"},
+        {"role": "user", "content": "and again?"},
+    ]
+    async with gateway(config(tmp_path), up) as client:
+        r = await create(client, input=history, store=False)
+    assert r.status_code == 200, r.text
+    sent = up.bodies[0]["messages"][1:]
+    assert [m["role"] for m in sent] == ["user", "assistant", "tool", "user"]
+    (called,) = sent[1]["tool_calls"]
+    assert called["id"].startswith("mcp_") and sent[2] == {"role": "tool", "tool_call_id": called["id"], "content": "2"}
+    assert sent[0] == {"role": "user", "content": "1+1?"}  # the message itself goes as it came
+
+
 async def test_store_false_stores_nothing_and_another_owner_sees_404(tmp_path):
     up = ScriptedUpstream(completion("a"), completion("b"))
     cfg = config(tmp_path, environ={"TOOLGATE_API_KEYS": "key-one,key-two"})
