@@ -114,15 +114,17 @@ class RedisStore:
         return cls(Redis.from_pool(pool), ttl_s=ttl_s, max_bytes=max_bytes, timeout_s=timeout_s)
 
     async def put(self, stored: Stored) -> None:
-        encoded = encode(stored, self.max_bytes)
+        blobs = [orjson.dumps(item) for item in stored.input_items]
+        # The array orjson would write for the list, from the items as this store keeps them.
+        encoded = encode(stored, self.max_bytes, b"[" + b",".join(blobs) + b"]")
         fields: dict[FieldT, EncodableT] = {
             "owner": stored.owner,
             "created_at": repr(stored.created_at),
             "response": encoded.response,
             "n": len(stored.input_items),
         }
-        for seq, item in enumerate(stored.input_items):
-            fields[f"i:{seq}"] = orjson.dumps(item)
+        for seq, blob in enumerate(blobs):
+            fields[f"i:{seq}"] = blob
         for item_id, place in encoded.places:
             if place >= 0:
                 fields.setdefault(f"p:{item_id}", place)  # a repeated id pages from its first place, as in SQLite

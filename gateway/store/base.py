@@ -76,7 +76,8 @@ class Encoded:
     size: int  # the response's JSON and the input array's
 
 
-def encode(stored: Stored, max_bytes: int) -> Encoded:
+def encode(stored: Stored, max_bytes: int, input_json: bytes = b"") -> Encoded:
+    """`input_json`: the input array when the caller has it already (encoded once)."""
     places = []
     for idx, item in enumerate(stored.response.get("output") or ()):
         if item_id := item.get("id"):
@@ -87,7 +88,7 @@ def encode(stored: Stored, max_bytes: int) -> Encoded:
             raise ValueError(f"input item {seq} of {stored.id} has no string id")
         places.append((item_id, seq))
     response = stored.response_json or orjson.dumps(stored.response)
-    array = orjson.dumps(stored.input_items)
+    array = input_json or orjson.dumps(stored.input_items)
     size = len(response) + len(array)
     if size > max_bytes:
         raise TooLargeToStore(f"the response takes {size} bytes, more than the response store's whole cap of {max_bytes}")
