@@ -1,12 +1,17 @@
-"""Ids of responses and their items: a type prefix and 32 hex digits, as the hosted API's.
+"""Ids of responses and their items, as the hosted API's: a type prefix and hex digits.
 
-    new_id("resp")            # "resp_19ad3c0f2e1" + 21 random hex digits
-    items = with_ids(items)   # each keeps its own id, or gets one with its type's prefix
+    mint = Mint()                    # mint.response_id: "resp_19ad3c0f2e1" + 21 random hex digits
+    mint("msg")                      # "msg_19ad3c0f2e1…" + "0001": an item of that response
+    items = with_ids(items, mint)    # each keeps its own id, or gets one from the mint
+    holder("msg_19ad3c0f2e1…0001")   # "resp_19ad3c0f2e1…": the response that minted it
 
-The digits are the time in milliseconds, then 84 random bits: ids made later sort
-later, so the store's indexes on them grow at their right edge and a commit
-writes a few pages, not one per index per record at random places. Ids need to
-be unique, not secret: every read is also checked against the owner's key.
+A response id's 32 digits are the time in milliseconds, then 84 random bits: ids
+made later sort later, so the store's index on them grows at its right edge and
+a commit writes a few pages, not one per record at a random place. An item the
+gateway gives an id carries its response's 32 digits and a counter, so the store
+finds the item from its id alone, without a row per item in an index: only items
+that came from elsewhere (a previous response's, a client's) need one. Ids need
+to be unique, not secret: every read is also checked against the owner's key.
 `random` (seeded from the OS, and again in each forked worker) costs a fraction
 of `uuid4` on the request path.
 """
@@ -24,6 +29,8 @@ PREFIXES = {
 }  # fmt: skip
 
 _bits = random.getrandbits
+_DIGITS = 32  # a response id's hex digits after "resp_"
+_HEX = frozenset("0123456789abcdef")
 
 
 def new_id(prefix: str) -> str:
@@ -31,12 +38,41 @@ def new_id(prefix: str) -> str:
     return f"{prefix}_{int(time() * 1000) << 84 | _bits(84):032x}"
 
 
-def with_ids(items: list[dict[str, Any]], only: Container[str] | None = None) -> list[dict[str, Any]]:
-    """The items, each with a string id (a new one where it had none); with `only`, just
-    the items of those types get one."""
+class Mint:
+    """A new response's id, and its items' ids: `{prefix}_{the response's digits}{a counter, 4+ hex}`."""
+
+    __slots__ = ("response_id", "_digits", "_made")
+
+    def __init__(self) -> None:
+        self.response_id = new_id("resp")
+        self._digits = self.response_id[5:]
+        self._made = 0
+
+    def __call__(self, prefix: str) -> str:
+        self._made += 1
+        return f"{prefix}_{self._digits}{self._made:04x}"
+
+
+def holder(item_id: str) -> str | None:
+    """The id of the response that minted this item id, or None when the gateway did not mint it."""
+    digits = item_id[item_id.find("_") + 1 :]
+    if len(digits) <= _DIGITS or not _HEX.issuperset(digits):
+        return None
+    return "resp_" + digits[:_DIGITS]
+
+
+def minted_by(item_id: str, response_id: str) -> bool:
+    """Whether `response_id`'s mint made `item_id` (so the store finds it without an index row)."""
+    start = item_id.find("_") + 1
+    return len(response_id) == 5 + _DIGITS and len(item_id) > start + _DIGITS and item_id.startswith(response_id[5:], start)
+
+
+def with_ids(items: list[dict[str, Any]], mint: Mint, only: Container[str] | None = None) -> list[dict[str, Any]]:
+    """The items, each with a string id (a new one from `mint` where it had none); with `only`,
+    just the items of those types get one."""
     out = []
     for item in items:
         if (only is None or item["type"] in only) and (not isinstance(item.get("id"), str) or not item["id"]):
-            item = {**item, "id": new_id(PREFIXES.get(item["type"], "item"))}
+            item = {**item, "id": mint(PREFIXES.get(item["type"], "item"))}
         out.append(item)
     return out

@@ -1,6 +1,6 @@
 """Loop events as the Responses API: one `response` object, or its typed SSE events.
 
-    view = ResponseView(id=new_id("resp"), alias="m", echo=request.echo, labels=owners)
+    view = ResponseView(alias="m", echo=request.echo, labels=owners)   # view.id: a new response id
     renderer = ResponsesSSE(view)          # or ResponsesJSON(view)
     outcome = await pump(send, receive, events, renderer, timing)
     renderer.response                      # the Response object as the client saw it, to store
@@ -22,7 +22,7 @@ import orjson
 
 from gateway import sse
 from gateway.events import Delta, Event, Final, Opening, RoundUsage, ToolFinished, ToolProgress, ToolStarted
-from gateway.responses.ids import new_id
+from gateway.responses.ids import Mint
 from gateway.responses.params import ECHOED
 from gateway.usage import add_usage
 
@@ -31,7 +31,6 @@ from gateway.usage import add_usage
 class ResponseView:
     """What the Response object says besides its output."""
 
-    id: str
     alias: str
     echo: dict[str, Any] = field(default_factory=dict)
     labels: dict[str, str] = field(default_factory=dict)  # offered tool name -> its source's name
@@ -40,6 +39,11 @@ class ResponseView:
     max_rounds: int = 8
     logprobs: bool = False
     created_at: float = field(default_factory=time.time)
+    mint: Mint = field(default_factory=Mint)  # the response's id, and its items'
+
+    @property
+    def id(self) -> str:
+        return self.mint.response_id
 
 
 # The Response object's fields the request decides, as they are when the request does not say.
@@ -101,6 +105,7 @@ class Items:
 
     def __init__(self, view: ResponseView, streamed: bool) -> None:
         self.view = view
+        self.mint = view.mint
         self.streamed = streamed  # text arrives as deltas (else only in Final)
         self.items: list[dict[str, Any]] = []
         self.rounds: list[int] = []  # the round each item belongs to
@@ -217,7 +222,7 @@ class Items:
         if self.message is not None:
             self._close_text()
         if self.reasoning is None:
-            item: dict[str, Any] = {"id": new_id("rs"), "type": "reasoning", "summary": [], "content": [{"type": "reasoning_text", "text": ""}], "status": "in_progress"}
+            item: dict[str, Any] = {"id": self.mint("rs"), "type": "reasoning", "summary": [], "content": [{"type": "reasoning_text", "text": ""}], "status": "in_progress"}
             self.reasoning = self.add({**item, "content": []}, self.round + 1)
             self.items[self.reasoning] = item
             self.emit("response.content_part.added", item_id=item["id"], output_index=self.reasoning, content_index=0, part={"type": "reasoning_text", "text": ""})
@@ -229,7 +234,7 @@ class Items:
         if self.reasoning is not None:
             self._close_reasoning()
         if self.message is None:
-            item: dict[str, Any] = {"id": new_id("msg"), "type": "message", "role": "assistant", "status": "in_progress", "content": []}
+            item: dict[str, Any] = {"id": self.mint("msg"), "type": "message", "role": "assistant", "status": "in_progress", "content": []}
             self.message = self.add(item, self.round + 1)
             part: dict[str, Any] = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
             item["content"].append(part)
@@ -293,7 +298,7 @@ class Items:
 
     def _mcp_call(self, event: ToolStarted) -> None:
         item: dict[str, Any] = {
-            "id": new_id("mcp"),
+            "id": self.mint("mcp"),
             "type": "mcp_call",
             "server_label": self._label(event.name),
             "name": event.name,
@@ -334,14 +339,14 @@ class Items:
         if not self.streamed:
             self._unstreamed_text(final)
         if self.message is None and refusal:
-            item: dict[str, Any] = {"id": new_id("msg"), "type": "message", "role": "assistant", "status": "in_progress", "content": []}
+            item: dict[str, Any] = {"id": self.mint("msg"), "type": "message", "role": "assistant", "status": "in_progress", "content": []}
             self.message = self.add(item, final.rounds)
             item["content"].append({"type": "output_text", "text": "", "annotations": [], "logprobs": []})
             self.emit("response.content_part.added", item_id=item["id"], output_index=self.message, content_index=0, part=item["content"][0])
         self._close_text(refusal)
         for call in final.client_tool_calls or ():
             function = call["function"]
-            item = {"id": new_id("fc"), "type": "function_call", "call_id": call["id"], "name": function["name"], "arguments": "", "status": "in_progress"}
+            item = {"id": self.mint("fc"), "type": "function_call", "call_id": call["id"], "name": function["name"], "arguments": "", "status": "in_progress"}
             index = self.add(item, final.rounds)
             item["arguments"], item["status"] = function["arguments"], "completed"
             self.emit("response.function_call_arguments.delta", item_id=item["id"], output_index=index, delta=function["arguments"])
@@ -349,7 +354,7 @@ class Items:
             self.done(index)
         for call in final.approval_requests or ():
             function = call["function"]
-            item = {"id": new_id("mcpr"), "type": "mcp_approval_request", "server_label": self._label(function["name"]), "name": function["name"], "arguments": function["arguments"]}
+            item = {"id": self.mint("mcpr"), "type": "mcp_approval_request", "server_label": self._label(function["name"]), "name": function["name"], "arguments": function["arguments"]}
             self.done(self.add(item, final.rounds))
 
     def _unstreamed_text(self, final: Final) -> None:
@@ -359,7 +364,7 @@ class Items:
         if type(text) is str and text and len(message) == 2 and not final.client_tool_calls and not final.approval_requests and not self.view.logprobs:
             # The plain answer (a role and its text, no calls handed back): one message item, last.
             part: dict[str, Any] = {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
-            self.items.append({"id": new_id("msg"), "type": "message", "role": "assistant", "status": "completed", "content": [part]})
+            self.items.append({"id": self.mint("msg"), "type": "message", "role": "assistant", "status": "completed", "content": [part]})
             self.rounds.append(final.rounds)
             return
         reasoning = message.get("reasoning_content") or message.get("reasoning")
@@ -369,7 +374,7 @@ class Items:
             at = next((i for i, r in enumerate(self.rounds) if r >= final.rounds and self.items[i]["type"] == "mcp_call"), at)
         new = []
         if isinstance(reasoning, str) and reasoning:
-            new.append({"id": new_id("rs"), "type": "reasoning", "summary": [], "content": [{"type": "reasoning_text", "text": reasoning}], "status": "completed"})
+            new.append({"id": self.mint("rs"), "type": "reasoning", "summary": [], "content": [{"type": "reasoning_text", "text": reasoning}], "status": "completed"})
         if text or message.get("refusal"):
             part = {"type": "output_text", "text": _text(text), "annotations": message.get("annotations") or [], "logprobs": []}
             if self.view.logprobs and final.logprobs:
@@ -377,7 +382,7 @@ class Items:
             content: list[dict[str, Any]] = [part] if text else []
             if message.get("refusal"):
                 content.append({"type": "refusal", "refusal": message["refusal"]})
-            new.append({"id": new_id("msg"), "type": "message", "role": "assistant", "status": "completed", "content": content})
+            new.append({"id": self.mint("msg"), "type": "message", "role": "assistant", "status": "completed", "content": content})
         self.items[at:at] = new
         self.rounds[at:at] = [final.rounds] * len(new)
         self.calls = {k: (v + len(new) if v >= at else v) for k, v in self.calls.items()}

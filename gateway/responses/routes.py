@@ -25,7 +25,7 @@ from gateway.config import ModelAlias
 from gateway.errors import GatewayError, InvalidRequest, NotFound, error_json
 from gateway.loop import LoopJob
 from gateway.responses.conversation import to_messages
-from gateway.responses.ids import new_id, with_ids
+from gateway.responses.ids import Mint, with_ids
 from gateway.responses.remote import RemoteServers
 from gateway.responses.render import ResponsesJSON, ResponsesSSE, ResponseView
 from gateway.responses.slot import StoreBeforeTheEnd, StoreSlot
@@ -160,7 +160,8 @@ class CreateResponse:
         rt = self.rt
         # Ids are the store's, and the chat call ids of the calls that name theirs by `id`:
         # a response not stored gives one to those alone.
-        items = with_ids([*history, *request.input], None if request.store else _CALLS_BY_ID)
+        mint = Mint()
+        items = with_ids([*history, *request.input], mint, None if request.store else _CALLS_BY_ID)
         conversation = to_messages(items)
         if not conversation.messages:
             raise InvalidRequest("input is empty: send a message.", param="input")
@@ -181,7 +182,7 @@ class CreateResponse:
             listing = self._listing(request, offer, remote_names)
             labels = listing.labels
             list_tools = [
-                {"id": new_id("mcpl"), "type": "mcp_list_tools", "server_label": label, "tools": tools, "error": None}
+                {"id": mint("mcpl"), "type": "mcp_list_tools", "server_label": label, "tools": tools, "error": None}
                 for label, tools in listing.tools.items()
                 if label not in conversation.listed
             ]
@@ -202,7 +203,6 @@ class CreateResponse:
         if isinstance(asked, int) and not isinstance(asked, bool) and asked >= 0:
             job.max_tool_calls = min(job.max_tool_calls, asked)  # the client may ask for fewer, never more
         view = ResponseView(
-            id=new_id("resp"),
             alias=request.model,
             echo=request.echo,
             labels=labels,
@@ -210,6 +210,7 @@ class CreateResponse:
             approvals={call["id"] for call, yes in conversation.resume if yes} if conversation.resume else set(),
             max_rounds=job.max_rounds,
             logprobs=request.logprobs,
+            mint=mint,
         )
         return job, view, items
 

@@ -6,7 +6,8 @@ One hash per response, `toolgate:resp:{id}`: owner, created_at, response, n
 (the item count), `i:{seq}` per input item, `p:{item id}` -> seq and `o:{item id}`
 -> its place in the output, so a page is one HMGET of computed fields and the
 whole record expires (PEXPIRE) and disappears at once. `toolgate:item:{item id}`
-names the newest response holding that item (same expiry), for `item_reference`. The size cap is the store's own, as in SQLite, rather than
+names the newest response holding that item (same expiry), for `item_reference`;
+an item whose id its response minted has no such key (the id names the response). The size cap is the store's own, as in SQLite, rather than
 Redis's `maxmemory`: that policy is the whole server's (often shared with other
 applications) and says nothing of which responses go first. Three bookkeeping
 keys, `toolgate:store:index` (id by expiry, ms), `:sizes` (id -> bytes) and
@@ -32,6 +33,7 @@ from redis.exceptions import RedisError
 from redis.typing import EncodableT, FieldT
 
 from gateway.errors import StoreUnavailable
+from gateway.responses.ids import holder
 from gateway.store.base import CLEANUP_BATCH, Stored, check_page, encode
 from gateway.threads import settle
 
@@ -125,11 +127,13 @@ class RedisStore:
         }
         for seq, blob in enumerate(blobs):
             fields[f"i:{seq}"] = blob
-        for item_id, place in encoded.places:
-            if place >= 0:
-                fields.setdefault(f"p:{item_id}", place)  # a repeated id pages from its first place, as in SQLite
-            else:
-                fields[f"o:{item_id}"] = -1 - place
+        # Every item's place (a repeated id keeps its first, as in SQLite); `toolgate:item:` keys
+        # only for the items this response did not mint (encode's places).
+        for seq, item in enumerate(stored.input_items):
+            fields.setdefault(f"p:{item['id']}", seq)
+        for idx, item in enumerate(stored.response.get("output") or ()):
+            if item_id := item.get("id"):
+                fields.setdefault(f"o:{item_id}", idx)
         key = self.records + stored.id
         ttl_ms = max(1, int(self.ttl_s * 1000))
         item_ids = {item_id for item_id, _ in encoded.places}
@@ -188,10 +192,17 @@ class RedisStore:
         return [orjson.loads(blob) for blob in blobs], 0 <= stop < count  # type: ignore[arg-type]  # none is None (checked above)
 
     async def find_item(self, item_id: str, owner: str) -> dict[str, Any] | None:
-        holder = await self._call(self._client.get(self.items + item_id))
-        if holder is None:
-            return None
-        key = self.records + (holder.decode() if isinstance(holder, bytes) else holder)
+        # The newest response holding it that has a key for it, else the one that minted it
+        # (the oldest holder: any other got the item from it).
+        newest = await self._call(self._client.get(self.items + item_id))
+        found = newest is not None and await self._find_in(newest.decode() if isinstance(newest, bytes) else newest, item_id, owner)
+        if found:
+            return found
+        minter = holder(item_id)
+        return await self._find_in(minter, item_id, owner) if minter else None
+
+    async def _find_in(self, response_id: str, item_id: str, owner: str) -> dict[str, Any] | None:
+        key = self.records + response_id
         found_owner, seq, idx = await self._call(self._client.hmget(key, ["owner", f"p:{item_id}", f"o:{item_id}"]))
         if found_owner != owner.encode():
             return None

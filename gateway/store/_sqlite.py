@@ -45,7 +45,8 @@ import orjson
 
 from gateway.errors import StoreUnavailable, TooLargeToStore
 from gateway.store._schema import SchemaTooNew, migrate
-from gateway.store.base import CLEANUP_BATCH, Encoded, Stored, check_page, encode
+from gateway.responses.ids import holder
+from gateway.store.base import CLEANUP_BATCH, Encoded, Stored, check_page, encode, find_minted
 from gateway.threads import Busy, Threads, settle
 
 T = TypeVar("T")
@@ -339,15 +340,22 @@ class SqliteStore:
         return Stored(response_id, owner, orjson.loads(row[1]), orjson.loads(row[2]), row[0])
 
     def _find_item(self, item_id: str, owner: str, now: float) -> dict[str, Any] | None:
-        # The newest response holding it; within one, an output item before an input item.
-        row = self._cursor().execute(
+        # The newest response holding it; within one, an output item before an input item. The
+        # response that minted the id holds it without a row here, and is the oldest holder:
+        # any other got the item from it.
+        db = self._cursor()
+        row = db.execute(
             "SELECT i.place, CASE WHEN i.place < 0 THEN r.response ELSE r.input END"
             " FROM item_ids i JOIN responses r ON r.id = i.response_id"
             " WHERE i.item_id = ? AND r.owner = ? AND r.expires_at > ? ORDER BY r.created_at DESC, i.place LIMIT 1",
             (item_id, owner, now),
         ).fetchone()
         if row is None:
-            return None
+            minter = holder(item_id)
+            row = minter and db.execute(
+                "SELECT response, input FROM responses WHERE id = ? AND owner = ? AND expires_at > ?", (minter, owner, now)
+            ).fetchone()
+            return find_minted(item_id, orjson.loads(row[0]), orjson.loads(row[1])) if row else None
         place, blob = row
         if place < 0:
             place, items = -1 - place, orjson.loads(blob).get("output") or []

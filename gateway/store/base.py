@@ -9,6 +9,7 @@ from typing import Any, Protocol
 import orjson
 
 from gateway.errors import TooLargeToStore
+from gateway.responses.ids import minted_by
 
 ORDERS = ("asc", "desc")
 MAX_LIMIT = 100
@@ -71,7 +72,8 @@ class Encoded:
     response: bytes
     input: bytes  # the input items as one JSON array, in order
     # (item id, place): each output item's (-1 - its index; one without an id is left out),
-    # then each input item's (its index).
+    # then each input item's (its index); but not an item this response minted (`minted_by`):
+    # the store finds that one from its id alone (`find_minted`).
     places: list[tuple[str, int]]
     size: int  # the response's JSON and the input array's
 
@@ -79,20 +81,31 @@ class Encoded:
 def encode(stored: Stored, max_bytes: int, input_json: bytes = b"") -> Encoded:
     """`input_json`: the input array when the caller has it already (encoded once)."""
     places = []
+    response_id = stored.id
     for idx, item in enumerate(stored.response.get("output") or ()):
-        if item_id := item.get("id"):
+        item_id = item.get("id")
+        if item_id and not minted_by(item_id, response_id):
             places.append((item_id, -1 - idx))
     for seq, item in enumerate(stored.input_items):
         item_id = item.get("id") if isinstance(item, dict) else None
         if not isinstance(item_id, str) or not item_id:
-            raise ValueError(f"input item {seq} of {stored.id} has no string id")
-        places.append((item_id, seq))
+            raise ValueError(f"input item {seq} of {response_id} has no string id")
+        if not minted_by(item_id, response_id):
+            places.append((item_id, seq))
     response = stored.response_json or orjson.dumps(stored.response)
     array = input_json or orjson.dumps(stored.input_items)
     size = len(response) + len(array)
     if size > max_bytes:
         raise TooLargeToStore(f"the response takes {size} bytes, more than the response store's whole cap of {max_bytes}")
     return Encoded(response, array, places, size)
+
+
+def find_minted(item_id: str, response: dict[str, Any], input_items: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The item with this id in a record, an output item before an input item."""
+    for item in response.get("output") or ():
+        if item.get("id") == item_id:
+            return item
+    return next((item for item in input_items if item.get("id") == item_id), None)
 
 
 def check_page(limit: int, order: str) -> None:

@@ -18,6 +18,7 @@ import pytest
 import redis.asyncio
 from openai.types.responses import ResponseItemList
 
+from gateway.responses.ids import Mint
 from gateway.responses.slot import StoreSlot
 from gateway.store import BACKENDS, Stored, StoreUnavailable, TooLargeToStore, open_store
 from gateway.store._schema import MIGRATIONS, migrate
@@ -327,6 +328,41 @@ async def test_find_item_by_id_across_responses_of_one_owner(store):
     assert await store.find_item("msg_nope", "owner-a") is None
     await store.delete("resp_1", "owner-a")
     assert await store.find_item("msg_a", "owner-a") is None
+
+
+def minted(owner: str = "owner-a", history: tuple[dict[str, Any], ...] = ()) -> tuple[Stored, str, str]:
+    """A record as the gateway makes one: its items' ids minted by its own id; (record, input id, output id)."""
+    mint = Mint()
+    asked = message(mint("msg"), "asked")
+    said = {**message(mint("msg"), "said"), "role": "assistant"}
+    response = {"id": mint.response_id, "object": "response", "created_at": 1700000000, "status": "completed", "output": [said]}
+    return Stored(mint.response_id, owner, response, [*history, asked], time.time()), asked["id"], said["id"]
+
+
+async def test_items_a_response_minted_are_found_by_their_id_alone(backend, store):
+    first, asked, said = minted()
+    await store.put(first)
+    assert await store.find_item(asked, "owner-a") == first.input_items[0]
+    assert await store.find_item(said, "owner-a") == first.response["output"][0]
+    assert await store.find_item(said, "owner-b") is None
+    assert await store.find_item(said[:-1] + "f", "owner-a") is None  # minted by it, but not held
+    assert await store.input_items(first.id, "owner-a", after=asked) == ([], False)  # pages by a minted id too
+    # A later response holding a copy of each (the conversation so far), and one of its own.
+    copies = ({**first.input_items[0], "status": "copied"}, {**first.response["output"][0], "status": "copied"})
+    second, own, _ = minted(history=copies)
+    await store.put(second)
+    assert await store.find_item(said, "owner-a") == copies[1]  # the newest holder's
+    assert await store.find_item(own, "owner-a") == second.input_items[2]
+    assert await store.input_items(second.id, "owner-a", after=own, order="desc") == ([copies[1], copies[0]], False)
+    if backend.name == "sqlite":  # rows only for the copies: the rest are found from their ids
+        with sqlite3.connect(backend.url.removeprefix("sqlite:///")) as db:
+            assert sorted(db.execute("SELECT item_id, place FROM item_ids")) == sorted([(asked, 0), (said, 1)])
+        db.close()
+    assert await store.delete(second.id, "owner-a")
+    assert await store.find_item(said, "owner-a") == first.response["output"][0]  # the minter's again
+    assert await store.delete(first.id, "owner-a")
+    assert await store.find_item(said, "owner-a") is None
+    assert await store.find_item(asked, "owner-a") is None
 
 
 async def test_find_item_misses_expired_records(backend):
