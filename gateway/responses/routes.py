@@ -94,9 +94,13 @@ class CreateResponse:
             request = parse_request(body, max_items=server.max_messages)
             model = request.model
             alias = rt.alias(request.model)
-            # Most requests name no remote server and need no store: they skip both awaits.
+            # Most requests name no remote server and continue no stored conversation: they
+            # skip those awaits. One to be stored finds the store open (or fails, 503) before
+            # the model is asked, not after.
             remote = await self._remote_tools(request, held) if request.mcp else {}
-            history = await self._history(request, owner) if request.store or request.previous_response_id or request.references else []
+            history = await self._history(request, owner) if request.previous_response_id or request.references else []
+            if request.store and self.slot.store is None:
+                await self.slot.get()
             job, view, conversation_items = self._job(request, alias, history, scope, request_id, remote)
         except Exception as exc:
             await reject(send, exc, scope, started, model=model, api="responses")
@@ -120,10 +124,9 @@ class CreateResponse:
 
     async def _history(self, request: ResponsesRequest, owner: str) -> list[dict[str, Any]]:
         """The conversation before this request: the previous response's input and output items."""
-        store = await self.slot.get() if request.store or request.previous_response_id else None
         history: list[dict[str, Any]] = []
         if request.previous_response_id:
-            assert store is not None
+            store = await self.slot.get()
             await self.slot.settled(request.previous_response_id)
             record = await store.get(request.previous_response_id, owner)
             if record is None:

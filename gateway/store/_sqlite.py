@@ -17,7 +17,8 @@ place there, for `item_reference`; `totals` keeps the size of everything.
 Puts are group-committed: the puts that arrive while one batch is being written
 go together as the next job (at most MAX_WAITING of them), in one transaction,
 so the thread hop, the commit and the WAL pages are paid once per batch, not per
-response. A batch is a few statements: one multi-row INSERT per table (CHUNK_ROWS
+response. Under load the next batch also gathers for GATHER_S after the last one
+landed (a commit delay: 3 ms on an answer that took the model far longer). A batch is a few statements: one multi-row INSERT per table (CHUNK_ROWS
 rows a statement) and one UPDATE of the total that also says whether the cap
 holds. sqlite3 lets the GIL go around every statement step, and while the event
 loop is busy each take-back is a wait and a thread switch on the loop's core, so
@@ -88,6 +89,12 @@ class _StoredAgain(Exception):
 
 MAX_WAITING = 1024  # puts waiting for the next batch; past it, StoreUnavailable
 
+# Group commit's gathering window, as a database's commit delay: when puts come faster than
+# batches land, the next batch starts this long after the last one landed, so it takes the puts
+# of that time too (a commit, and the thread's hand-over, serve several). A put that finds the
+# store idle, or a batch of one that landed alone, starts a batch at once.
+GATHER_S = 0.003
+
 PURGE_EVERY_S = 1.0  # the expiry purge runs at most this often per store (expired rows are invisible at once)
 
 
@@ -103,6 +110,8 @@ class SqliteStore:
         self._waiting: list[tuple[Stored, asyncio.Future[None]]] = []  # puts for the next batch
         self._writing: list[tuple[Stored, asyncio.Future[None]]] | None = None  # the batch on the thread
         self._overdue: asyncio.TimerHandle | None = None  # fails that batch past timeout_s
+        self._gathering: asyncio.TimerHandle | None = None  # starts the next batch when GATHER_S is up
+        self._crowded_until = float("-inf")  # loop time: until then the next batch gathers
         self._purged_at = float("-inf")  # touched only on self._thread
 
     @classmethod
@@ -128,13 +137,27 @@ class SqliteStore:
             done.set_exception(StoreUnavailable(f"the response store is unavailable: {MAX_WAITING} writes wait already"))
             return done
         self._waiting.append((stored, done))
-        if self._writing is None:
-            self._write_next()
+        if self._writing is None and self._gathering is None:
+            self._next()
         return done
 
     # One batch at a time, and each takes every put waiting when it starts: a put waits for at
-    # most the batch being written and its own. The hand-over and the landing are loop callbacks
-    # (no task, no awaited future per batch); one timer bounds the batch being written.
+    # most the batch being written and its own (and, under load, GATHER_S). The hand-over and the
+    # landing are loop callbacks (no task, no awaited future per batch); one timer bounds the
+    # batch being written.
+
+    def _next(self) -> None:
+        loop = asyncio.get_running_loop()
+        wait = self._crowded_until - loop.time()
+        if wait > 0:
+            self._gathering = loop.call_later(wait, self._gathered)
+        else:
+            self._write_next()
+
+    def _gathered(self) -> None:
+        self._gathering = None
+        if self._waiting and self._writing is None:
+            self._write_next()
 
     def _write_next(self) -> None:
         batch, self._waiting = self._waiting, []
@@ -156,8 +179,10 @@ class SqliteStore:
         assert failures is not None
         for (_, done), failure in zip(batch, failures):
             settle(done, None, failure)
-        if self._waiting and self._writing is None:
-            self._write_next()
+        if len(batch) > 1 or self._waiting:  # puts come faster than batches land: the next one gathers
+            self._crowded_until = asyncio.get_running_loop().time() + GATHER_S
+        if self._waiting and self._writing is None and self._gathering is None:
+            self._next()
 
     def _late(self, batch: list[tuple[Stored, asyncio.Future[None]]]) -> None:
         # The thread has not answered within timeout_s: these puts fail now (the write may still
@@ -183,6 +208,11 @@ class SqliteStore:
     async def close(self) -> None:
         """Close the connection; never raises. If the thread is stuck past the timeout,
         the connection goes with the process (the thread is a daemon)."""
+        if self._gathering is not None:  # the puts gathering go now, ahead of the close
+            self._gathering.cancel()
+            self._gathering = None
+            if self._waiting and self._writing is None:
+                self._write_next()
         try:
             await self._call(self._close)
         except StoreUnavailable:

@@ -102,10 +102,8 @@ def encode(stored: Stored, max_bytes: int, input_json: bytes = b"") -> Encoded:
 
 def find_minted(item_id: str, response: dict[str, Any], input_items: list[dict[str, Any]]) -> dict[str, Any] | None:
     """The item with this id in a record, an output item before an input item."""
-    for item in response.get("output") or ():
-        if item.get("id") == item_id:
-            return item
-    return next((item for item in input_items if item.get("id") == item_id), None)
+    output: list[dict[str, Any]] = response.get("output") or []
+    return next((item for item in (*output, *input_items) if item.get("id") == item_id), None)
 
 
 def check_page(limit: int, order: str) -> None:

@@ -404,6 +404,51 @@ async def test_puts_at_once_share_a_commit_and_a_bad_one_fails_alone(tmp_path):
         await store.close()
 
 
+async def _counting_batches(path) -> tuple[Any, list[int]]:
+    store = await open_store(f"sqlite:///{path}", ttl_s=60, max_bytes=1 << 20, timeout_s=TIMEOUT)
+    sizes: list[int] = []
+    write = store._put_many
+
+    def counted(batch: list[Stored], now: float) -> list[Exception | None]:
+        sizes.append(len(batch))
+        return write(batch, now)
+
+    store._put_many = counted
+    return store, sizes
+
+
+async def test_under_load_the_next_batch_gathers_and_a_lone_put_does_not_wait(tmp_path):
+    store, sizes = await _counting_batches(tmp_path / "r.db")
+    try:
+        await store.put(record("resp_0"))  # alone: written at once, and the next one too
+        lone = store.submit(record("resp_1"))
+        assert store._writing is not None and store._gathering is None
+        await lone
+        first, second = store.submit(record("resp_2")), store.submit(record("resp_3"))
+        await first  # resp_3 waited for that batch: puts come faster than batches land
+        later = [store.submit(record(f"resp_{n}")) for n in (4, 5)]
+        await asyncio.gather(second, *later)
+        assert sizes == [1, 1, 1, 3]  # resp_3 gathered those that came within GATHER_S
+        for n in range(6):
+            assert await store.get(f"resp_{n}", "owner-a") is not None
+    finally:
+        await store.close()
+
+
+async def test_close_writes_the_puts_still_gathering(tmp_path):
+    store, sizes = await _counting_batches(tmp_path / "r.db")
+    first, second = store.submit(record("resp_0")), store.submit(record("resp_1"))
+    await first
+    assert store._gathering is not None  # resp_1 waits for company
+    await store.close()
+    assert second.done() and second.exception() is None
+    again = await open_store(f"sqlite:///{tmp_path / 'r.db'}", ttl_s=60, max_bytes=1 << 20, timeout_s=TIMEOUT)
+    try:
+        assert await again.get("resp_1", "owner-a") is not None
+    finally:
+        await again.close()
+
+
 @pytest.fixture
 async def stuck(backend) -> AsyncIterator[Any]:
     """A store whose database does not answer: SQLite locked by another connection,
