@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine
 from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
@@ -132,7 +132,7 @@ class _Pump:
         self.r = renderer
         self.timing = timing
         self.outcome = Outcome()
-        self.task: asyncio.Task[Any] = asyncio.current_task()  # type: ignore[assignment]  # pump() runs in a task
+        self.task: asyncio.Task[Any]  # the task that awaits run(): what an interruption cancels
         self.reason: str | None = None  # why the task was interrupted
         self.done = False  # the whole response was sent
         self.watcher: asyncio.Task[None] | None = None
@@ -171,6 +171,7 @@ class _Pump:
         task the same way (a timer or a callback, `interrupt`), and ends the request its own way."""
         outcome = self.outcome
         loop = asyncio.get_running_loop()
+        self.task = asyncio.current_task()  # type: ignore[assignment]  # run() runs in a task
         left, mine = self.timing.left, self._client_left
         if left is not None:
             left.callback = mine
@@ -457,10 +458,11 @@ async def _stream(p: _Pump, events: AsyncGenerator[Event, None]) -> None:
             log.error("the tool loop did not stop within %g s of being cancelled", CLEANUP_S)
 
 
-async def pump(send: Send, receive: Receive, events: AsyncGenerator[Event, None], renderer: Renderer, timing: Timing) -> Outcome:
-    """Serve one request's loop events through `renderer`; never raises for the loop's failures."""
+def pump(send: Send, receive: Receive, events: AsyncGenerator[Event, None], renderer: Renderer, timing: Timing) -> Coroutine[Any, Any, Outcome]:
+    """Serve one request's loop events through `renderer` (await it); never raises for the loop's
+    failures. Not a coroutine itself: the pump's run is, one frame less to resume at each wait."""
     p = _Pump(send, receive, renderer, timing)
     work = _stream(p, events) if renderer.streaming else _collect(p, events)
-    return await p.run(work)
+    return p.run(work)
 
 
