@@ -69,16 +69,17 @@ class Plan:
     wrk: bool = True  # wrk runs whole seconds only: the smoke plan uses bench.load throughout
     settle_s: float = 0.5  # before reading an idle RSS
     max_rps: int = 60_000  # the request cap of a run is max_rps x its duration
+    s8_slices: int = 4  # S8's pairs of runs per shape and round (even: each order as often)
 
 
 PLANS = {
     "full": Plan("full", rounds=3, warmup_s=1.0, s1_s=3, s2_s=10, s3_ttfb_s=2, s3_cpu_s=4, s4_s=5, s6_s=10, s7_s=3,
                  s5_streams=500, s5_stream_s=6),
     "quick": Plan("quick", rounds=1, warmup_s=0.5, s1_s=1.5, s2_s=3, s3_ttfb_s=1, s3_cpu_s=2, s4_s=2, s6_s=3,
-                  s7_s=1.5, s5_streams=500, s5_stream_s=4),
+                  s7_s=1.5, s5_streams=500, s5_stream_s=4, s8_slices=2),
     "smoke": Plan("smoke", rounds=1, warmup_s=0.05, s1_s=0.15, s2_s=0.2, s3_ttfb_s=0.3, s3_cpu_s=0.3, s4_s=0.2,
                   s6_s=0.2, s7_s=0.15, s5_streams=20, s5_stream_s=0.3, nap_ms=20, c_s2=8, c_s3=4, c_s4=4,
-                  install_wrk=False, wrk=False, settle_s=0.05),
+                  install_wrk=False, wrk=False, settle_s=0.05, s8_slices=2),
 }  # fmt: skip
 
 
@@ -459,10 +460,11 @@ class Harness:
         """The Responses API on the processes that served chat this round, at the same concurrency:
         pass-through (S2's and S3's shapes) and S4's two-round `calculate` loop, store on and off.
         Each Responses run has its own chat run of the same shape on the same process right beside
-        it (before it in even rounds, after it in odd ones), so the ratio spans seconds, not the
-        minutes between this and the round's S2: this VM's speed drifts within minutes."""
+        it, so the ratio spans seconds, not the minutes between this and the round's S2: this VM's
+        speed drifts within minutes, and by a tenth or more between runs of 10 s. So each shape's
+        time is cut into the plan's s8_slices pairs, chat first in every other one: the figure is the median
+        over all pairs of all rounds."""
         p = self.plan
-        odd = len(self.raw.get("S8-post-store-chat", {}).get("toolgate", [])) % 2 == 1
         shapes = []
         if "toolgate" in gateways:
             proc = gateways["toolgate"]
@@ -479,8 +481,9 @@ class Harness:
                     (key + "-chat", proc.url + CHAT, chat),
                     (key, proc.url + RESPONSES, responses(store)),
                 ]
-                for scenario, url, data in pair[::-1] if odd else pair:
-                    self.attempt(scenario, proc.name, lambda: run(proc, url, data, c, seconds))
+                for n in range(p.s8_slices):
+                    for scenario, url, data in pair[::-1] if n % 2 else pair:
+                        self.attempt(scenario, proc.name, lambda: run(proc, url, data, c, seconds / p.s8_slices))
 
     def run_s5(self) -> None:
         """Memory: a fresh gateway, idle; warmed; then n slow streams open at once."""
@@ -683,7 +686,7 @@ def figures(raw: dict, plan: Plan) -> dict[str, dict[str, Any]]:
         ]
 
     def paired(a: list, b: list, how: Callable[[float, float], float]) -> float | None:
-        """Median over rounds of a same-round comparison: drift between rounds cancels."""
+        """Median over rounds (S8: over its pairs) of a same-round comparison: drift between rounds cancels."""
         return med([how(x, y) for x, y in zip(a, b) if x is not None and y not in (None, 0)])
 
     def values(scenario: str, target: str, get: Callable[[dict], Any]) -> list:

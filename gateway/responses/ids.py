@@ -4,6 +4,7 @@
     mint("msg")                      # "msg_19ad3c0f2e1…" + "0001": an item of that response
     items = with_ids(items, mint)    # each keeps its own id, or gets one from the mint
     holder("msg_19ad3c0f2e1…0001")   # "resp_19ad3c0f2e1…": the response that minted it
+    mark(mint.response_id) in "msg_19ad3c0f2e1…0001"   # True: minted for this response
 
 A response id's 32 digits are the time in milliseconds, then 84 random bits: ids
 made later sort later, so the store's index on them grows at its right edge and
@@ -61,10 +62,12 @@ def holder(item_id: str) -> str | None:
     return "resp_" + digits[:_DIGITS]
 
 
-def minted_by(item_id: str, response_id: str) -> bool:
-    """Whether `response_id`'s mint made `item_id` (so the store finds it without an index row)."""
-    start = item_id.find("_") + 1
-    return len(response_id) == 5 + _DIGITS and len(item_id) > start + _DIGITS and item_id.startswith(response_id[5:], start)
+def mark(response_id: str) -> str | None:
+    """What every item id `response_id`'s mint made holds, and no other id the response can
+    hold does (its digits: random, and unknown to a client before the response exists), or
+    None for a response id the gateway did not make."""
+    digits = response_id[5:]
+    return digits if len(digits) == _DIGITS and response_id.startswith("resp_") else None
 
 
 def with_ids(items: list[dict[str, Any]], mint: Mint, only: Container[str] | None = None) -> list[dict[str, Any]]:

@@ -9,7 +9,7 @@ from typing import Any, Protocol
 import orjson
 
 from gateway.errors import TooLargeToStore
-from gateway.responses.ids import minted_by
+from gateway.responses.ids import mark
 
 ORDERS = ("asc", "desc")
 MAX_LIMIT = 100
@@ -72,7 +72,7 @@ class Encoded:
     response: bytes
     input: bytes  # the input items as one JSON array, in order
     # (item id, place): each output item's (-1 - its index; one without an id is left out),
-    # then each input item's (its index); but not an item this response minted (`minted_by`):
+    # then each input item's (its index); but not an item this response minted (`mark`):
     # the store finds that one from its id alone (`find_minted`).
     places: list[tuple[str, int]]
     size: int  # the response's JSON and the input array's
@@ -81,16 +81,16 @@ class Encoded:
 def encode(stored: Stored, max_bytes: int, input_json: bytes = b"") -> Encoded:
     """`input_json`: the input array when the caller has it already (encoded once)."""
     places = []
-    response_id = stored.id
+    minted = mark(stored.id)
     for idx, item in enumerate(stored.response.get("output") or ()):
         item_id = item.get("id")
-        if item_id and not minted_by(item_id, response_id):
+        if item_id and (minted is None or minted not in item_id):
             places.append((item_id, -1 - idx))
     for seq, item in enumerate(stored.input_items):
         item_id = item.get("id") if isinstance(item, dict) else None
         if not isinstance(item_id, str) or not item_id:
-            raise ValueError(f"input item {seq} of {response_id} has no string id")
-        if not minted_by(item_id, response_id):
+            raise ValueError(f"input item {seq} of {stored.id} has no string id")
+        if minted is None or minted not in item_id:
             places.append((item_id, seq))
     response = stored.response_json or orjson.dumps(stored.response)
     array = input_json or orjson.dumps(stored.input_items)
