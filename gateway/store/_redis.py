@@ -7,8 +7,9 @@ One hash per response, `toolgate:resp:{id}`: owner, created_at, response, n
 -> its place in the output, so a page is one HMGET of computed fields and the
 whole record expires (PEXPIRE) and disappears at once. `toolgate:item:{item id}`
 names the newest response holding that item (same expiry), for `item_reference`;
-an item whose id its response minted has no such key (the id names the response). The size cap is the store's own, as in SQLite, rather than
-Redis's `maxmemory`: that policy is the whole server's (often shared with other
+an item whose id its response minted has no such key (the id names the
+response). The size cap is the store's own, as in SQLite, rather than Redis's
+`maxmemory`: that policy is the whole server's (often shared with other
 applications) and says nothing of which responses go first. Three bookkeeping
 keys, `toolgate:store:index` (id by expiry, ms), `:sizes` (id -> bytes) and
 `:bytes` (the total), are kept by two Lua scripts that run atomically, so

@@ -12,14 +12,16 @@ The schema (`_schema.py`, version 4): one row per response holding its JSON and
 its input items as one JSON array, so a read is one row and a page of input
 items is cut from the parsed array here (a request holds at most max_messages
 items); `item_ids` names, for each item id, the responses holding it and its
-place there, for `item_reference`; `totals` keeps the size of everything.
+place there, for `item_reference`, but for the items a response minted (their
+ids name it: `ids.holder`); `totals` keeps the size of everything.
 
 Puts are group-committed: the puts that arrive while one batch is being written
 go together as the next job (at most MAX_WAITING of them), in one transaction,
 so the thread hop, the commit and the WAL pages are paid once per batch, not per
 response. Under load the next batch also gathers for GATHER_S after the last one
-landed (a commit delay: 3 ms on an answer that took the model far longer). A batch is a few statements: one multi-row INSERT per table (CHUNK_ROWS
-rows a statement) and one UPDATE of the total that also says whether the cap
+landed (a commit delay: 3 ms on an answer that took the model far longer). A
+batch is a few statements: one multi-row INSERT per table (CHUNK_ROWS rows a
+statement) and one UPDATE of the total that also says whether the cap
 holds. sqlite3 lets the GIL go around every statement step, and while the event
 loop is busy each take-back is a wait and a thread switch on the loop's core, so
 a batch pays a few of those, not several per record. If the database refuses a
