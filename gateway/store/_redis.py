@@ -16,13 +16,15 @@ keys, `toolgate:store:index` (id by expiry, ms), `:sizes` (id -> bytes) and
 replicas writing at once never double-count; each put purges up to
 CLEANUP_BATCH expired entries and evicts up to as many of the soonest to
 expire past the cap. Every command is bounded by the socket timeouts and by
-`asyncio.timeout`; the pool is bounded, and its wait too.
+`asyncio.timeout`; the pool is bounded, and its wait too. A whole record's JSON
+is encoded (put) and decoded (get) on two threads of the store's own, never on
+the event loop: it holds a request's input and its history.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any, TypeVar
 
@@ -36,7 +38,7 @@ from redis.typing import EncodableT, FieldT
 from gateway.errors import StoreUnavailable
 from gateway.responses.ids import holder
 from gateway.store.base import CLEANUP_BATCH, Stored, check_page, encode
-from gateway.threads import settle
+from gateway.threads import Busy, Threads, settle
 
 T = TypeVar("T")
 
@@ -98,6 +100,7 @@ class RedisStore:
         self.bookkeeping = [f"{prefix}store:index", f"{prefix}store:sizes", f"{prefix}store:bytes"]
         self._client = client
         self._account = client.register_script(_ACCOUNT)
+        self._threads = Threads("toolgate-redis-store", threads=2, queued=256)
         self._delete = client.register_script(_DELETE)
 
     @classmethod
@@ -117,27 +120,9 @@ class RedisStore:
         return cls(Redis.from_pool(pool), ttl_s=ttl_s, max_bytes=max_bytes, timeout_s=timeout_s)
 
     async def put(self, stored: Stored) -> None:
-        blobs = [orjson.dumps(item) for item in stored.input_items]
-        # The array orjson would write for the list, from the items as this store keeps them.
-        encoded = encode(stored, self.max_bytes, b"[" + b",".join(blobs) + b"]")
-        fields: dict[FieldT, EncodableT] = {
-            "owner": stored.owner,
-            "created_at": repr(stored.created_at),
-            "response": encoded.response,
-            "n": len(stored.input_items),
-        }
-        for seq, blob in enumerate(blobs):
-            fields[f"i:{seq}"] = blob
-        # Every item's place (a repeated id keeps its first, as in SQLite); `toolgate:item:` keys
-        # only for the items this response did not mint (encode's places).
-        for seq, item in enumerate(stored.input_items):
-            fields.setdefault(f"p:{item['id']}", seq)
-        for idx, item in enumerate(stored.response.get("output") or ()):
-            if item_id := item.get("id"):
-                fields.setdefault(f"o:{item_id}", idx)
+        fields, item_ids, size = await self._off_loop(_fields, stored, self.max_bytes)
         key = self.records + stored.id
         ttl_ms = max(1, int(self.ttl_s * 1000))
-        item_ids = {item_id for item_id, _ in encoded.places}
 
         async def write() -> None:
             async with self._client.pipeline(transaction=True) as pipe:
@@ -146,7 +131,7 @@ class RedisStore:
                 pipe.pexpire(key, ttl_ms)
                 for item_id in item_ids:
                     pipe.set(self.items + item_id, stored.id, px=ttl_ms)
-                args: list[str | int] = [stored.id, ttl_ms, encoded.size, self.max_bytes, CLEANUP_BATCH, self.records]
+                args: list[str | int] = [stored.id, ttl_ms, size, self.max_bytes, CLEANUP_BATCH, self.records]
                 await self._account(keys=self.bookkeeping, args=args, client=pipe)  # queued, not run
                 await pipe.execute()
 
@@ -163,8 +148,7 @@ class RedisStore:
         record = await self._call(self._client.hgetall(self.records + response_id))
         if record.get(b"owner") != owner.encode():
             return None
-        items = [orjson.loads(record[b"i:%d" % seq]) for seq in range(int(record[b"n"]))]
-        return Stored(response_id, owner, orjson.loads(record[b"response"]), items, float(record[b"created_at"]))
+        return await self._off_loop(_stored, response_id, owner, record)
 
     async def input_items(
         self, response_id: str, owner: str, *, after: str | None = None, limit: int = 20, order: str = "desc"
@@ -227,6 +211,19 @@ class RedisStore:
                 await self._client.aclose()
         except (TimeoutError, RedisError, OSError):
             pass
+        finally:
+            self._threads.stop()
+
+    async def _off_loop(self, func: Callable[..., T], *args: Any) -> T:
+        # A record's JSON (up to a request's body and its history) is encoded and decoded
+        # here, never on the event loop; bounded as every command is.
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                return await self._threads.run(func, *args)
+        except TimeoutError:
+            raise StoreUnavailable(f"the response store did not answer within {self.timeout_s:g}s") from None
+        except Busy as exc:
+            raise StoreUnavailable(f"the response store is unavailable: {exc}") from None
 
     async def _call(self, operation: Awaitable[T]) -> T:
         # The one boundary where Redis's failures become StoreUnavailable.
@@ -237,6 +234,34 @@ class RedisStore:
             raise StoreUnavailable(f"the response store did not answer within {self.timeout_s:g}s") from None
         except (RedisError, OSError) as exc:
             raise StoreUnavailable(f"the response store failed: {exc}") from exc
+
+
+def _fields(stored: Stored, max_bytes: int) -> tuple[dict[FieldT, EncodableT], set[str], int]:
+    """The record's hash, the item ids that need a `toolgate:item:` key, and its size."""
+    blobs = [orjson.dumps(item) for item in stored.input_items]
+    # The array orjson would write for the list, from the items as this store keeps them.
+    encoded = encode(stored, max_bytes, b"[" + b",".join(blobs) + b"]")
+    fields: dict[FieldT, EncodableT] = {
+        "owner": stored.owner,
+        "created_at": repr(stored.created_at),
+        "response": encoded.response,
+        "n": len(stored.input_items),
+    }
+    for seq, blob in enumerate(blobs):
+        fields[f"i:{seq}"] = blob
+    # Every item's place (a repeated id keeps its first, as in SQLite); `toolgate:item:` keys
+    # only for the items this response did not mint (encode's places).
+    for seq, item in enumerate(stored.input_items):
+        fields.setdefault(f"p:{item['id']}", seq)
+    for idx, item in enumerate(stored.response.get("output") or ()):
+        if item_id := item.get("id"):
+            fields.setdefault(f"o:{item_id}", idx)
+    return fields, {item_id for item_id, _ in encoded.places}, encoded.size
+
+
+def _stored(response_id: str, owner: str, record: dict[bytes, bytes]) -> Stored:
+    items = [orjson.loads(record[b"i:%d" % seq]) for seq in range(int(record[b"n"]))]
+    return Stored(response_id, owner, orjson.loads(record[b"response"]), items, float(record[b"created_at"]))
 
 
 def _relay(done: asyncio.Future[None], task: asyncio.Future[None]) -> None:

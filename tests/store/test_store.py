@@ -365,6 +365,31 @@ async def test_items_a_response_minted_are_found_by_their_id_alone(backend, stor
     assert await store.find_item(asked, "owner-a") is None
 
 
+async def test_redis_encodes_and_decodes_records_off_the_event_loop(redis_url, monkeypatch):
+    # (SQLite does all of its work on its own thread: the stuck-database tests.)
+    import gateway.store._redis as redis_store
+
+    threads: list[str] = []
+    for name in ("_fields", "_stored"):
+        work = getattr(redis_store, name)
+
+        def watched(*args: Any, work: Any = work) -> Any:
+            threads.append(threading.current_thread().name)
+            return work(*args)
+
+        monkeypatch.setattr(redis_store, name, watched)
+    backend = Backend("redis", redis_url)
+    store = await backend.open()
+    try:
+        big = record("resp_big", items=200, text="x" * 5000)
+        await store.put(big)
+        assert await store.get(big.id, "owner-a") == big
+        assert len(threads) == 2 and all(name.startswith("toolgate-redis-store") for name in threads)
+        await store.delete(big.id, "owner-a")
+    finally:
+        await store.close()
+
+
 async def test_find_item_misses_expired_records(backend):
     store = await backend.open(ttl_s=0.2)
     await store.put(with_output(record(), "msg_a"))
