@@ -37,7 +37,7 @@ from redis.typing import EncodableT, FieldT
 
 from gateway.errors import StoreUnavailable
 from gateway.responses.ids import holder
-from gateway.store.base import CLEANUP_BATCH, Stored, check_page, encode
+from gateway.store.base import CLEANUP_BATCH, Stored, check_page, encode, unavailable
 from gateway.threads import Busy, Threads, settle
 
 T = TypeVar("T")
@@ -100,8 +100,8 @@ class RedisStore:
         self.bookkeeping = [f"{prefix}store:index", f"{prefix}store:sizes", f"{prefix}store:bytes"]
         self._client = client
         self._account = client.register_script(_ACCOUNT)
-        self._threads = Threads("toolgate-redis-store", threads=2, queued=256)
         self._delete = client.register_script(_DELETE)
+        self._threads = Threads("toolgate-redis-store", threads=2, queued=256)  # a record's JSON, off the loop
 
     @classmethod
     def open(cls, url: str, *, ttl_s: float, max_bytes: int, timeout_s: float = 5.0, connections: int = 32) -> RedisStore:
@@ -220,18 +220,16 @@ class RedisStore:
         try:
             async with asyncio.timeout(self.timeout_s):
                 return await self._threads.run(func, *args)
-        except TimeoutError:
-            raise StoreUnavailable(f"the response store did not answer within {self.timeout_s:g}s") from None
-        except Busy as exc:
-            raise StoreUnavailable(f"the response store is unavailable: {exc}") from None
+        except (TimeoutError, Busy) as exc:
+            raise unavailable(exc, self.timeout_s) from None
 
     async def _call(self, operation: Awaitable[T]) -> T:
         # The one boundary where Redis's failures become StoreUnavailable.
         try:
             async with asyncio.timeout(self.timeout_s):
                 return await operation
-        except TimeoutError:
-            raise StoreUnavailable(f"the response store did not answer within {self.timeout_s:g}s") from None
+        except TimeoutError as exc:
+            raise unavailable(exc, self.timeout_s) from None
         except (RedisError, OSError) as exc:
             raise StoreUnavailable(f"the response store failed: {exc}") from exc
 

@@ -49,7 +49,7 @@ import orjson
 from gateway.errors import StoreUnavailable, TooLargeToStore
 from gateway.store._schema import SchemaTooNew, migrate
 from gateway.responses.ids import holder
-from gateway.store.base import CLEANUP_BATCH, Encoded, Stored, check_page, encode, find_minted
+from gateway.store.base import CLEANUP_BATCH, Encoded, Stored, check_page, encode, find_minted, unavailable
 from gateway.threads import Busy, Threads, settle
 
 T = TypeVar("T")
@@ -235,10 +235,8 @@ class SqliteStore:
     def _failure(self, exc: BaseException) -> BaseException:
         """The one boundary where the thread's and SQLite's failures become StoreUnavailable
         (anything else, a bug, goes on as it is)."""
-        if isinstance(exc, TimeoutError):
-            return StoreUnavailable(f"the response store did not answer within {self.timeout_s:g}s")
-        if isinstance(exc, Busy):
-            return StoreUnavailable(f"the response store is unavailable: {exc}")
+        if isinstance(exc, (TimeoutError, Busy)):
+            return unavailable(exc, self.timeout_s)
         if isinstance(exc, (sqlite3.Error, SchemaTooNew, OSError)):
             failure = StoreUnavailable(f"the response store failed: {exc}")
             failure.__cause__ = exc

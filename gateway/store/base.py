@@ -8,8 +8,9 @@ from typing import Any, Protocol
 
 import orjson
 
-from gateway.errors import TooLargeToStore
+from gateway.errors import StoreUnavailable, TooLargeToStore
 from gateway.responses.ids import mark
+from gateway.threads import Busy
 
 ORDERS = ("asc", "desc")
 MAX_LIMIT = 100
@@ -104,6 +105,16 @@ def find_minted(item_id: str, response: dict[str, Any], input_items: list[dict[s
     """The item with this id in a record, an output item before an input item."""
     output: list[dict[str, Any]] = response.get("output") or []
     return next((item for item in (*output, *input_items) if item.get("id") == item_id), None)
+
+
+def unavailable(exc: BaseException, timeout_s: float) -> BaseException:
+    """A store's wait that ran out (TimeoutError) or a store thread pool that is full or
+    stopped (Busy) as StoreUnavailable; anything else as it is."""
+    if isinstance(exc, TimeoutError):
+        return StoreUnavailable(f"the response store did not answer within {timeout_s:g}s")
+    if isinstance(exc, Busy):
+        return StoreUnavailable(f"the response store is unavailable: {exc}")
+    return exc
 
 
 def check_page(limit: int, order: str) -> None:

@@ -390,6 +390,40 @@ async def test_redis_encodes_and_decodes_records_off_the_event_loop(redis_url, m
         await store.close()
 
 
+async def test_redis_an_encoding_that_hangs_or_a_closed_store_fails_in_time(redis_url, monkeypatch):
+    import gateway.store._redis as redis_store
+
+    release = threading.Event()
+
+    def hangs(*args: Any) -> Any:
+        release.wait(5)
+        raise RuntimeError("released")
+
+    monkeypatch.setattr(redis_store, "_fields", hangs)
+    store = await Backend("redis", redis_url).open()
+    try:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        ticks = 0
+
+        async def tick() -> None:
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.01)
+                ticks += 1
+
+        ticker = asyncio.ensure_future(tick())
+        with pytest.raises(StoreUnavailable, match="did not answer within 0.3s"):
+            await store.put(record())
+        ticker.cancel()
+        assert loop.time() - started < TIMEOUT + 1 and ticks >= 10  # bounded, and the loop ran meanwhile
+    finally:
+        release.set()
+        await store.close()
+    with pytest.raises(StoreUnavailable, match="is stopped"):
+        await store.put(record())
+
+
 async def test_find_item_misses_expired_records(backend):
     store = await backend.open(ttl_s=0.2)
     await store.put(with_output(record(), "msg_a"))
