@@ -58,14 +58,19 @@ _INSERT_NEW = (
     "INSERT INTO responses (id, owner, created_at, expires_at, response, input, bytes) VALUES (?, ?, ?, ?, ?, ?, ?)"
     " ON CONFLICT (id) DO NOTHING"
 )
+# A batch's statements are OR IGNORE: one that cannot abort halfway needs no statement journal,
+# which SQLite opens otherwise for every multi-row write inside a transaction (a 64 KiB buffer
+# per statement, mapped and unmapped whole under heap.py's threshold, and a copy of each page
+# the statement changes). A row the batch leaves out (an id stored already, or a row the
+# database refuses) sends the batch record by record, where `_INSERT_NEW` is strict.
 # The total's trigger subtracts what a delete takes; a write adds its own, once per batch,
 # and learns from the same statement whether the cap holds (it updated a row) or not.
-_ADD_UNDER_CAP = "UPDATE totals SET bytes = bytes + ?1 WHERE bytes + ?1 <= ?2"
-_ADD_TO_TOTAL = "UPDATE totals SET bytes = bytes + ?"
+_ADD_UNDER_CAP = "UPDATE OR IGNORE totals SET bytes = bytes + ?1 WHERE bytes + ?1 <= ?2"
+_ADD_TO_TOTAL = "UPDATE OR IGNORE totals SET bytes = bytes + ?"
 # Multi-row inserts: (the statement up to VALUES, its trailer, columns per row). An item id
 # held twice by one response keeps its first row, and a record's output items come first.
-_RESPONSES = ("INSERT INTO responses (id, owner, created_at, expires_at, response, input, bytes) VALUES ", " ON CONFLICT (id) DO NOTHING", 7)
-_ITEM_IDS = ("INSERT INTO item_ids (item_id, response_id, place) VALUES ", " ON CONFLICT DO NOTHING", 3)
+_RESPONSES = ("INSERT OR IGNORE INTO responses (id, owner, created_at, expires_at, response, input, bytes) VALUES ", "", 7)
+_ITEM_IDS = ("INSERT OR IGNORE INTO item_ids (item_id, response_id, place) VALUES ", "", 3)
 CHUNK_ROWS = 32  # rows per statement at most: 32 statement sizes per table, all in the statement cache
 _SQL: dict[tuple[str, int], str] = {}
 
