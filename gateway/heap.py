@@ -9,7 +9,9 @@ parsed messages) leave holes the heap cannot give back, so the process grows wit
 requests did, not with what they hold. With the threshold fixed at 64 KiB, larger blocks are
 mapped and unmapped whole. Measured with `bench/memtrace.py --prompt-bytes 100000` (100 open
 streams, a 100 KB prompt each): 240 → 136 KiB of RSS per stream, the aiohttp floor's 134.
-Small requests allocate no block that large: nothing changes for them.
+Small requests allocate no block that large: nothing changes for them. Neither does the
+response store's batch, which keeps clear of SQLite's statement journals (a 64 KiB buffer each,
+see store/_sqlite.py).
 """
 
 from __future__ import annotations
