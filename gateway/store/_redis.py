@@ -17,8 +17,9 @@ replicas writing at once never double-count; each put purges up to
 CLEANUP_BATCH expired entries and evicts up to as many of the soonest to
 expire past the cap. Every command is bounded by the socket timeouts and by
 `asyncio.timeout`; the pool is bounded, and its wait too. A whole record's JSON
-is encoded (put) and decoded (get) on two threads of the store's own, never on
-the event loop: it holds a request's input and its history.
+is encoded (put) and decoded (get), and a page of items or a referenced item
+parsed, on two threads of the store's own, never on the event loop: a record
+holds a request's input and its history.
 """
 
 from __future__ import annotations
@@ -174,7 +175,7 @@ class RedisStore:
         blobs = await self._call(self._client.hmget(key, [f"i:{seq}" for seq in seqs]))
         if any(blob is None for blob in blobs):  # deleted or expired between the two reads
             return None
-        return [orjson.loads(blob) for blob in blobs], 0 <= stop < count  # type: ignore[arg-type]  # none is None (checked above)
+        return await self._off_loop(_items, blobs), 0 <= stop < count  # none is None (checked above)
 
     async def find_item(self, item_id: str, owner: str) -> dict[str, Any] | None:
         # The newest response holding it that has a key for it, else the one that minted it
@@ -193,11 +194,10 @@ class RedisStore:
             return None
         if seq is not None:
             blob = await self._call(self._client.hget(key, f"i:{int(seq)}"))
-            return orjson.loads(blob) if blob is not None else None
+            return await self._off_loop(orjson.loads, blob) if blob is not None else None
         if idx is not None:
             blob = await self._call(self._client.hget(key, "response"))
-            output = orjson.loads(blob).get("output") or [] if blob is not None else []
-            return output[int(idx)] if int(idx) < len(output) else None
+            return await self._off_loop(_output_item, blob, int(idx)) if blob is not None else None
         return None
 
     async def delete(self, response_id: str, owner: str) -> bool:
@@ -260,6 +260,15 @@ def _fields(stored: Stored, max_bytes: int) -> tuple[dict[FieldT, EncodableT], s
 def _stored(response_id: str, owner: str, record: dict[bytes, bytes]) -> Stored:
     items = [orjson.loads(record[b"i:%d" % seq]) for seq in range(int(record[b"n"]))]
     return Stored(response_id, owner, orjson.loads(record[b"response"]), items, float(record[b"created_at"]))
+
+
+def _items(blobs: list[bytes]) -> list[dict[str, Any]]:
+    return [orjson.loads(blob) for blob in blobs]
+
+
+def _output_item(response: bytes, idx: int) -> dict[str, Any] | None:
+    output: list[dict[str, Any]] = orjson.loads(response).get("output") or []
+    return output[idx] if idx < len(output) else None
 
 
 def _relay(done: asyncio.Future[None], task: asyncio.Future[None]) -> None:

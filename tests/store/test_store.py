@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
+from types import SimpleNamespace
 from typing import Any
 
 import orjson
@@ -365,26 +366,35 @@ async def test_items_a_response_minted_are_found_by_their_id_alone(backend, stor
     assert await store.find_item(asked, "owner-a") is None
 
 
-async def test_redis_encodes_and_decodes_records_off_the_event_loop(redis_url, monkeypatch):
+async def test_redis_encodes_decodes_and_pages_records_off_the_event_loop(redis_url, monkeypatch):
     # (SQLite does all of its work on its own thread: the stuck-database tests.)
     import gateway.store._redis as redis_store
 
-    threads: list[str] = []
-    for name in ("_fields", "_stored"):
-        work = getattr(redis_store, name)
+    threads: dict[str, set[str]] = {}
 
-        def watched(*args: Any, work: Any = work) -> Any:
-            threads.append(threading.current_thread().name)
+    def watch(name: str, work: Any) -> Any:
+        def watched(*args: Any) -> Any:
+            threads.setdefault(name, set()).add(threading.current_thread().name)
             return work(*args)
 
-        monkeypatch.setattr(redis_store, name, watched)
+        return watched
+
+    for name in ("_fields", "_stored", "_items", "_output_item"):
+        monkeypatch.setattr(redis_store, name, watch(name, getattr(redis_store, name)))
+    monkeypatch.setattr(redis_store, "orjson", SimpleNamespace(loads=watch("loads", orjson.loads), dumps=orjson.dumps))
     backend = Backend("redis", redis_url)
     store = await backend.open()
     try:
-        big = record("resp_big", items=200, text="x" * 5000)
+        big = with_output(record("resp_big", items=200, text="x" * 5000), "msg_out")
         await store.put(big)
         assert await store.get(big.id, "owner-a") == big
-        assert len(threads) == 2 and all(name.startswith("toolgate-redis-store") for name in threads)
+        page, more = await store.input_items(big.id, "owner-a", limit=100)
+        assert page == big.input_items[::-1][:100] and more
+        assert await store.find_item("msg_7", "owner-a") == big.input_items[7]
+        assert await store.find_item("msg_out", "owner-a") == big.response["output"][0]
+        # put, get, the page, the input item and the output item: each on the store's threads
+        assert threads.keys() == {"_fields", "_stored", "_items", "_output_item", "loads"}
+        assert all(name.startswith("toolgate-redis-store") for names in threads.values() for name in names), threads
         await store.delete(big.id, "owner-a")
     finally:
         await store.close()
