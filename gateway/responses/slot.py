@@ -28,7 +28,7 @@ from gateway.store import ResponseStore, Stored, StoreUnavailable
 
 log = logging.getLogger("toolgate")
 
-OPEN_S = 10.0  # opening the store, at most
+OPEN_S = 5.0  # a request waits this long for the store to open; the open itself runs on
 RETRY_OPEN_S = 5.0  # after a failed open, the next request tries again no sooner
 WAIT_WRITE_S = 5.0  # a read waits this long for the same id's write
 
@@ -38,9 +38,18 @@ def _not_stored(response_id: str, exc: BaseException) -> bool:
     return False
 
 
+def _retrieved(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled():
+        task.exception()
+
+
 class StoreSlot:
     """The response store, opened on first use (a gateway that never stores creates no file),
-    and the writes still running, by response id."""
+    and the writes still running, by response id.
+
+    One open at a time, whoever asks: a request waits for it at most OPEN_S, and an open that
+    takes longer (a schema migration of a large file) goes on without it, once, while requests
+    get 503 "still opening" until it is done."""
 
     def __init__(self, opener: Callable[[], Awaitable[ResponseStore]] | None) -> None:
         self.opener = opener
@@ -48,26 +57,45 @@ class StoreSlot:
         self.failed_at = 0.0
         self.problem = ""
         self.writes: dict[str, asyncio.Future[None]] = {}
-        self._lock = asyncio.Lock()
+        self._opening: asyncio.Task[ResponseStore] | None = None
+        self._opening_since = 0.0
 
     async def get(self) -> ResponseStore:
         if self.store is not None:
             return self.store
         if self.opener is None:
             raise StoreUnavailable("This gateway has no response store; send store: false.")
-        async with self._lock:
-            if self.store is None:
-                if self.failed_at and time.monotonic() - self.failed_at < RETRY_OPEN_S:
-                    raise StoreUnavailable(f"The response store is unavailable ({self.problem}); send store: false or retry shortly.", headers={"retry-after": "5"})
-                try:
-                    async with asyncio.timeout(OPEN_S):
-                        self.store = await self.opener()
-                except Exception as exc:
-                    self.failed_at = time.monotonic()
-                    self.problem = SECRETS(str(exc))[:200] or type(exc).__name__
-                    log.error("the response store cannot be opened: %s", self.problem)
-                    raise StoreUnavailable(f"The response store is unavailable ({self.problem}); send store: false or retry shortly.", headers={"retry-after": "5"}) from None
-        return self.store
+        if self._opening is None:
+            if self.failed_at and time.monotonic() - self.failed_at < RETRY_OPEN_S:
+                raise StoreUnavailable(f"The response store is unavailable ({self.problem}); send store: false or retry shortly.", headers={"retry-after": "5"})
+            self._opening = asyncio.ensure_future(self._open())
+            self._opening.add_done_callback(_retrieved)  # its waiters may all have given up
+            self._opening_since = time.monotonic()
+        # Every request waits within the open's first OPEN_S; past it, one is told at once.
+        wait = OPEN_S - (time.monotonic() - self._opening_since)
+        try:
+            if wait > 0:
+                async with asyncio.timeout(wait):
+                    return await asyncio.shield(self._opening)
+        except TimeoutError:
+            pass
+        raise StoreUnavailable(
+            "The response store is still opening (migrating a large file can take minutes); send store: false or retry shortly.",
+            headers={"retry-after": "5"},
+        )
+
+    async def _open(self) -> ResponseStore:
+        assert self.opener is not None
+        try:
+            self.store = await self.opener()
+            return self.store
+        except Exception as exc:
+            self.failed_at = time.monotonic()
+            self.problem = SECRETS(str(exc))[:200] or type(exc).__name__
+            log.error("the response store cannot be opened: %s", self.problem)
+            raise StoreUnavailable(f"The response store is unavailable ({self.problem}); send store: false or retry shortly.", headers={"retry-after": "5"}) from None
+        finally:
+            self._opening = None
 
     def _written(self, response_id: str, done: asyncio.Future[None]) -> None:
         if self.writes.get(response_id) is done:
@@ -115,6 +143,8 @@ class StoreSlot:
         return True
 
     async def close(self) -> None:
+        if self._opening is not None:  # nothing was stored through it: the open goes unfinished
+            self._opening.cancel()
         if self.writes:
             await asyncio.gather(*self.writes.values(), return_exceptions=True)
         if self.store is not None:

@@ -4,7 +4,7 @@
 
 Every operation is one transaction run as one job on the store's own thread,
 bounded by `timeout_s` (a read under `asyncio.timeout`, a batch of puts under one
-timer); SQLite's busy timeout is shorter, so a locked database fails as "database
+timer; the open, migrations included, by OPEN_TIMEOUT_S); SQLite's busy timeout is shorter, so a locked database fails as "database
 is locked" and frees the thread before the loop gives up. Either way the caller
 gets StoreUnavailable, never a hang.
 
@@ -103,6 +103,11 @@ MAX_WAITING = 1024  # puts waiting for the next batch; past it, StoreUnavailable
 GATHER_S = 0.003
 
 PURGE_EVERY_S = 1.0  # the expiry purge runs at most this often per store (expired rows are invisible at once)
+# Opening, migrations included. A request waits for it only its own short while (the slot's
+# OPEN_S), and the open goes on meanwhile: a migration that rewrites every row (version 3's
+# to 4) takes longer than that on a large file. SQLite's busy timeout still fails an open in
+# seconds when another process holds the file.
+OPEN_TIMEOUT_S = 900.0
 
 
 class SqliteStore:
@@ -126,10 +131,13 @@ class SqliteStore:
         """Open (creating the file and its directory) and migrate; StoreUnavailable if that fails."""
         store = cls(path, ttl_s=ttl_s, max_bytes=max_bytes, timeout_s=timeout_s)
         try:
-            await store._call(store._open)
+            await store._call(store._open, bound=OPEN_TIMEOUT_S)
         except StoreUnavailable as exc:
             store._thread.stop()
             raise StoreUnavailable(f"{exc.message} (opening {path})") from exc.__cause__
+        except BaseException:  # cancelled (the gateway stops): the open finishes on its own thread
+            store._thread.stop()
+            raise
         return store
 
     async def put(self, stored: Stored) -> None:
@@ -227,21 +235,21 @@ class SqliteStore:
         finally:
             self._thread.stop()
 
-    async def _call(self, func: Callable[..., T], *args: Any) -> T:
+    async def _call(self, func: Callable[..., T], *args: Any, bound: float | None = None) -> T:
         try:
-            async with asyncio.timeout(self.timeout_s):
+            async with asyncio.timeout(bound or self.timeout_s):
                 return await self._thread.run(func, *args)
         except Exception as exc:
-            failure = self._failure(exc)
+            failure = self._failure(exc, bound)
             if failure is exc:
                 raise
             raise failure from failure.__cause__
 
-    def _failure(self, exc: BaseException) -> BaseException:
+    def _failure(self, exc: BaseException, bound: float | None = None) -> BaseException:
         """The one boundary where the thread's and SQLite's failures become StoreUnavailable
         (anything else, a bug, goes on as it is)."""
         if isinstance(exc, (TimeoutError, Busy)):
-            return unavailable(exc, self.timeout_s)
+            return unavailable(exc, bound or self.timeout_s)
         if isinstance(exc, (sqlite3.Error, SchemaTooNew, OSError)):
             failure = StoreUnavailable(f"the response store failed: {exc}")
             failure.__cause__ = exc

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import time
 
 import httpx
 import orjson
@@ -14,7 +15,9 @@ from pydantic import TypeAdapter
 
 from gateway.config import ResponsesSettings
 from gateway.errors import ConfigError
+from gateway.responses import slot as store_slot
 from gateway.responses.conversation import to_messages
+from gateway.store import StoreUnavailable, _sqlite, open_store
 from gateway.tools.base import StaticSource, Tool, ToolError
 from gateway.tools.registry import ready
 from tests.support import ScriptedUpstream, call, chunk, completion, gateway, settings, sse_body
@@ -479,6 +482,55 @@ async def test_a_store_that_cannot_open_is_503_for_store_true_only(tmp_path):
         ok = await create(client, input="x", store=False)
         assert ok.status_code == 200
         assert (await client.get("/v1/responses/resp_1")).status_code == 503
+
+
+def slow_migrations(monkeypatch, seconds: float) -> list[int]:
+    """Every open's migration takes `seconds` on the store's thread (a large file's); the list
+    counts the migrations run."""
+    ran: list[int] = []
+    migrate = _sqlite.migrate
+
+    def slow(conn):
+        ran.append(1)
+        time.sleep(seconds)
+        return migrate(conn)
+
+    monkeypatch.setattr(_sqlite, "migrate", slow)
+    monkeypatch.setattr(store_slot, "OPEN_S", 0.5)
+    return ran
+
+
+async def test_a_slow_open_goes_on_once_while_requests_get_503(tmp_path, monkeypatch):
+    ran = slow_migrations(monkeypatch, 2.0)
+    up = ScriptedUpstream(completion("unstored"), completion("stored"))
+    async with gateway(config(tmp_path), up) as client:
+        started = time.monotonic()
+        first = await create(client, input="x")
+        waited = time.monotonic() - started
+        assert first.status_code == 503 and first.headers["retry-after"] == "5"
+        assert first.json()["error"]["code"] == "store_unavailable" and "still opening" in first.json()["error"]["message"]
+        assert 0.45 < waited < 1.5  # the request waited its own while (OPEN_S), not the open
+        assert (await client.get("/healthz")).status_code == 200
+        assert (await create(client, input="x", store=False)).status_code == 200
+        started = time.monotonic()
+        again = await create(client, input="x")
+        assert again.status_code == 503 and "still opening" in again.json()["error"]["message"]
+        assert time.monotonic() - started < 0.4  # past the open's first while, told at once
+        await asyncio.sleep(2.0)
+        stored = await create(client, input="x")
+        assert stored.status_code == 200
+        assert (await client.get(f"/v1/responses/{stored.json()['id']}")).json()["output"][-1]["content"][0]["text"] == "stored"
+    assert ran == [1]  # one open, however many requests asked while it ran
+    assert len(up.requests) == 2  # the 503s asked the model nothing
+
+
+async def test_a_gateway_stopping_during_a_slow_open_does_not_wait_for_it(tmp_path, monkeypatch):
+    slow_migrations(monkeypatch, 2.0)
+    slot = store_slot.StoreSlot(lambda: open_store(f"sqlite:///{tmp_path}/r.db", ttl_s=60, max_bytes=1 << 20))
+    with pytest.raises(StoreUnavailable, match="still opening"):
+        await slot.get()
+    await asyncio.wait_for(slot.close(), 1.0)  # well before the migration ends
+    assert slot.store is None
 
 
 async def test_reasoning_and_refusal_non_streamed(tmp_path):
