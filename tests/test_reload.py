@@ -392,6 +392,7 @@ def test_demo_mode_keeps_the_demo_model_and_unchanged_upstreams_stay_the_same_ob
 
 async def test_sighup_to_this_process_reloads_the_app_it_serves(tmp_path):
     path = tmp_path / "toolgate.toml"
+    before = signal.getsignal(signal.SIGHUP)  # SIG_DFL, or SIG_IGN under nohup
     async with FakeLLM() as fake:
         path.write_text(config_text(fake.url))
         async with serve(path) as (base, app), httpx.AsyncClient(base_url=base) as http:
@@ -418,7 +419,7 @@ async def test_sighup_to_this_process_reloads_the_app_it_serves(tmp_path):
             after_six = app.state.runtime.current.number
     assert [m["id"] for m in models["data"]] == ["m2"]
     assert (after_three, after_six) == (3, 5)
-    assert signal.getsignal(signal.SIGHUP) is signal.SIG_DFL  # restored when the server stopped
+    assert signal.getsignal(signal.SIGHUP) is before  # restored when the server stopped
 
 
 def test_toolgate_reload_says_why_it_cannot_find_the_gateway(tmp_path):
