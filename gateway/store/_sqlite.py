@@ -4,9 +4,10 @@
 
 Every operation is one transaction run as one job on the store's own thread,
 bounded by `timeout_s` (a read under `asyncio.timeout`, a batch of puts under one
-timer; the open, migrations included, by OPEN_TIMEOUT_S); SQLite's busy timeout is shorter, so a locked database fails as "database
-is locked" and frees the thread before the loop gives up. Either way the caller
-gets StoreUnavailable, never a hang.
+timer; the open, migrations included, by OPEN_TIMEOUT_S); SQLite's busy timeout
+is shorter, so a locked database fails as "database is locked" and frees the
+thread before the loop gives up. Either way the caller gets StoreUnavailable,
+never a hang.
 
 The schema (`_schema.py`, version 4): one row per response holding its JSON and
 its input items as one JSON array, so a read is one row and a page of input
