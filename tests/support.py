@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from contextlib import asynccontextmanager
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import asynccontextmanager, contextmanager
+from pathlib import Path
 from typing import Any, ClassVar
 
 import httpx
@@ -110,6 +114,29 @@ async def gateway(config: Settings, upstream: ScriptedUpstream | httpx.AsyncBase
         await app.state.runtime.starting
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://toolgate.test") as client:
             yield client
+
+
+_HOLDER = """
+import sqlite3, sys, time
+db = sqlite3.connect(sys.argv[1], isolation_level=None)
+db.execute("PRAGMA journal_mode = WAL")
+db.execute("BEGIN IMMEDIATE")
+print("locked", flush=True)
+time.sleep(float(sys.argv[2]))
+db.execute("ROLLBACK")
+"""
+
+
+@contextmanager
+def write_locked_elsewhere(path: Path, seconds: float) -> Iterator[subprocess.Popen[str]]:
+    """Another process (as another worker migrating the file) holds the SQLite file's write
+    lock for `seconds` from when the block starts; the block's end waits for it to finish."""
+    with subprocess.Popen([sys.executable, "-c", _HOLDER, str(path), str(seconds)], stdout=subprocess.PIPE, text=True) as holder:
+        try:
+            assert holder.stdout is not None and holder.stdout.readline() == "locked\n"
+            yield holder
+        finally:
+            holder.wait(seconds + 10)
 
 
 def sse_events(text: str) -> list[Any]:

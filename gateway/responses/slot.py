@@ -80,7 +80,7 @@ class StoreSlot:
         except TimeoutError:
             pass
         raise StoreUnavailable(
-            "The response store is still opening (migrating a large file can take minutes); send store: false or retry shortly.",
+            "The response store is still opening (a migration of a large file, by this process or another worker, can take minutes); send store: false or retry shortly.",
             headers={"retry-after": "5"},
         )
 

@@ -106,8 +106,10 @@ GATHER_S = 0.003
 PURGE_EVERY_S = 1.0  # the expiry purge runs at most this often per store (expired rows are invisible at once)
 # Opening, migrations included. A request waits for it only its own short while (the slot's
 # OPEN_S), and the open goes on meanwhile: a migration that rewrites every row (version 3's
-# to 4) takes longer than that on a large file. SQLite's busy timeout still fails an open in
-# seconds when another process holds the file.
+# to 4) takes longer than that on a large file. Another process's migration of the same file
+# (a worker that opened it first) holds its lock as long, so the open's busy timeout is as
+# long too: it waits for that migration and finds the file upgraded, where the operations'
+# short one failed it "database is locked" every few seconds until the other was done.
 OPEN_TIMEOUT_S = 900.0
 
 
@@ -261,8 +263,9 @@ class SqliteStore:
 
     def _open(self) -> None:
         Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        # Python's `timeout` is SQLite's busy timeout: shorter than the loop's bound.
-        conn = sqlite3.connect(self.path, timeout=self.timeout_s * 0.8, isolation_level=None, cached_statements=256)
+        # Python's `timeout` is SQLite's busy timeout: shorter than the loop's bound, the open's
+        # while it opens and migrates, then the operations'.
+        conn = sqlite3.connect(self.path, timeout=OPEN_TIMEOUT_S * 0.8, isolation_level=None, cached_statements=256)
         try:
             # 4 KiB pages, for a new file (an existing one keeps its own). A row (~1 KiB for a
             # short answer) takes a page of 2 KiB to itself, so a batch of 24 wrote 36 WAL
@@ -274,6 +277,7 @@ class SqliteStore:
             # fsync per checkpoint rather than per commit.
             conn.execute("PRAGMA synchronous = NORMAL")
             migrate(conn)
+            conn.execute(f"PRAGMA busy_timeout = {int(self.timeout_s * 800)}")
         except BaseException:
             conn.close()
             raise

@@ -20,7 +20,7 @@ from gateway.responses.conversation import to_messages
 from gateway.store import StoreUnavailable, _sqlite, open_store
 from gateway.tools.base import StaticSource, Tool, ToolError
 from gateway.tools.registry import ready
-from tests.support import ScriptedUpstream, call, chunk, completion, gateway, settings, sse_body
+from tests.support import ScriptedUpstream, call, chunk, completion, gateway, settings, sse_body, write_locked_elsewhere
 
 EVENT = TypeAdapter(ResponseStreamEvent)
 ITEM = TypeAdapter(ResponseItem)
@@ -522,6 +522,27 @@ async def test_a_slow_open_goes_on_once_while_requests_get_503(tmp_path, monkeyp
         assert (await client.get(f"/v1/responses/{stored.json()['id']}")).json()["output"][-1]["content"][0]["text"] == "stored"
     assert ran == [1]  # one open, however many requests asked while it ran
     assert len(up.requests) == 2  # the 503s asked the model nothing
+
+
+async def test_another_worker_migrating_the_file_is_still_opening_not_a_lock_error(tmp_path, monkeypatch):
+    monkeypatch.setattr(store_slot, "OPEN_S", 0.5)
+    up = ScriptedUpstream(completion("stored"))
+    conf = config(tmp_path, {"store": {"timeout_s": 0.5}})  # an operation's busy timeout: 0.4 s
+    with write_locked_elsewhere(tmp_path / "responses.db", 2.0) as holder:
+        async with gateway(conf, up) as client:
+            first = await create(client, input="x")
+            assert first.status_code == 503 and first.headers["retry-after"] == "5"
+            assert "still opening" in first.json()["error"]["message"], first.json()
+            assert (await client.get("/healthz")).status_code == 200
+            await asyncio.to_thread(holder.wait, 10)
+            for _ in range(50):  # the open finds the lock gone within SQLite's busy backoff
+                stored = await create(client, input="x")
+                if stored.status_code != 503:
+                    break
+                assert "still opening" in stored.json()["error"]["message"], stored.json()
+                await asyncio.sleep(0.1)
+            assert stored.status_code == 200, stored.text
+            assert (await client.get(f"/v1/responses/{stored.json()['id']}")).status_code == 200
 
 
 async def test_a_gateway_stopping_during_a_slow_open_does_not_wait_for_it(tmp_path, monkeypatch):

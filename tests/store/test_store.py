@@ -24,6 +24,7 @@ from gateway.responses.slot import StoreSlot
 from gateway.store import BACKENDS, Stored, StoreUnavailable, TooLargeToStore, open_store
 from gateway.store._schema import MIGRATIONS, migrate
 from gateway.store.base import encode
+from tests.support import write_locked_elsewhere
 
 TIMEOUT = 0.3  # every store in these tests gives up after this long
 
@@ -746,6 +747,30 @@ async def test_a_database_from_a_newer_toolgate_is_refused(tmp_path):
     db.close()
     with pytest.raises(StoreUnavailable, match="schema version 99, newer than this toolgate's 4"):
         await open_store(f"sqlite:///{path}", ttl_s=60, max_bytes=1 << 20, timeout_s=TIMEOUT)
+
+
+async def test_an_open_waits_for_another_process_holding_the_file(tmp_path):
+    # Another worker migrating the file holds its write lock for as long as that takes: the
+    # open waits for it (its own bound is minutes), where the operations' busy timeout
+    # (0.8 * TIMEOUT) failed it "database is locked".
+    path = tmp_path / "r.db"
+    with write_locked_elsewhere(path, 1.0):
+        started = time.monotonic()
+        store = await open_store(f"sqlite:///{path}", ttl_s=60, max_bytes=1 << 20, timeout_s=TIMEOUT)
+        assert time.monotonic() - started > 0.7  # it did wait for the lock
+    try:
+        await store.put(record())
+        assert await store.get("resp_1", "owner-a") == record()
+        writer = sqlite3.connect(path, isolation_level=None)
+        writer.execute("BEGIN IMMEDIATE")  # once open, a locked file fails in the operations' bound again
+        try:
+            with pytest.raises(StoreUnavailable, match="locked|did not answer"):
+                await store.put(record("resp_2"))
+        finally:
+            writer.execute("ROLLBACK")
+            writer.close()
+    finally:
+        await store.close()
 
 
 async def test_an_unopenable_sqlite_file_is_unavailable(tmp_path):
