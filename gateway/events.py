@@ -11,7 +11,8 @@ ToolOutcomeKind = Literal["ok", "error", "timeout", "unknown_tool", "bad_argumen
 
 @dataclass(frozen=True, slots=True)
 class Delta:
-    """Text from the model, to forward at once when streaming."""
+    """Text from the model, to forward at once when streaming. Unstreamed, one Delta says a
+    round's whole text, before the tools that round runs (the Responses API shows it)."""
 
     content: str | None = None
     """Answer text, as the model streamed it."""

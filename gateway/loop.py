@@ -128,9 +128,16 @@ async def run_loop(job: LoopJob, model: Model, toolbox: Toolbox) -> AsyncGenerat
                 else:
                     turn = part
         assert turn is not None, "a model's turn ends in one Turn"
-        yield run.account(round_no, turn)
-
+        usage = run.account(round_no, turn)
         step = run.next_step(turn, round_no)
+        if not job.stream and isinstance(step, NextStepRunTools) and not (step.handed_back or step.held):
+            # Unstreamed, what the model said before the tools it runs now reaches the renderer
+            # only here (a final answer's, and a handed-back turn's, go in the Final).
+            said = _said(turn.message)
+            if said is not None:
+                yield said
+        yield usage
+
         if isinstance(step, NextStepAnswer):
             yield step.final
             return
@@ -290,6 +297,17 @@ def _final(turn: Turn, usage: dict[str, Any] | None, rounds: int, tally: _Tally)
     elif finish_reason == "tool_calls":
         finish_reason = "stop"
     return tally.final(message, finish_reason, usage, rounds, turn.logprobs)
+
+
+def _said(message: dict[str, Any]) -> Delta | None:
+    """A turn's text and reasoning as one Delta, or None when it said nothing."""
+    content = message.get("content")
+    if isinstance(content, list):
+        content = "".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
+    reasoning = message.get("reasoning_content") or message.get("reasoning")
+    text = content if isinstance(content, str) and content else None
+    thought = reasoning if isinstance(reasoning, str) and reasoning else None
+    return Delta(text, thought) if text or thought else None
 
 
 def _unique_ids(calls: list[dict[str, Any]]) -> None:

@@ -30,24 +30,32 @@ def _chat_call(call_id: str, name: str, arguments: str) -> dict[str, Any]:
     return {"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}}
 
 
-def _text_of(content: list[dict[str, Any]], kind: str) -> str:
-    return "".join(p["text"] for p in content if p["type"] == kind)
+# A message's text parts, of either kind: any role may hold either (a client's earlier answer
+# quoted back as output_text, an assistant turn written as input_text), and all of it is text.
+_TEXT = frozenset({"input_text", "output_text"})
+
+
+def _text_of(content: list[dict[str, Any]]) -> str:
+    return "".join(p["text"] for p in content if p["type"] in _TEXT)
 
 
 def _user_content(content: list[dict[str, Any]]) -> str | list[dict[str, Any]]:
     if len(content) == 1 and content[0]["type"] == "input_text":
         text: str = content[0]["text"]  # the usual message: one text part
         return text
-    if all(p["type"] == "input_text" for p in content):
+    if all(p["type"] in _TEXT for p in content):
         return "\n".join(p["text"] for p in content)
     parts: list[dict[str, Any]] = []
     for part in content:
-        if part["type"] == "input_text":
+        kind = part["type"]
+        if kind in _TEXT:
             parts.append({"type": "text", "text": part["text"]})
-        elif part["type"] == "input_image":
+        elif kind == "input_image":
             parts.append({"type": "image_url", "image_url": {"url": part["image_url"], "detail": part["detail"]}})
-        else:
+        elif kind == "input_file":
             parts.append({"type": "file", "file": {k: part[k] for k in ("file_data", "filename") if k in part}})
+        else:  # items.py lets no other kind through
+            raise AssertionError(f"unexpected content part {kind!r}")
     return parts
 
 
@@ -105,13 +113,13 @@ def to_messages(items: list[dict[str, Any]]) -> Conversation:
     listed: set[str] = set()
     turn: dict[str, Any] | None = None  # the assistant message collecting this turn's calls
     resumed_turn: dict[str, Any] | None = None
-    called = False  # some turn has calls (each needs its one reply)
+    calls: set[str] = set()  # the call ids so far (each call needs its one reply)
     for i, item in enumerate(items):
         kind = item["type"]
         if kind == "message":
             content = item["content"]
             if item["role"] == "assistant":
-                turn = {"role": "assistant", "content": _text_of(content, "output_text")}
+                turn = {"role": "assistant", "content": _text_of(content)}
                 refusal = "".join(p["refusal"] for p in content if p["type"] == "refusal")
                 if refusal:
                     turn["refusal"] = refusal
@@ -126,7 +134,7 @@ def to_messages(items: list[dict[str, Any]]) -> Conversation:
                 turn = {"role": "assistant", "content": None}
                 messages.append(turn)
             turn.setdefault("tool_calls", []).append(call)
-            called = True
+            calls.add(call_id)
             if kind == "mcp_call":
                 result = item.get("output") if item.get("error") is None else f"Error: {_error_text(item['error'])}"
                 messages.append({"role": "tool", "tool_call_id": call_id, "content": result or ""})
@@ -139,17 +147,20 @@ def to_messages(items: list[dict[str, Any]]) -> Conversation:
                 else:
                     messages.append({"role": "tool", "tool_call_id": call_id, "content": DENIED if answer is False else UNANSWERED})
         elif kind == "function_call_output":
+            if item["call_id"] not in calls:
+                # A host refuses a tool message no call asked for, in its own words: say it here.
+                raise invalid(f"No tool call found for function call output with call_id {item['call_id']!r}.", f"input[{i}].call_id")
             messages.append({"role": "tool", "tool_call_id": item["call_id"], "content": _output_text(item["output"])})
             turn = None
         elif kind == "mcp_list_tools":
             listed.add(item["server_label"])
         elif kind == "mcp_approval_response":
-            if item["approval_request_id"] not in {c["id"] for m in messages for c in m.get("tool_calls", ())}:
+            if item["approval_request_id"] not in calls:
                 raise invalid(f"No mcp_approval_request {item['approval_request_id']!r} comes before this answer.", f"input[{i}].approval_request_id")
         elif kind == "item_reference":
             raise invalid(f"The item {item['id']!r} was not found.", f"input[{i}].id")
         # reasoning items: the upstream does not take reasoning back (hosts.send_reasoning)
-    if called:
+    if calls:
         _answer_the_unanswered(messages, {call["id"] for call, _ in resume})
     if resumed_turn is not None:
         # The loop runs approved calls before its first round and appends their results last.

@@ -37,17 +37,33 @@ INCLUDES = {
 }
 
 
+# Values the hosted API takes, as its own types say: the Response object repeats them, and a
+# client's typed model of it refuses anything else.
+SERVICE_TIERS = ("auto", "default", "flex", "scale", "priority", "fast", "ultrafast")
+EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh", "max")
+SUMMARIES = ("auto", "concise", "detailed")
+VERBOSITIES = ("low", "medium", "high")
+CACHE_RETENTIONS = ("in_memory", "24h")
+CACHE_MODES = ("implicit", "explicit")
+CACHE_TTLS = ("30m", "12h")
+RANGES = {"temperature": (0, 2), "top_p": (0, 1)}
+MAX_TOP_LOGPROBS = 20
+METADATA_PAIRS, METADATA_KEY, METADATA_VALUE = 16, 64, 512
+
 # Every key chat_params reads: most requests send none of them.
-_READ = frozenset({"temperature", "top_p", "max_output_tokens", "user", *_PASSED, "parallel_tool_calls", "reasoning", "text", "include"})
+_READ = frozenset({"temperature", "top_p", "max_output_tokens", "user", *ECHOED, "parallel_tool_calls", "reasoning", "text", "include"})
 
 
 def chat_params(raw: dict[str, Any], request: Any) -> None:
     if raw.keys().isdisjoint(_READ):
         return
     params = request.params
-    for key in ("temperature", "top_p"):
+    for key, (low, high) in RANGES.items():
         if (value := number(raw, key)) is not None:
+            if not low <= value <= high:
+                raise invalid(f"{key} must be between {low} and {high}.", key)
             params[key] = value
+    _echoed(raw, request)
     tokens = raw.get("max_output_tokens")
     if tokens is not None:
         if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 1:
@@ -69,12 +85,56 @@ def chat_params(raw: dict[str, Any], request: Any) -> None:
         _include(include, raw, request)
 
 
+def one_of(value: Any, allowed: tuple[str, ...], param: str) -> Any:
+    if value is not None and value not in allowed:
+        raise invalid(f"{param} must be one of {', '.join(map(repr, allowed))}, not {value!r}.", param)
+    return value
+
+
+def _count(value: Any, param: str, low: int, high: int | None = None) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low or high is not None and value > high):
+        raise invalid(f"{param} must be an integer of at least {low}" + (f" and at most {high}." if high is not None else "."), param)
+
+
+def _echoed(raw: dict[str, Any], request: Any) -> None:
+    """The parameters the Response object repeats: each as the hosted API types it."""
+    metadata = raw.get("metadata")
+    if metadata is not None:
+        if not isinstance(metadata, dict) or len(metadata) > METADATA_PAIRS:
+            raise invalid(f"metadata must be an object of at most {METADATA_PAIRS} string pairs.", "metadata")
+        for key, value in metadata.items():
+            if len(key) > METADATA_KEY:
+                raise invalid(f"A metadata key is at most {METADATA_KEY} characters.", f"metadata.{key[:METADATA_KEY]}")
+            if not isinstance(value, str) or len(value) > METADATA_VALUE:
+                raise invalid(f"A metadata value is a string of at most {METADATA_VALUE} characters.", f"metadata.{key}")
+    for key in ("prompt_cache_key", "safety_identifier"):
+        optional(raw, key, str, "a string")
+    one_of(raw.get("service_tier"), SERVICE_TIERS, "service_tier")
+    one_of(raw.get("prompt_cache_retention"), CACHE_RETENTIONS, "prompt_cache_retention")
+    _count(raw.get("max_tool_calls"), "max_tool_calls", 0)
+    _count(raw.get("top_logprobs"), "top_logprobs", 0, MAX_TOP_LOGPROBS)
+    cache = raw.get("prompt_cache_options")
+    if cache is not None:
+        if not isinstance(cache, dict) or not {"mode", "ttl", "comparison_response_id"}.issuperset(cache):
+            raise invalid("prompt_cache_options must be an object of mode, ttl and comparison_response_id.", "prompt_cache_options")
+        optional(cache, "comparison_response_id", str, "a response id")
+        # The Response object says both, as the hosted API applied them: its defaults where not sent.
+        request.echo["prompt_cache_options"] = {
+            **cache,
+            "mode": one_of(cache.get("mode"), CACHE_MODES, "prompt_cache_options.mode") or "implicit",
+            "ttl": one_of(cache.get("ttl"), CACHE_TTLS, "prompt_cache_options.ttl") or "30m",
+        }
+
+
 def _reasoning(reasoning: Any, request: Any) -> None:
     if not isinstance(reasoning, dict):
         raise invalid("reasoning must be an object.", "reasoning")
-    if reasoning.get("effort") is not None:
-        request.params["reasoning_effort"] = reasoning["effort"]
-    request.echo["reasoning"] = {"effort": reasoning.get("effort"), "summary": reasoning.get("summary")}
+    effort = one_of(reasoning.get("effort"), EFFORTS, "reasoning.effort")
+    summary = one_of(reasoning.get("summary"), SUMMARIES, "reasoning.summary")
+    one_of(reasoning.get("generate_summary"), SUMMARIES, "reasoning.generate_summary")
+    if effort is not None:
+        request.params["reasoning_effort"] = effort
+    request.echo["reasoning"] = {"effort": effort, "summary": summary or reasoning.get("generate_summary")}
 
 
 def _text(text: Any, request: Any) -> None:
@@ -83,7 +143,7 @@ def _text(text: Any, request: Any) -> None:
     fmt = text.get("format")
     if fmt is not None:
         request.params.update(text_format(fmt))
-    if text.get("verbosity") is not None:
+    if one_of(text.get("verbosity"), VERBOSITIES, "text.verbosity") is not None:
         request.params["verbosity"] = text["verbosity"]
     request.echo["text"] = text
 

@@ -153,7 +153,7 @@ class Items:
         # Every echoed field (None where not sent), then what the request sent, then this response's own.
         body: dict[str, Any] = {**_ECHO_DEFAULTS, **view.echo}
         body["id"] = view.id
-        body["created_at"] = view.created_at
+        body["created_at"] = int(view.created_at)  # whole seconds, as the hosted API's (typed clients want an integer)
         body["status"] = status
         body["model"] = view.alias
         body["output"] = list(self.items) if output else []
@@ -161,7 +161,7 @@ class Items:
         body["incomplete_details"] = {"reason": incomplete} if status == "incomplete" else None
         body["usage"] = response_usage(self.usage()) if output else None
         if status in _ENDED:
-            body["completed_at"] = time.time()
+            body["completed_at"] = int(time.time())
         return body
 
     def usage(self) -> dict[str, Any] | None:
@@ -339,11 +339,15 @@ class Items:
         if not self.streamed:
             self._unstreamed_text(final)
         if self.message is None and refusal:
+            # A refusal and no text: a message of the refusal part alone, as unstreamed.
+            self._close_reasoning()
             item: dict[str, Any] = {"id": self.mint("msg"), "type": "message", "role": "assistant", "status": "in_progress", "content": []}
-            self.message = self.add(item, final.rounds)
-            item["content"].append({"type": "output_text", "text": "", "annotations": [], "logprobs": []})
-            self.emit("response.content_part.added", item_id=item["id"], output_index=self.message, content_index=0, part=item["content"][0])
-        self._close_text(refusal)
+            index = self.add(item, final.rounds)
+            self._refusal(index, refusal)
+            item["status"] = "completed"
+            self.done(index)
+        else:
+            self._close_text(refusal)
         for call in final.client_tool_calls or ():
             function = call["function"]
             item = {"id": self.mint("fc"), "type": "function_call", "call_id": call["id"], "name": function["name"], "arguments": "", "status": "in_progress"}

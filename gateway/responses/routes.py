@@ -179,6 +179,13 @@ class CreateResponse:
             messages = [{"role": "system", "content": request.instructions}, *messages]
         params = {**alias.defaults, **request.params, **alias.overrides}
         first_tool_choice = params.pop("tool_choice", None)
+        if not offer.tools and (request.no_tools or not request.client_tools):
+            # No tools go upstream: hosts refuse the tool parameters without them (the Responses
+            # API takes them, and the Response object still repeats what was sent).
+            params.pop("parallel_tool_calls", None)
+            if request.params.get("tool_choice") == "required":
+                raise InvalidRequest("tool_choice 'required' needs a tool, and this request offers none.", param="tool_choice")
+            first_tool_choice = None
         labels: dict[str, str] = {}
         list_tools: list[dict[str, Any]] = []
         if offer.tools or request.mcp:
@@ -239,7 +246,12 @@ class CreateResponse:
             if not mcp.asked and mcp.url is None and defaults.get(mcp.label) == "never":
                 mcp = dataclasses.replace(mcp, always=frozenset())  # the config's default for this source
             by_label[mcp.label] = mcp
-        chosen = dict(base.tools)
+        # The alias's own tools, but those of a source the request names: its allowed_tools narrow them too.
+        chosen = {}
+        for name, tool in base.tools.items():
+            named = by_label.get(owners.get(name, ""))
+            if named is None or named.url is not None or named.admits(name):
+                chosen[name] = tool
         for name, tool in every.tools.items():
             named = by_label.get(owners.get(name, ""))
             if named is not None and named.url is None and named.admits(name):
@@ -326,6 +338,8 @@ def store_routes(slot: StoreSlot) -> dict[str, Callable[[Request], Awaitable[Res
         return _error(NotFound(f"No response with id {response_id!r} found.", param="response_id"))
 
     async def retrieve(request: Request) -> Response:
+        if request.query_params.get("stream", "false").lower() not in ("false", "0", ""):
+            return _error(InvalidRequest("Streaming a stored response again is not supported: retrieve it without stream.", param="stream"))
         try:
             store, response_id, owner = await found(request)
             record = await store.get(response_id, owner)

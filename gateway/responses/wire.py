@@ -86,7 +86,7 @@ def parse_request(body: bytes, *, max_items: int = 2048) -> ResponsesRequest:
     parse_tools(raw, request)
     echo = request.echo
     for key, value in raw.items():  # the Response object puts them in its own order
-        if key in _ECHOED_AS_SENT and value is not None:
+        if key in _ECHOED_AS_SENT and value is not None and key not in echo:  # (or as the parser filled them in)
             echo[key] = value
     echo["parallel_tool_calls"] = flag(raw, "parallel_tool_calls", True)
     echo["store"] = request.store
