@@ -6,9 +6,11 @@
 Records go through a bounded queue to a listener thread that formats, redacts
 and writes them, so a log pipe nobody reads (a stuck log shipper) never blocks
 the event loop: when the queue is full, lines are dropped and counted, and one
-line says how many once the pipe drains. Message contents and keys are never
-logged unless `log_content = true`, and then only messages, never keys: every
-line passes through the redactor (`gateway.redact.SECRETS`) at every level.
+line says how many once the pipe drains. Once the process stops, what the pipe
+does not take within STOP_WAIT_S is dropped (`_Pipe`), so a stuck pipe never
+holds the exit. Message contents and keys are never logged unless
+`log_content = true`, and then only messages, never keys: every line passes
+through the redactor (`gateway.redact.SECRETS`) at every level.
 """
 
 from __future__ import annotations
@@ -16,9 +18,14 @@ from __future__ import annotations
 import atexit
 import logging
 import logging.handlers
+import os
 import queue
+import select
+import socket
+import stat
 import sys
 import threading
+import time
 from typing import Any
 
 import orjson
@@ -29,6 +36,8 @@ from gateway.redact import SECRETS
 access = logging.getLogger("toolgate.access")
 
 QUEUE_LINES = 10_000
+STOP_WAIT_S = 2.0  # what is queued when the process stops gets this long to be written
+POLL_S = 0.5  # a writer waiting on a stuck pipe looks at the deadline this often
 
 
 class JSONFormatter(logging.Formatter):
@@ -78,6 +87,79 @@ class _Dropping(logging.handlers.QueueHandler):
         return dropped
 
 
+class _Pipe:
+    """A stream over a file descriptor whose writes end when the process stops: a pipe or a
+    terminal is written through a non-blocking description of its own (the process's stays as
+    it is), a socket with MSG_DONTWAIT. While the process runs, a line waits for a reader that
+    stopped reading as long as it takes (the queue in front drops what does not fit); once
+    stop() sets the deadline, the rest of a line the pipe does not take by then is dropped (the
+    next line starts on a line of its own). A regular file is written as it is: it has no
+    reader to wait for."""
+
+    def __init__(self, fd: int) -> None:
+        self.deadline = float("inf")  # set by stop(): past it, nothing waits
+        self.torn = False  # the last line was cut short
+        self._socket: socket.socket | None = None
+        self._fd = fd
+        self._own = False
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISSOCK(mode):
+            self._socket = socket.socket(fileno=os.dup(fd))
+        elif stat.S_ISFIFO(mode) or stat.S_ISCHR(mode):
+            try:
+                self._fd = os.open(f"/proc/self/fd/{fd}", os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+                self._own = True
+            except OSError:
+                pass  # no /proc: written as it is, blocking
+
+    def write(self, text: str) -> int:
+        data = memoryview(("\n" + text if self.torn else text).encode("utf-8", "backslashreplace"))
+        whole = len(data)
+        self.torn = False
+        while data:
+            try:
+                sent = self._socket.send(data, socket.MSG_DONTWAIT) if self._socket is not None else os.write(self._fd, data)
+                data = data[sent:]
+                continue
+            except BlockingIOError:
+                pass
+            except InterruptedError:
+                continue
+            except OSError:
+                return 0  # the reader is gone (EPIPE): nothing more to do with this line
+            left = self.deadline - time.monotonic()
+            if left <= 0:
+                self.torn = len(data) < whole
+                metrics.LOG_LINES_DROPPED.inc()
+                return 0
+            self._wait(min(left, POLL_S))
+        return len(text)
+
+    def _wait(self, timeout_s: float) -> None:
+        poller = select.poll()
+        poller.register(self._socket.fileno() if self._socket is not None else self._fd, select.POLLOUT)
+        poller.poll(timeout_s * 1000)
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        if self._socket is not None:
+            self._socket.close()
+        elif self._own:
+            os.close(self._fd)
+
+
+def _stream_for(stream: Any) -> Any:
+    """`stream` itself, unless it is a real file descriptor: then a `_Pipe` over it."""
+    try:
+        fd = stream.fileno()
+    except (AttributeError, OSError, ValueError):
+        return stream
+    stream.flush()
+    return _Pipe(fd)
+
+
 class _Writer(logging.StreamHandler[Any]):
     """The listener's handler: writes a record, and first the count of any dropped since."""
 
@@ -103,7 +185,7 @@ def setup(level: str = "INFO", stream: Any = None, *, queue_lines: int = QUEUE_L
     stop()
     q: queue.Queue[logging.LogRecord] = queue.Queue(queue_lines)
     _handler = _Dropping(q)
-    writer = _Writer(stream or sys.stderr, _handler)
+    writer = _Writer(_stream_for(stream or sys.stderr), _handler)
     writer.setFormatter(JSONFormatter())
     _listener = logging.handlers.QueueListener(q, writer)
     _listener.start()
@@ -139,21 +221,31 @@ def _uncaught_in_thread(args: Any) -> None:
     logging.getLogger("toolgate").error("uncaught %s in thread %s", args.exc_type.__name__, name, exc_info=(args.exc_type, args.exc_value, args.exc_traceback))
 
 
-STOP_WAIT_S = 2.0
 
 
 def stop() -> None:
-    """Write what is queued and stop the listener, waiting at most `STOP_WAIT_S` (the pipe may be stuck)."""
+    """Write what is queued and stop the listener, in at most about `STOP_WAIT_S` (the pipe may
+    be stuck: what it has not taken by then is dropped, and the writer lets go of it)."""
     global _listener
     listener, _listener = _listener, None
     if listener is None or listener._thread is None:
         return
+    deadline = time.monotonic() + STOP_WAIT_S
+    for handler in listener.handlers:
+        stream = getattr(handler, "stream", None)
+        if isinstance(stream, _Pipe):
+            stream.deadline = deadline
     try:
         # The queue is setup()'s queue.Queue; typeshed knows neither its put() here nor the sentinel.
         listener.queue.put(listener._sentinel, timeout=STOP_WAIT_S)  # type: ignore[attr-defined]
     except queue.Full:
-        return  # a daemon thread, left to the exit
-    listener._thread.join(STOP_WAIT_S)
+        pass  # past the deadline the writer drops at once: it takes the sentinel soon
+    listener._thread.join(STOP_WAIT_S + 1.0)
+    if not listener._thread.is_alive():
+        for handler in listener.handlers:
+            stream = getattr(handler, "stream", None)
+            if isinstance(stream, _Pipe):
+                stream.close()
 
 
 atexit.register(stop)

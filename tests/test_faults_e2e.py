@@ -11,13 +11,16 @@ gateway serve` as an operator does and signal it by its PID.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
 import os
 import re
 import signal
 import socket
+import struct
 import subprocess
 import sys
+import termios
 import textwrap
 import time
 from contextlib import asynccontextmanager, suppress
@@ -462,6 +465,38 @@ async def test_a_stuck_log_pipe_never_stalls_requests(tmp_path):
     served = sum(1 for line in lines if line.get("event") == "request" and line.get("status") == 200)
     dropped = sum(int(m.group(1)) for line in lines if (m := re.fullmatch(r"log queue was full: (\d+) line\(s\) dropped", line.get("message", ""))))
     assert served + dropped == total
+
+
+async def test_sigterm_with_a_log_pipe_nobody_ever_reads_still_exits(tmp_path):
+    # The pipe is full and stays unread through the exit: what is queued gets logs.STOP_WAIT_S,
+    # then is dropped; the exit does not wait on the pipe (it used to, for ever).
+    read_end, write_end = os.pipe()
+    try:
+        async with gateway_process(tmp_path, "--demo", stderr=write_end) as (proc, port):
+            os.close(write_end)
+            write_end = -1
+            async with httpx.AsyncClient(timeout=5) as client, asyncio.timeout(60):
+                unread = -1
+                while unread != (unread := _unread(read_end)):  # full: 50 more requests' lines do not fit
+                    for _ in range(50):
+                        assert (await client.post(f"http://127.0.0.1:{port}/v1/chat/completions", json=CHAT)).status_code == 200
+                    await asyncio.sleep(0.2)
+                await healthz_fast(port)  # the writer is stuck; serving is not
+            os.kill(proc.pid, signal.SIGTERM)
+            started = time.monotonic()
+            returncode = await asyncio.to_thread(proc.wait, 30)
+            took = time.monotonic() - started
+        assert returncode == 0
+        assert took < 1 + 2 + 5  # grace_s, logs.STOP_WAIT_S, and room for a slow machine
+    finally:
+        os.close(read_end)
+        if write_end >= 0:
+            os.close(write_end)
+
+
+def _unread(fd: int) -> int:
+    """Bytes waiting in a pipe."""
+    return struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"))[0]
 
 
 # -- 6. --workers 2 -----------------------------------------------------------------------------------
