@@ -7,9 +7,10 @@
 set: the request head (request line and headers) must arrive within
 `header_timeout_s`, in at most `max_header_bytes` and `max_headers` fields
 (else 408 or 431 and the connection closes, before any app code or key check
-runs); and a client that stops reading for `send_timeout_s` while a response is
+runs); and a client that reads nothing for `send_timeout_s` while a response is
 being written is dropped (its write buffer never grows past uvicorn's high-water
-mark, and the request's task learns of the disconnect).
+mark, and the request's task learns of the disconnect); one that reads slowly is
+not.
 
 `Server` lets running requests finish for `grace_s` after SIGTERM or SIGINT,
 then ends each one that is still open with an error (an SSE error event and
@@ -22,12 +23,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import gc
 import logging
 import multiprocessing
 import os
 import signal
 import socket
+import struct
+import termios
 import threading
 import time
 from collections.abc import Iterator
@@ -154,7 +158,7 @@ class GuardedHttp(HttpToolsProtocol):
     def pause_writing(self) -> None:
         super().pause_writing()
         if self._stall_timer is None:
-            self._stall_timer = self.loop.call_later(self._limits.send_timeout_s, self._stalled)
+            self._stall_timer = self.loop.call_later(self._limits.send_timeout_s, self._stalled, self._unsent())
 
     def resume_writing(self) -> None:
         if self._stall_timer is not None:
@@ -191,9 +195,32 @@ class GuardedHttp(HttpToolsProtocol):
         metrics.rejected(status)
         access.info("request", extra={"fields": {"event": "request", "status": status, "error": message, "client": _peer(self.client)}})
 
-    def _stalled(self) -> None:
+    def _unsent(self) -> int:
+        """Bytes written that the client has not yet taken: the transport's buffer, and the
+        kernel's send queue (which drains as the client reads; the buffer only in bursts)."""
+        unsent = self.transport.get_write_buffer_size()
+        sock = self.transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError, ValueError):
+                unsent += struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0"))[0]
+        return unsent
+
+    def _stalled(self, unsent_before: int) -> None:
+        # Paused past send_timeout_s: a client that took some meanwhile is still reading (one
+        # large write stays above the high-water mark until nearly all of it is gone), and
+        # gets another while; one that took nothing has stopped.
         self._stall_timer = None
-        log.warning("client %s stopped reading for %g s; dropping the connection", _peer(self.client), self._limits.send_timeout_s)
+        unsent = self._unsent()
+        if unsent < unsent_before:
+            self._stall_timer = self.loop.call_later(self._limits.send_timeout_s, self._stalled, unsent)
+            return
+        sent_all = self.cycle is not None and self.cycle.response_complete
+        log.warning(
+            "client %s stopped reading for %g s; dropping the connection%s",
+            _peer(self.client),
+            self._limits.send_timeout_s,
+            f" with {unsent} bytes of a finished response unsent" if sent_all else "",
+        )
         self.transport.abort()
 
     def _cancel_timers(self) -> None:

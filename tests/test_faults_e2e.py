@@ -340,6 +340,41 @@ async def test_a_client_that_never_reads_its_stream_is_dropped(caplog):
     assert line["ended"] == "client_left"  # the stall dropped it, not the deadline
 
 
+async def test_a_client_that_reads_slowly_but_steadily_gets_all_of_a_large_answer(caplog):
+    caplog.set_level("INFO")
+    # One 4 MB body is one write: it stays above the high-water mark until nearly all of it is
+    # read, far past send_timeout_s at this client's pace. It was dropped as "stopped reading".
+    answer = "z" * 4_000_000
+    async with FakeLLM() as fake:
+        fake.push(Reply(answer))
+        config = settings_for(fake, send_timeout_s=0.5, request_timeout_s=30)
+        async with serve(config) as (base, app):
+            port = _port(base)
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * 1024)
+            sock.setblocking(False)
+            loop = asyncio.get_running_loop()
+            received = bytearray()
+            try:
+                await loop.sock_connect(sock, ("127.0.0.1", port))
+                body = orjson.dumps(CHAT)
+                request = b"POST /v1/chat/completions HTTP/1.1\r\nhost: toolgate\r\ncontent-type: application/json\r\nconnection: close\r\ncontent-length: %d\r\n\r\n" % len(body)
+                await loop.sock_sendall(sock, request + body)
+                async with asyncio.timeout(30):
+                    while chunk := await loop.sock_recv(sock, 64 * 1024):  # a few KiB at a time: seconds for it all
+                        received += chunk
+                        await asyncio.sleep(0.02)
+                        if len(received) % 500_000 < len(chunk):
+                            await healthz_fast(port)
+            finally:
+                sock.close()
+    head, _, payload = bytes(received).partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200")
+    assert len(payload) > len(answer), [r.getMessage() for r in caplog.records if r.levelname != "INFO"]
+    assert orjson.loads(payload)["choices"][0]["message"]["content"] == answer
+    assert not any("stopped reading" in r.getMessage() for r in caplog.records), [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+
+
 # -- 4. SIGTERM with open streams ------------------------------------------------------------------
 
 
