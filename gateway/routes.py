@@ -269,6 +269,10 @@ async def reject(send: Any, exc: BaseException, scope: dict[str, Any], started: 
     if not isinstance(exc, ClientGone):
         raw = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(payload))]
         raw += [(k.encode(), v.encode()) for k, v in headers.items()]
+        if isinstance(exc, (BodyTimeout, RequestTooLarge)):
+            # The rest of the body is still coming (or never will): the connection ends with
+            # this answer, rather than take whatever follows as that body.
+            raw.append((b"connection", b"close"))
         await send({"type": "http.response.start", "status": status, "headers": raw})
         await send({"type": "http.response.body", "body": payload})
     metrics.rejected(status, fields.get("model", ""), fields.get("api") or metrics.api_of(scope.get("path", "")))

@@ -288,10 +288,18 @@ async def test_half_sent_bodies_time_out_and_do_not_count_against_the_cap():
                     r = await client.post(f"{base}/chat/completions", json=CHAT)
                 assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"] == "served meanwhile"
                 assert not any(a.done() for a in answers), "a half-sender was answered before its body timeout"
-                for answer in answers:
-                    status, _, body = await answer
-                    assert status == 408
+                for answer, (reader, writer) in zip(answers, senders):
+                    status, headers, body = await answer
+                    assert status == 408 and headers["connection"] == "close"
                     assert_error(body, "body_timeout")
+                    writer.write(b"x" * 990)  # the rest of the body, late: not taken as it
+                    assert await closed(reader) == b""
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                senders.append((reader, writer))
+                writer.write(head.replace(b"content-length: 1000", b"content-length: %d" % (config.server.max_body_bytes + 1)))
+                status, headers, body = await read_response(reader)
+                assert status == 413 and headers["connection"] == "close"
+                assert await closed(reader) == b""
             finally:
                 for _, writer in senders:
                     writer.close()
