@@ -18,6 +18,7 @@ from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any, TypeGuard
 
+from gateway.backoff import Patience
 from gateway.config import Upstream
 from gateway.errors import LoopLimit
 from gateway.events import Delta, Event, Final, RoundUsage, ToolFinished, ToolProgress, ToolStarted
@@ -54,6 +55,8 @@ class LoopJob:
     # The client's tool_choice ("required", a named function): for the first round only; sent
     # in every round, it would force a call in each until the round cap.
     first_tool_choice: Any = None
+    # A streamed response's: how late a retry of the upstream may wait (the pump's, see backoff.Patience).
+    patience: Patience | None = None
 
 
 _TOKEN_PARAMS = ("max_completion_tokens", "max_tokens")

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
+    from gateway.backoff import Patience
     from gateway.config import Upstream
     from gateway.events import Delta
 
@@ -87,6 +88,7 @@ class ModelJob(Protocol):
     request_id: str
     client_auth: str
     max_repeated_deltas: int
+    patience: Patience | None
 
 
 def new_call_id() -> str:

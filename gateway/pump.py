@@ -24,12 +24,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine
 from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 from gateway import drain
+from gateway.backoff import Patience
 from gateway.errors import ShuttingDown, UpstreamTimeout, error_json
 from gateway.events import Delta, Event, Final, Opening, RoundUsage, ToolStarted
 from gateway.usage import add_usage
@@ -93,6 +95,8 @@ class Timing:
     keepalive_s: float = 15.0
     secrets: tuple[str, ...] = ()  # this request's own (a forwarded client key), masked in errors
     left: ClientLeft | None = None  # the server's, when it has one (see ClientLeft)
+    # A stream's: until its first keepalive would send the status, how late a retry may wait.
+    patience: Patience | None = None
 
 
 Ended = Literal["complete", "error", "client_left", "deadline", "shutdown"]
@@ -216,6 +220,8 @@ class _Pump:
 
     async def commit(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes, more: bool) -> None:
         self.outcome.started = True
+        if self.timing.patience is not None:
+            self.timing.patience.until = math.inf  # the status is out: waiting costs the client no status now
         self.outcome.status = status
         await self.send({"type": "http.response.start", "status": status, "headers": headers})
         await self.body(body, more)
@@ -403,6 +409,8 @@ async def _stream(p: _Pump, events: AsyncGenerator[Event, None]) -> None:
     r = p.r
     quiet = _Quiet(channel, p.timing.keepalive_s, p)
     loop = channel.loop
+    if p.timing.patience is not None and not p.outcome.started:
+        p.timing.patience.until = loop.time() + p.timing.keepalive_s  # the first keepalive sends the status
     try:
         while True:  # ends at _END or an error; the loop behind the channel is bounded
             if channel.items:

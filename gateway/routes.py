@@ -16,6 +16,7 @@ from starlette.responses import JSONResponse, Response
 
 import gateway
 from gateway import drain, logs, metrics, tracing
+from gateway.backoff import Patience
 from gateway.chat_render import ChatJSON, ChatSSE, ChatView
 from gateway.codecs import open_model
 from gateway.config import ModelAlias, Settings, Upstream
@@ -128,6 +129,8 @@ class Runtime:
             await reject(send, Overloaded("The gateway is at its concurrency limit; retry shortly.", headers={"retry-after": "1"}), scope, started, model=model, **fields)
             return None
         timing = Timing(deadline_s=server.request_timeout_s, keepalive_s=server.keepalive_s, secrets=(job.client_auth,) if job.client_auth else (), left=client_left(scope))
+        if renderer.streaming:
+            timing.patience = job.patience = Patience()
         self.in_flight += 1
         metrics.IN_FLIGHT.inc()
         if renderer.streaming:

@@ -34,7 +34,7 @@ from urllib.parse import urlencode, urlsplit
 import orjson
 
 from gateway import metrics, tracing
-from gateway.backoff import backoff
+from gateway.backoff import Patience, backoff
 from gateway.config import Upstream
 from gateway.errors import (
     GatewayError, InvalidRequest, RequestTooLarge, Unprocessable, UpstreamBusy, UpstreamError, UpstreamRateLimited,
@@ -169,7 +169,15 @@ class UpstreamClient:
             raise UpstreamError("The upstream answered with malformed or truncated JSON.") from None
 
     async def stream(
-        self, upstream: Upstream, payload: dict[str, Any], *, fold: Fold, framing: Framing = SSE, request_id: str = "", client_auth: str = ""
+        self,
+        upstream: Upstream,
+        payload: dict[str, Any],
+        *,
+        fold: Fold,
+        framing: Framing = SSE,
+        request_id: str = "",
+        client_auth: str = "",
+        patience: Patience | None = None,
     ) -> AsyncGenerator[Any, None]:
         target = self._target(upstream)
         span = tracing.Chat(upstream, payload) if tracing.ON else None
@@ -181,7 +189,7 @@ class UpstreamClient:
                 span.end(error=exc)
             raise
         try:
-            reply = await self._send(target, payload, request_id, client_auth, span)
+            reply = await self._send(target, payload, request_id, client_auth, span, patience=patience)
             del payload  # sent: nothing of the request stays with the open stream
             try:
                 # Inline, not a nested generator: one hop per network read is the stream's cost.
@@ -254,7 +262,15 @@ class UpstreamClient:
         return reply, raw
 
     async def _send(
-        self, target: _Target, payload: dict[str, Any] | None, request_id: str, client_auth: str, span: Any = None, *, url: str = ""
+        self,
+        target: _Target,
+        payload: dict[str, Any] | None,
+        request_id: str,
+        client_auth: str,
+        span: Any = None,
+        *,
+        url: str = "",
+        patience: Patience | None = None,
     ) -> Reply:
         upstream = target.upstream
         headers = target.headers
@@ -285,16 +301,16 @@ class UpstreamClient:
                         )
                 except UpstreamError as exc:
                     metrics.upstream_attempt(upstream.name, "error", time.perf_counter() - started)
-                    if last or not exc.retryable or not (retrying or target.may_retry()):
-                        raise
                     wait = _backoff(attempt)
+                    if last or not exc.retryable or _too_long(wait, patience) or not (retrying or target.may_retry()):
+                        raise
                     reason = exc.code
                 else:
                     metrics.upstream_attempt(upstream.name, str(reply.status), time.perf_counter() - started)
                     if reply.status < 300:
                         return reply
                     wait = _retry_after(reply) if reply.status == 429 else _backoff(attempt)
-                    if last or reply.status not in RETRY_STATUSES or wait is None or not (retrying or target.may_retry()):
+                    if last or reply.status not in RETRY_STATUSES or wait is None or _too_long(wait, patience) or not (retrying or target.may_retry()):
                         raise await _status_error(reply, target, client_auth)
                     await reply.close()
                     reason = str(reply.status)
@@ -368,6 +384,11 @@ def _kind(response: Reply) -> str:
 
 def _backoff(attempt: int) -> float:
     return backoff(attempt, first_s=0.25, cap_s=8.0, jitter=0.5)
+
+
+def _too_long(wait: float, patience: Patience | None) -> bool:
+    """A wait that would end after the client must have heard something."""
+    return patience is not None and asyncio.get_running_loop().time() + wait > patience.until
 
 
 def _retry_after(response: Reply) -> float | None:

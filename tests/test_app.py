@@ -293,6 +293,24 @@ async def test_streaming_progress_shows_tool_activity_as_reasoning():
     assert "calculate: ok" in reasoning
 
 
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/responses"])
+async def test_a_stream_does_not_wait_out_a_retry_after_past_its_first_keepalive(path):
+    # The first keepalive would send a 200: a 429 asking for longer goes to the client as it
+    # is, with its Retry-After; one asking for less is waited out and retried.
+    config = settings({"upstreams": {"default": {"url": "http://up.test/v1", "retries": 2}}, "server": {"keepalive_s": 1}})
+    body = {"model": "m", "stream": True, "store": False, "input": "hi"} if path == "/v1/responses" else {"model": "m", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+    long_wait = ScriptedUpstream(_error(429, b'{"error": {"message": "slow down"}}', **{"retry-after": "5"}))
+    async with gateway(config, long_wait) as client:
+        r = await client.post(path, json=body)
+    assert r.status_code == 429 and r.headers["retry-after"] == "5", r.text
+    assert r.json()["error"]["code"] == "rate_limit_exceeded"
+    assert len(long_wait.requests) == 1
+    short_wait = ScriptedUpstream(_error(429, b'{"error": {"message": "slow down"}}', **{"retry-after": "0.1"}), STREAM_ANSWER)
+    async with gateway(config, short_wait) as client:
+        r = await client.post(path, json=body)
+    assert r.status_code == 200 and len(short_wait.requests) == 2
+
+
 async def test_streaming_error_before_any_event_keeps_its_status():
     up = ScriptedUpstream(_error(401, b'{"error": {"message": "bad key"}}'))
     async with gateway(settings({"upstreams": {"default": {"url": "http://u.test/v1", "retries": 0}}}), up) as client:

@@ -79,7 +79,7 @@ class OllamaChat:
         job = self.job
         body = self.payload(messages, tools, params)
         if job.stream:
-            return self.client.stream(job.upstream, body, fold=Lines(), framing=NDJSON, request_id=job.request_id, client_auth=job.client_auth)
+            return self.client.stream(job.upstream, body, fold=Lines(), framing=NDJSON, request_id=job.request_id, client_auth=job.client_auth, patience=job.patience)
         return once(self._complete(body))
 
     async def _complete(self, body: dict[str, Any]) -> Turn:

@@ -42,7 +42,7 @@ class OpenAIChat:
         if job.stream:
             # The client's own generator, not one wrapped around it: no hop per network read.
             fold = StreamAssembler(max_repeats=job.max_repeated_deltas)
-            return self.client.stream(job.upstream, body, fold=fold, request_id=job.request_id, client_auth=job.client_auth)
+            return self.client.stream(job.upstream, body, fold=fold, request_id=job.request_id, client_auth=job.client_auth, patience=job.patience)
         return once(self._complete(body))
 
     async def _complete(self, body: dict[str, Any]) -> Turn:
