@@ -74,6 +74,8 @@ class Upstream:
     retry_budget_percent: float = 20.0  # retries: at most this % of the active requests ...
     retry_budget_min: int = 3  # ... or this many at once, whichever is more
     max_output_tokens: int = 131072  # ceiling on max_tokens sent, and on a request's rounds summed
+    # One reply from the host, streamed or not: past it, a 502 (its memory is the gateway's).
+    max_reply_bytes: int = 64 << 20
 
     @property
     def host(self) -> HostType:

@@ -21,6 +21,7 @@
         ├── UpstreamTimeout     504
         ├── UpstreamBusy        503 (its connection slots stayed taken; carries Retry-After)
         ├── UpstreamRateLimited 429 (carries Retry-After)
+        ├── ReplyTooLarge       502 (a reply past upstreams.NAME.max_reply_bytes)
         └── UpstreamStatus      the upstream's status, mapped (401/403 -> 502)
 
     ConfigError(problems)       not an HTTP error: the CLI prints it and exits 2
@@ -139,6 +140,13 @@ class UpstreamBusy(UpstreamError):
     status = 503
     type = "server_error"
     code = "upstream_busy"
+
+
+class ReplyTooLarge(UpstreamError):
+    code = "upstream_reply_too_large"
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"The upstream's reply is larger than {limit} bytes (upstreams.NAME.max_reply_bytes); it was not read further.")
 
 
 class UpstreamTimeout(UpstreamError):

@@ -27,7 +27,7 @@ from typing import Protocol
 import aiohttp
 import httpx
 
-from gateway.errors import UpstreamError, UpstreamTimeout
+from gateway.errors import ReplyTooLarge, UpstreamError, UpstreamTimeout
 
 
 class Reply(Protocol):
@@ -38,7 +38,8 @@ class Reply(Protocol):
     def headers(self) -> Mapping[str, str]:
         """Case-insensitive."""
 
-    async def read(self) -> bytes: ...
+    async def read(self, limit: int) -> bytes:
+        """The whole body; UpstreamError past `limit` bytes (read no further)."""
 
     def chunks(self) -> AsyncIterator[bytes]: ...
 
@@ -54,6 +55,12 @@ class Transport(Protocol):
         """The status of a GET (the body is not read); the gateway's errors if it cannot be had."""
 
     async def aclose(self) -> None: ...
+
+
+def _check_length(headers: Mapping[str, str], limit: int) -> None:
+    length = headers.get("content-length", "")
+    if length.isdigit() and int(length) > limit:
+        raise ReplyTooLarge(limit)
 
 
 def _connect_timeout(name: str) -> UpstreamTimeout:
@@ -135,9 +142,17 @@ class AiohttpReply:
         self.status = response.status
         self.headers = response.headers
 
-    async def read(self) -> bytes:
+    async def read(self, limit: int) -> bytes:
+        _check_length(self.headers, limit)
         with _aiohttp_errors(self._name):
-            return await self._response.read()
+            pieces = []
+            size = 0
+            while piece := await self._response.content.readany():
+                size += len(piece)
+                if size > limit:
+                    raise ReplyTooLarge(limit)
+                pieces.append(piece)
+            return b"".join(pieces)
 
     def chunks(self) -> AsyncIterator[bytes]:
         return _AiohttpChunks(self._response.content, self._name)
@@ -214,9 +229,17 @@ class HttpxReply:
         self.status = response.status_code
         self.headers = response.headers
 
-    async def read(self) -> bytes:
+    async def read(self, limit: int) -> bytes:
+        _check_length(self.headers, limit)
         with _httpx_errors(self._name):
-            return await self._response.aread()
+            pieces = []
+            size = 0
+            async for piece in self._response.aiter_bytes():
+                size += len(piece)
+                if size > limit:
+                    raise ReplyTooLarge(limit)
+                pieces.append(piece)
+            return b"".join(pieces)
 
     async def chunks(self) -> AsyncIterator[bytes]:
         with _httpx_errors(self._name):

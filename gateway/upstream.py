@@ -37,7 +37,7 @@ from gateway import metrics, tracing
 from gateway.backoff import Patience, backoff
 from gateway.config import Upstream
 from gateway.errors import (
-    GatewayError, InvalidRequest, RequestTooLarge, Unprocessable, UpstreamBusy, UpstreamError, UpstreamRateLimited,
+    GatewayError, InvalidRequest, ReplyTooLarge, RequestTooLarge, Unprocessable, UpstreamBusy, UpstreamError, UpstreamRateLimited,
     UpstreamStatus, UpstreamTimeout,
 )  # fmt: skip
 from gateway.redact import SECRETS
@@ -198,7 +198,7 @@ class UpstreamClient:
                     if "json" not in content_type:
                         raise UpstreamError(f"The upstream answered with {_kind(reply)} instead of {framing.what}.")
                     # A host that ignored `stream: true`: its whole answer is one piece.
-                    whole = [_parse(await reply.read(), "The upstream answered with malformed or truncated JSON.")]
+                    whole = [_parse(await reply.read(upstream.max_reply_bytes), "The upstream answered with malformed or truncated JSON.")]
                     if span is not None:
                         span.chunks(whole)
                     part = fold.feed_many(whole)
@@ -206,7 +206,11 @@ class UpstreamClient:
                         yield part
                 else:
                     decoder, done, ended = framing.decoder(), framing.done, False
+                    left = upstream.max_reply_bytes
                     async for piece in reply.chunks():
+                        left -= len(piece)
+                        if left < 0:
+                            raise ReplyTooLarge(upstream.max_reply_bytes)
                         batch, ended = _batch(decoder.feed(piece), done)
                         del piece
                         if batch:
@@ -254,7 +258,7 @@ class UpstreamClient:
         try:
             reply = await self._send(target, payload, request_id, client_auth, span, url=url)
             try:
-                raw = await reply.read()
+                raw = await reply.read(target.upstream.max_reply_bytes)
             finally:
                 await reply.close()
         finally:

@@ -237,6 +237,22 @@ async def test_upstream_failures_become_clear_errors(reply, status, says):
         assert r.headers["retry-after"] == "120"
 
 
+async def test_a_reply_past_max_reply_bytes_is_a_502_not_read_further():
+    config = settings({"upstreams": {"default": {"url": "http://up.test/v1", "retries": 0, "max_reply_bytes": 2000}}})
+    big = completion("x" * 3000)
+    stream = sse_body(chunk({"role": "assistant", "content": "y" * 1500}), chunk({"content": "y" * 1500}), chunk({}, "stop"))
+    fits = completion("x" * 1000)
+    async with gateway(config, ScriptedUpstream(big, stream, fits)) as client:
+        whole = await post(client)
+        streamed = await post(client, stream=True)
+        small = await post(client)
+    for r in (whole, streamed):
+        assert r.status_code == 502, r.text
+        error = r.json()["error"]
+        assert error["code"] == "upstream_reply_too_large" and "2000 bytes" in error["message"]
+    assert small.status_code == 200 and small.json()["choices"][0]["message"]["content"] == "x" * 1000
+
+
 async def test_retries_transient_upstream_errors():
     up = ScriptedUpstream(_error(503, b"{}"), httpx.ConnectError("refused"), completion("third time"))
     config = settings({"upstreams": {"default": {"url": "http://up.test/v1", "retries": 2}}})

@@ -21,6 +21,7 @@ from gateway.server import Server, server_config
 from gateway.tools.base import StaticSource, Tool
 from gateway.tools.registry import ready
 from tests.support import settings as make_settings
+from tests.support import sse_events
 
 
 class Sleeper(Tool):
@@ -116,6 +117,26 @@ async def test_async_sdk_streams_the_final_answer():
         assert chunks[-1].usage is not None and chunks[-1].usage.total_tokens > 0
         assert all(not c.choices or not c.choices[0].delta.tool_calls for c in chunks)
         assert all(r.body["stream"] is True for r in fake.requests)
+
+
+async def test_a_reply_past_max_reply_bytes_is_cut_off_at_the_limit():
+    # The real transport (aiohttp): a non-streamed reply read no further than the limit, and a
+    # stream stopped where its bytes pass it.
+    async with FakeLLM(chunks=200) as fake:
+        fake.push(Reply("x" * 300_000), Reply("y" * 300_000, chunk_delay_s=0.002), Reply("fits"))
+        config = settings_for(fake)
+        config = dataclasses.replace(config, upstreams={"default": dataclasses.replace(config.upstreams["default"], max_reply_bytes=100_000)})
+        async with serve(config) as (base, _), httpx.AsyncClient(timeout=10) as client:
+            whole = await client.post(f"{base}/chat/completions", json={"model": "m", "messages": [{"role": "user", "content": "hi"}]})
+            streamed = await client.post(f"{base}/chat/completions", json={"model": "m", "stream": True, "messages": [{"role": "user", "content": "hi"}]})
+            after = await client.post(f"{base}/chat/completions", json={"model": "m", "messages": [{"role": "user", "content": "hi"}]})
+    assert whole.status_code == 502 and whole.json()["error"]["code"] == "upstream_reply_too_large"
+    if streamed.headers["content-type"].startswith("text/event-stream"):
+        events = sse_events(streamed.text)
+        assert events[-1] == "[DONE]" and events[-2]["error"]["code"] == "upstream_reply_too_large"
+    else:
+        assert streamed.status_code == 502 and streamed.json()["error"]["code"] == "upstream_reply_too_large"
+    assert after.status_code == 200 and after.json()["choices"][0]["message"]["content"] == "fits"
 
 
 async def test_openwebui_upstream_only_answers_at_api_path():
