@@ -20,6 +20,7 @@ from typing import Any
 import orjson
 
 from gateway.config import Settings
+from gateway.errors import ReplyTooLarge
 from gateway.transports import Transport
 
 URL = "http://toolgate-demo.invalid/v1"  # reserved name: it never resolves, were it ever dialled
@@ -124,8 +125,11 @@ class _Reply:
     def __init__(self, status: int, parts: list[bytes], content_type: str = "application/json") -> None:
         self.status, self.headers, self._parts = status, {"content-type": content_type}, parts
 
-    async def read(self) -> bytes:
-        return b"".join(self._parts)
+    async def read(self, limit: int) -> bytes:
+        body = b"".join(self._parts)
+        if len(body) > limit:
+            raise ReplyTooLarge(limit)
+        return body
 
     async def chunks(self) -> AsyncIterator[bytes]:
         for part in self._parts:
