@@ -221,8 +221,6 @@ def _uncaught_in_thread(args: Any) -> None:
     logging.getLogger("toolgate").error("uncaught %s in thread %s", args.exc_type.__name__, name, exc_info=(args.exc_type, args.exc_value, args.exc_traceback))
 
 
-
-
 def stop() -> None:
     """Write what is queued and stop the listener, in at most about `STOP_WAIT_S` (the pipe may
     be stuck: what it has not taken by then is dropped, and the writer lets go of it)."""

@@ -85,7 +85,7 @@ def chat_params(raw: dict[str, Any], request: Any) -> None:
         _include(include, raw, request)
 
 
-def one_of(value: Any, allowed: tuple[str, ...], param: str) -> Any:
+def _one_of(value: Any, allowed: tuple[str, ...], param: str) -> Any:
     if value is not None and value not in allowed:
         raise invalid(f"{param} must be one of {', '.join(map(repr, allowed))}, not {value!r}.", param)
     return value
@@ -109,8 +109,8 @@ def _echoed(raw: dict[str, Any], request: Any) -> None:
                 raise invalid(f"A metadata value is a string of at most {METADATA_VALUE} characters.", f"metadata.{key}")
     for key in ("prompt_cache_key", "safety_identifier"):
         optional(raw, key, str, "a string")
-    one_of(raw.get("service_tier"), SERVICE_TIERS, "service_tier")
-    one_of(raw.get("prompt_cache_retention"), CACHE_RETENTIONS, "prompt_cache_retention")
+    _one_of(raw.get("service_tier"), SERVICE_TIERS, "service_tier")
+    _one_of(raw.get("prompt_cache_retention"), CACHE_RETENTIONS, "prompt_cache_retention")
     _count(raw.get("max_tool_calls"), "max_tool_calls", 0)
     _count(raw.get("top_logprobs"), "top_logprobs", 0, MAX_TOP_LOGPROBS)
     cache = raw.get("prompt_cache_options")
@@ -121,17 +121,17 @@ def _echoed(raw: dict[str, Any], request: Any) -> None:
         # The Response object says both, as the hosted API applied them: its defaults where not sent.
         request.echo["prompt_cache_options"] = {
             **cache,
-            "mode": one_of(cache.get("mode"), CACHE_MODES, "prompt_cache_options.mode") or "implicit",
-            "ttl": one_of(cache.get("ttl"), CACHE_TTLS, "prompt_cache_options.ttl") or "30m",
+            "mode": _one_of(cache.get("mode"), CACHE_MODES, "prompt_cache_options.mode") or "implicit",
+            "ttl": _one_of(cache.get("ttl"), CACHE_TTLS, "prompt_cache_options.ttl") or "30m",
         }
 
 
 def _reasoning(reasoning: Any, request: Any) -> None:
     if not isinstance(reasoning, dict):
         raise invalid("reasoning must be an object.", "reasoning")
-    effort = one_of(reasoning.get("effort"), EFFORTS, "reasoning.effort")
-    summary = one_of(reasoning.get("summary"), SUMMARIES, "reasoning.summary")
-    one_of(reasoning.get("generate_summary"), SUMMARIES, "reasoning.generate_summary")
+    effort = _one_of(reasoning.get("effort"), EFFORTS, "reasoning.effort")
+    summary = _one_of(reasoning.get("summary"), SUMMARIES, "reasoning.summary")
+    _one_of(reasoning.get("generate_summary"), SUMMARIES, "reasoning.generate_summary")
     if effort is not None:
         request.params["reasoning_effort"] = effort
     request.echo["reasoning"] = {"effort": effort, "summary": summary or reasoning.get("generate_summary")}
@@ -143,7 +143,7 @@ def _text(text: Any, request: Any) -> None:
     fmt = text.get("format")
     if fmt is not None:
         request.params.update(text_format(fmt))
-    if one_of(text.get("verbosity"), VERBOSITIES, "text.verbosity") is not None:
+    if _one_of(text.get("verbosity"), VERBOSITIES, "text.verbosity") is not None:
         request.params["verbosity"] = text["verbosity"]
     request.echo["text"] = text
 
