@@ -626,6 +626,14 @@ def _surprises(settings: Settings, keys_env: str, warnings: Problems) -> None:
             f"{loop.tool_timeout_s:g} s is not below server.request_timeout_s ({server.request_timeout_s:g} s): "
             "the request deadline ends a slow tool first",
         )
+    for source in settings.sources:
+        timeout = getattr(source.settings, "timeout_s", None)  # a source's own bound per call (MCP, OpenAPI)
+        if isinstance(timeout, (int, float)) and timeout >= server.request_timeout_s:
+            warnings.add(
+                f"tools.{source.kind}.{source.name}.timeout_s",
+                f"{timeout:g} s is not below server.request_timeout_s ({server.request_timeout_s:g} s): "
+                "the request deadline ends a slow tool first",
+            )
     if server.request_timeout_s >= _SDK_TIMEOUT_S:
         warnings.add(
             "server.request_timeout_s",

@@ -8,7 +8,7 @@
     headers = { Authorization = "Bearer ${WEATHER_TOKEN}" }
     operations = ["get_*"]                       # optional globs on the tool names
     prefix = false
-    timeout_s = 30                               # per call (default 30)
+    timeout_s = 30                               # per call (default: loop.tool_timeout_s)
     startup_timeout_s = 10                       # loading the spec (default 10)
     allow = ["10.0.0.0/8"]                       # internal API servers a spec may name
 
@@ -82,7 +82,7 @@ class Settings:
     base_url: str | None
     headers: Mapping[str, str]
     prefix: bool
-    timeout_s: float
+    timeout_s: float | None  # per call; None: the loop's tool_timeout_s (the toolbox bounds every call)
     startup_timeout_s: float
     operations: tuple[str, ...] | None
     guard: Guard
@@ -484,7 +484,7 @@ def parse(name: str, table: Mapping[str, Any], problems: Problems, key: str) -> 
     base_url = opts.string("base_url")
     headers = opts.string_map("headers")
     prefix = opts.boolean("prefix", False)
-    timeout_s = opts.number("timeout_s", 30.0)
+    timeout_s = opts.number("timeout_s", None)
     startup_timeout_s = opts.number("startup_timeout_s", 10.0)
     operations = opts.strings("operations") if "operations" in table else None
     enabled = opts.boolean("enabled", True)
@@ -500,4 +500,4 @@ def parse(name: str, table: Mapping[str, Any], problems: Problems, key: str) -> 
     if not opts.finish() or guard is None or not enabled:
         return None
     globs = tuple(operations) if operations is not None else None
-    return Settings(name, url, spec, base_url, headers, prefix, float(timeout_s), float(startup_timeout_s), globs, guard)
+    return Settings(name, url, spec, base_url, headers, prefix, None if timeout_s is None else float(timeout_s), float(startup_timeout_s), globs, guard)

@@ -12,7 +12,7 @@ One ``[tools.mcp.NAME]`` table per server::
     url = "https://mcp.example.com/mcp"
     headers = { Authorization = "Bearer ${SEARCH_TOKEN}" }
     prefix = true                          # offered as search_<tool>
-    timeout_s = 60                         # per call (default 30)
+    timeout_s = 60                         # per call (default: loop.tool_timeout_s)
     startup_timeout_s = 5                  # connect + negotiate + tools/list (default 10)
     protocol = "auto"                      # discover, else initialize; "legacy" / "2026-07-28" pin
     list_ttl_min_s = 10                    # a stateless server's list is re-read after its

@@ -29,7 +29,7 @@ class ServerSpec:
     url: str = ""
     headers: Mapping[str, str] = field(default_factory=dict)
     prefix: bool = False
-    timeout_s: float = 30.0
+    timeout_s: float | None = None  # per call; None: the loop's tool_timeout_s
     startup_timeout_s: float = 10.0
     tools: tuple[str, ...] | None = None  # globs; None offers every tool
     # "auto": try the newest revision, fall back to the handshake; "legacy" or a revision pins one.
@@ -144,7 +144,7 @@ def parse(name: str, table: Mapping[str, Any], problems: Problems, key: str) -> 
         url=table.get("url", ""),
         headers=dict(table.get("headers", {})),
         prefix=table.get("prefix", False),
-        timeout_s=float(table.get("timeout_s", 30.0)),
+        timeout_s=float(table["timeout_s"]) if "timeout_s" in table else None,
         startup_timeout_s=float(table.get("startup_timeout_s", 10.0)),
         tools=tuple(globs) if globs is not None else None,
         protocol=protocol,

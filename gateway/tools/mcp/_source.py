@@ -55,7 +55,7 @@ class McpTool(Tool):
 
     reports_progress = True
 
-    def __init__(self, source: McpSource, remote: types.Tool, timeout_s: float) -> None:
+    def __init__(self, source: McpSource, remote: types.Tool, timeout_s: float | None) -> None:
         super().__init__(remote.name, remote.description or "", remote.input_schema, timeout_s=timeout_s)
         self.remote_name = remote.name
         self.annotations = stated_hints(remote)

@@ -198,3 +198,28 @@ async def test_a_server_killed_mid_call_is_a_tool_message_not_a_hang(kind: str) 
     assert reply.choices[0].message.content == "It broke."
     [message] = _tool_messages(fake.requests[1])
     assert message.startswith("Error: MCP server 'srv': "), message
+
+
+@pytest.mark.parametrize(("own", "bound"), [(None, 0.5), (0.3, 0.3)])
+async def test_an_mcp_call_is_bounded_by_the_loops_tool_timeout_unless_its_server_sets_one(mcp_table, own, bound) -> None:
+    # A server table without timeout_s took 30 s whatever loop.tool_timeout_s said.
+    table = await mcp_table("handshake_stdio", **({"timeout_s": own} if own is not None else {}))
+    async with FakeLLM() as fake:
+        fake.push(Calls([("sleep", {"seconds": 20})]), Reply("Too slow."))
+        settings = config(fake, table, ["*"])
+        settings = dataclasses.replace(settings, loop=dataclasses.replace(settings.loop, tool_timeout_s=0.5))
+        async with serve(settings) as (base, _):
+            async with sdk(base) as client:
+                reply = await asyncio.wait_for(client.chat.completions.create(model="m", messages=[{"role": "user", "content": "nap"}]), 10)
+    assert reply.choices[0].message.content == "Too slow."
+    assert _tool_messages(fake.requests[1]) == [f"Error: sleep did not finish within {bound:g} s."]
+
+
+def test_a_server_timeout_past_the_request_deadline_is_a_warning() -> None:
+    raw = {
+        "upstreams": {"default": {"url": "http://up.test/v1"}},
+        "server": {"request_timeout_s": 20},
+        "tools": {"mcp": {"srv": {"command": sys.executable, "args": [SERVER], "timeout_s": 25}}},
+    }
+    warnings = settings_from_dict(raw, {}).warnings
+    assert any("tools.mcp.srv.timeout_s: 25 s is not below server.request_timeout_s (20 s)" in line for line in warnings), warnings
