@@ -188,10 +188,11 @@ class Items:
         self.emit_response("response.created", opening)
         self.emit_response("response.in_progress", opening)
         for item in self.view.list_tools:
-            index = self.add({**item, "tools": []}, 0)
+            index = self.add({**item, "tools": [], "error": None}, 0)
             self.emit("response.mcp_list_tools.in_progress", output_index=index, item_id=item["id"])
             self.items[index] = item
-            self.emit("response.mcp_list_tools.completed", output_index=index, item_id=item["id"])
+            ended = "failed" if item["error"] else "completed"
+            self.emit(f"response.mcp_list_tools.{ended}", output_index=index, item_id=item["id"])
             self.done(index)
 
     def feed(self, event: Event | Opening) -> None:

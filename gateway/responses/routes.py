@@ -24,6 +24,7 @@ from starlette.responses import Response
 from gateway.config import ModelAlias
 from gateway.errors import GatewayError, InvalidRequest, NotFound, error_json
 from gateway.loop import LoopJob
+from gateway.redact import SECRETS
 from gateway.responses.conversation import to_messages
 from gateway.responses.ids import Mint, with_ids
 from gateway.responses.remote import RemoteServers
@@ -192,7 +193,7 @@ class CreateResponse:
             listing = self._listing(request, offer, remote_names)
             labels = listing.labels
             list_tools = [
-                {"id": mint("mcpl"), "type": "mcp_list_tools", "server_label": label, "tools": tools, "error": None}
+                {"id": mint("mcpl"), "type": "mcp_list_tools", "server_label": label, "tools": tools, "error": self._down(label)}
                 for label, tools in listing.tools.items()
                 if label not in conversation.listed
             ]
@@ -223,6 +224,14 @@ class CreateResponse:
             mint=mint,
         )
         return job, view, items
+
+    def _down(self, label: str) -> str | None:
+        """Why the configured source `label` lists no tools now (it is not ready), or None."""
+        for source in self.rt.toolbox.sources:
+            if source.name == label:
+                status = source.status()
+                return None if status.ready else SECRETS(f"The MCP server {label!r} is not available: {status.detail or 'not ready'}")[:500]
+        return None
 
     def _offer(
         self, request: ResponsesRequest, patterns: tuple[str, ...], remote: dict[str, list[Tool]]

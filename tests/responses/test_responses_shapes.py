@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from gateway.tools.base import SourceStatus
 from tests.responses.test_responses import config, create, events, types, valid
 from tests.support import ScriptedUpstream, call, chunk, completion, gateway, sse_body
 
@@ -180,3 +181,43 @@ async def test_allowed_tools_narrow_the_alias_own_tools_of_that_source(tmp_path)
     (listing,) = [item for item in body["output"] if item["type"] == "mcp_list_tools"]
     assert listing["server_label"] == "builtin" and [t["name"] for t in listing["tools"]] == ["calculate"]
     assert [t["function"]["name"] for t in up.bodies[0]["tools"]] == ["calculate"]
+
+
+class _Down:
+    """A configured source that is not up (an MCP server that does not answer)."""
+
+    name, prefix = "down", False
+
+    async def start(self, ctx):
+        return None
+
+    async def stop(self):
+        return None
+
+    def tools(self):
+        return []
+
+    def status(self):
+        return SourceStatus(False, "no answer within 3 s; retrying")
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_named_source_that_is_down_lists_its_error(tmp_path, stream):
+    up = ScriptedUpstream(sse_body(chunk({"content": "ok"}), chunk(finish="stop")) if stream else completion("ok"))
+    mcp = {"type": "mcp", "server_label": "down", "require_approval": "never"}
+    async with gateway(config(tmp_path, sources=(_Down(),)), up) as client:
+        r = await create(client, input="x", store=False, tools=[mcp], stream=stream)
+    if stream:
+        seen = events(r.text)
+        body = seen[-1]["response"]
+        kinds = [e["type"] for e in seen]
+        failed = [e for e in seen if e["type"] == "response.mcp_list_tools.failed"]
+        assert len(failed) == 1 and "response.mcp_list_tools.completed" in kinds  # the alias's own source listed fine
+    else:
+        body = r.json()
+    valid(body)
+    listings = {item["server_label"]: item for item in body["output"] if item["type"] == "mcp_list_tools"}
+    assert listings["down"]["tools"] == [] and "not available: no answer within 3 s" in listings["down"]["error"]
+    assert listings["builtin"]["error"] is None
+    if stream:
+        assert failed[0]["item_id"] == listings["down"]["id"]
