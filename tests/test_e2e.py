@@ -14,6 +14,7 @@ from contextlib import asynccontextmanager
 import httpx
 import openai
 import pytest
+from prometheus_client import REGISTRY
 from gateway.app import create_app
 from gateway.config import Settings
 from tests.fakellm import Calls, FakeLLM, Reply
@@ -219,6 +220,8 @@ async def test_client_disconnect_mid_stream_cancels_the_upstream_call():
 @pytest.mark.parametrize("stream", [True, False])
 async def test_client_disconnect_mid_tool_cancels_the_tool(stream):
     sleeper = Sleeper(30)
+    cancelled = {"source": "test", "tool": "sleeper", "outcome": "cancelled"}
+    counted = REGISTRY.get_sample_value("toolgate_tool_calls_total", cancelled) or 0.0
     async with FakeLLM() as fake:
         fake.push(Calls([("sleeper", {})]))
         async with serve(settings_for(fake, extra_tools=(sleeper,))) as (base, app):
@@ -236,6 +239,7 @@ async def test_client_disconnect_mid_tool_cancels_the_tool(stream):
             left, _ = await _left_tasks(app, before)
             assert left == set()
         assert len(fake.requests) == 1  # the second round never happened
+    assert REGISTRY.get_sample_value("toolgate_tool_calls_total", cancelled) == counted + 1  # the call ran: it counts
 
 
 def _free_port() -> int:

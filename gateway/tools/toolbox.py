@@ -254,6 +254,9 @@ class Toolbox:
             try:
                 outcome, content = await self._call(tool, prepared, raw_args, gate)
             except BaseException:
+                # The round was cancelled (the client left, the deadline, shutdown): the call
+                # ran, and counts, as cancelled.
+                metrics.tool_call(source, name, "cancelled", time.perf_counter() - started)
                 if span is not None:
                     span.end("cancelled", "the round was cancelled")
                 raise
