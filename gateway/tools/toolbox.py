@@ -48,6 +48,7 @@ MAX_ARGUMENT_CHARS = 1 << 20
 # some checks are superlinear (uniqueItems compares every pair of items).
 INLINE_CHECK_CHARS = 1 << 10
 MAX_CLAIMS = 4096  # names remembered per source
+SECRET_MARGIN = 4096  # a cut result is redacted this far past the cut: longer than any secret it could hide
 MAX_SCHEMA_CACHE = 1024
 PROGRESS_INTERVAL_S = 0.25  # a call's progress reaches the client at most this often
 BUSY = "the gateway's tool workers are all busy; try again in a moment"
@@ -334,14 +335,14 @@ class Toolbox:
 
     def _parts(self, content: Any) -> tuple[str, bool]:
         if not isinstance(content, list):
-            return self._cut(SECRETS(_text(content)))
+            return self._cut(_text(content))
         texts: list[str] = []
         cut_any = False
         for part in content:
             if not isinstance(part, dict):  # a tool breaking the contract must not fail the request
                 part = {"type": "text", "text": _text(part)}
             if part.get("type") == "text":
-                text, cut = self._cut(SECRETS(_text(part.get("text", ""))))
+                text, cut = self._cut(_text(part.get("text", "")))
                 cut_any |= cut
                 texts.append(text)
             else:
@@ -349,10 +350,13 @@ class Toolbox:
         return "\n".join(texts), cut_any
 
     def _cut(self, text: str) -> tuple[str, bool]:
+        """Redacted, and cut past max_result_chars. Only what is shown is redacted (with a
+        margin for a secret across the cut): a 100 MB result is not scanned whole on the loop."""
         limit = self.max_result_chars
         if len(text) <= limit:
-            return text, False
-        return f"{text[:limit]}\n[... cut: {len(text) - limit} more characters not shown]", True
+            return SECRETS(text), False
+        shown = SECRETS(text[: limit + SECRET_MARGIN])[:limit]
+        return f"{shown}\n[... cut: {len(text) - limit} more characters not shown]", True
 
 
 def _reports(offer: Offer, call: dict[str, Any]) -> bool:

@@ -13,6 +13,7 @@ import pytest
 
 from gateway.redact import SECRETS
 from gateway.tools import toolbox as toolbox_module
+from gateway.tools import toolbox as toolbox_module
 from gateway.tools import hints
 from gateway.tools.base import StaticSource, Tool, ToolError, report_progress
 from gateway.tools.progress import Note
@@ -654,6 +655,23 @@ async def test_masking_happens_before_the_cut():
     SECRETS.add(canary)
     outcome = await one(box(Returns("long", "x" * 8 + canary), max_result_chars=12), call("long"))
     assert "canary" not in outcome.content and outcome.content.startswith("x" * 8 + "***")
+
+
+async def test_a_huge_result_is_redacted_only_as_far_as_it_is_shown(monkeypatch):
+    # Redacting 10 MB scanned it all on the event loop (a 100 MB MCP result held /healthz 2 s).
+    seen: list[int] = []
+
+    def spy(text: str) -> str:
+        seen.append(len(text))
+        return SECRETS(text)
+
+    monkeypatch.setattr(toolbox_module, "SECRETS", spy)
+    canary = "canary-toolbox-huge-41ab"
+    SECRETS.add(canary)
+    outcome = await one(box(Returns("huge", "y" * 95 + canary + "z" * 10_000_000), max_result_chars=100), call("huge"))
+    assert outcome.cut and outcome.content.startswith("y" * 95 + "***") and canary not in outcome.content
+    assert f"{10_000_000 + 95 + len(canary) - 100} more characters" in outcome.content
+    assert max(seen) <= 100 + toolbox_module.SECRET_MARGIN
 
 
 # --- names do not depend on who is up ---------------------------------------------
