@@ -57,10 +57,19 @@ class Transport(Protocol):
     async def aclose(self) -> None: ...
 
 
-def _check_length(headers: Mapping[str, str], limit: int) -> None:
-    length = headers.get("content-length", "")
+async def _read_capped(reply: Reply, limit: int) -> bytes:
+    """A reply's whole body, read piece by piece and no further than `limit` bytes."""
+    length = reply.headers.get("content-length", "")
     if length.isdigit() and int(length) > limit:
         raise ReplyTooLarge(limit)
+    pieces = []
+    size = 0
+    async for piece in reply.chunks():
+        size += len(piece)
+        if size > limit:
+            raise ReplyTooLarge(limit)
+        pieces.append(piece)
+    return b"".join(pieces)
 
 
 def _connect_timeout(name: str) -> UpstreamTimeout:
@@ -143,16 +152,7 @@ class AiohttpReply:
         self.headers = response.headers
 
     async def read(self, limit: int) -> bytes:
-        _check_length(self.headers, limit)
-        with _aiohttp_errors(self._name):
-            pieces = []
-            size = 0
-            while piece := await self._response.content.readany():
-                size += len(piece)
-                if size > limit:
-                    raise ReplyTooLarge(limit)
-                pieces.append(piece)
-            return b"".join(pieces)
+        return await _read_capped(self, limit)
 
     def chunks(self) -> AsyncIterator[bytes]:
         return _AiohttpChunks(self._response.content, self._name)
@@ -230,16 +230,7 @@ class HttpxReply:
         self.headers = response.headers
 
     async def read(self, limit: int) -> bytes:
-        _check_length(self.headers, limit)
-        with _httpx_errors(self._name):
-            pieces = []
-            size = 0
-            async for piece in self._response.aiter_bytes():
-                size += len(piece)
-                if size > limit:
-                    raise ReplyTooLarge(limit)
-                pieces.append(piece)
-            return b"".join(pieces)
+        return await _read_capped(self, limit)
 
     async def chunks(self) -> AsyncIterator[bytes]:
         with _httpx_errors(self._name):
